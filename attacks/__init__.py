@@ -1,0 +1,1 @@
+"""Attack suite definitions (TOML), shipped as robench.suites.attacks."""

@@ -1,0 +1,1 @@
+"""Corruption suite definitions (TOML), shipped as robench.suites.corruptions."""

@@ -1,0 +1,1 @@
+"""Attack engine: FGSM/PGD, AutoAttack adapter, optional torchattacks adapter."""

@@ -1,0 +1,1 @@
+"""Corruption engine (batched torch ops) and the imagecorruptions reference backend."""

@@ -1,0 +1,1 @@
+"""Datasets, transforms, ImageNet-C / CIFAR-C readers, demo data."""

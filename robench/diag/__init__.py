@@ -1,0 +1,1 @@
+"""Attention diagnostics and the QUEST toy experiment."""

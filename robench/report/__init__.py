@@ -1,0 +1,1 @@
+"""Metrics, leaderboards, reports, the regression gate."""

@@ -1,0 +1,1 @@
+"""Sweep planning, execution, results store, distributed sharding."""

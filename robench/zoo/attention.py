@@ -1,0 +1,232 @@
+"""Attention variants as drop-in replacements for timm's ViT `Attention` (pass the class as `attn_layer=`).
+
+Every variant keeps timm's parameter names (`qkv`, `proj`, and `q_norm`/`k_norm` where timm has them), so timm ViT
+weights load unchanged. Each variant only decides the operands of softmax(scale · q kᵀ) v; `forward` hands them to
+`F.scaled_dot_product_attention`, so the fused kernels are used on GPU. With q, k, v per head (head dim d):
+
+    standard          softmax(q kᵀ / √d)                              (timm's Attention)
+    quest             softmax(q k̂ᵀ), k̂ = k/‖k‖                         query norm = per-token inverse temperature
+    qnorm             softmax(q̂ kᵀ), q̂ = q/‖q‖
+    qknorm            softmax(LN(q) LN(k)ᵀ / √d)                       (timm's qk_norm=True)
+    qknorm-hs         softmax(c_h · q̂ k̂ᵀ)                              c_h: `qk_scale` [heads]
+    qknorm-ds         softmax((q̂ ⊙ s_q)(k̂ ⊙ s_k)ᵀ)                     `q_scale`, `k_scale` [d]
+    elliptical        softmax((q ⊙ m) kᵀ / √d), m from |v_l − v_{l−1}|  (block 0: m = 1)
+    elliptical-quest  softmax((q ⊙ m) k̂ᵀ)
+
+L2 normalisations run in fp32 under autocast (eps 1e-6).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from timm.layers import Attention as TimmAttention
+from torch import nn
+
+NORM_EPS = 1e-6
+
+
+def l2_normalize(t: torch.Tensor) -> torch.Tensor:
+    """t / max(‖t‖₂, 1e-6) over the head dim, computed in fp32 and cast back (safe under bf16/fp16 autocast)."""
+    return F.normalize(t.float(), dim=-1, eps=NORM_EPS).to(t.dtype)
+
+
+class VariantAttention(TimmAttention):
+    """Base class: timm's Attention whose softmax operands are chosen by `attention_inputs`."""
+
+    variant = "standard"
+
+    def qkv_heads(self, x: torch.Tensor):
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        return self.q_norm(q), self.k_norm(k), v
+
+    def attention_inputs(self, x: torch.Tensor):
+        """(q, k, v, scale) such that the attention output is softmax(scale · q kᵀ) v. Does not change any state."""
+        q, k, v = self.qkv_heads(x)
+        return q, k, v, self.scale
+
+    def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
+        B, N, _ = x.shape
+        q, k, v, scale = self.attention_inputs(x)
+        self.after_attention(v)
+        o = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop.p if self.training else 0.0,
+            is_causal=is_causal, scale=scale,
+        )
+        o = self.norm(o.transpose(1, 2).reshape(B, N, self.attn_dim))
+        if self.gate is not None:
+            o = o * self.gate(x).sigmoid()
+        return self.proj_drop(self.proj(o))
+
+    def after_attention(self, v: torch.Tensor) -> None:
+        """Hook for variants that carry state from block to block (elliptical)."""
+
+
+class StandardAttention(VariantAttention):
+    variant = "standard"
+
+
+class QuestAttention(VariantAttention):
+    """QUEST: keys on the unit sphere; the query norm alone sets how sharp each token's attention is."""
+
+    variant = "quest"
+
+    def attention_inputs(self, x):
+        q, k, v = self.qkv_heads(x)
+        return q, l2_normalize(k), v, 1.0
+
+
+class QNormAttention(VariantAttention):
+    variant = "qnorm"
+
+    def attention_inputs(self, x):
+        q, k, v = self.qkv_heads(x)
+        return l2_normalize(q), k, v, 1.0
+
+
+class QKNormAttention(VariantAttention):
+    """timm's LayerNorm QK-norm (qk_norm=True) with the usual 1/√d scale."""
+
+    variant = "qknorm"
+
+    def __init__(self, dim, num_heads=8, qk_norm=False, norm_layer=None, **kwargs):
+        super().__init__(dim, num_heads=num_heads, qk_norm=True, norm_layer=norm_layer or nn.LayerNorm, **kwargs)
+
+
+class QKNormHeadScaleAttention(VariantAttention):
+    """softmax(c_h q̂ k̂ᵀ): L2-normalised q and k, one learnable inverse temperature per head (init √d)."""
+
+    variant = "qknorm-hs"
+
+    def __init__(self, dim, num_heads=8, **kwargs):
+        super().__init__(dim, num_heads=num_heads, **kwargs)
+        self.qk_scale = nn.Parameter(torch.full((num_heads,), math.sqrt(self.head_dim)))
+
+    def attention_inputs(self, x):
+        q, k, v = self.qkv_heads(x)
+        q = l2_normalize(q) * self.qk_scale.to(q.dtype).view(1, -1, 1, 1)
+        return q, l2_normalize(k), v, 1.0
+
+
+class QKNormDimScaleAttention(VariantAttention):
+    """softmax((q̂ ⊙ s_q)(k̂ ⊙ s_k)ᵀ): learnable per-dimension scales, each initialised to d^¼ (logits in ±√d)."""
+
+    variant = "qknorm-ds"
+
+    def __init__(self, dim, num_heads=8, **kwargs):
+        super().__init__(dim, num_heads=num_heads, **kwargs)
+        init = self.head_dim ** 0.25
+        self.q_scale = nn.Parameter(torch.full((self.head_dim,), init))
+        self.k_scale = nn.Parameter(torch.full((self.head_dim,), init))
+
+    def attention_inputs(self, x):
+        q, k, v = self.qkv_heads(x)
+        return l2_normalize(q) * self.q_scale.to(q.dtype), l2_normalize(k) * self.k_scale.to(k.dtype), v, 1.0
+
+
+def elliptical_scale(v: torch.Tensor, v_prev: torch.Tensor, grad: bool = False) -> torch.Tensor:
+    """Per sample and head: m_d = mean over tokens |v − v_prev|_d, divided by max_d m. Shape [B, H, 1, d].
+
+    Where v == v_prev (max m = 0) m falls back to 1. Without `grad`, m is a constant for autograd (as the
+    authors computed it); with `grad`, gradients flow through m (adaptive attacks).
+    """
+    if not grad:
+        v, v_prev = v.detach(), v_prev.detach()
+    m = (v.float() - v_prev.float()).abs().mean(dim=2, keepdim=True)
+    m_max = m.amax(dim=-1, keepdim=True)
+    m = torch.where(m_max > 0, m / m_max.clamp_min(torch.finfo(m.dtype).tiny), torch.ones_like(m))
+    return m.to(v.dtype)
+
+
+class ValueChain:
+    """The value tensor of the previous block, shared by the elliptical attention layers of one model."""
+
+    def __init__(self):
+        self.depth = 0  # number of attention layers registered
+        self.prev_v = None
+
+
+class EllipticalAttention(VariantAttention):
+    """Elliptical attention (Nielsen et al., NeurIPS 2024): Mahalanobis-scaled queries, q ← q ⊙ m.
+
+    Block 0 is standard attention. Set `grad_through_scale = True` (see `set_elliptical_adaptive`) to let
+    gradients flow through m. Use `elliptical_attention_class()` to get a class for one model: the layers of one
+    model share a `ValueChain`, and register in construction order (= block order).
+    """
+
+    variant = "elliptical"
+    chain: ValueChain | None = None
+    normalize_keys = False
+
+    def __init__(self, dim, num_heads=8, **kwargs):
+        super().__init__(dim, num_heads=num_heads, **kwargs)
+        if type(self).chain is None:
+            raise TypeError("use robench.zoo.attention.elliptical_attention_class() to build elliptical models")
+        self.layer_index = type(self).chain.depth
+        type(self).chain.depth += 1
+        self.grad_through_scale = False
+
+    def scale_m(self, v: torch.Tensor):
+        prev = type(self).chain.prev_v
+        if self.layer_index == 0 or prev is None or prev.shape != v.shape:
+            return None
+        return elliptical_scale(v, prev, grad=self.grad_through_scale)
+
+    def attention_inputs(self, x):
+        q, k, v = self.qkv_heads(x)
+        m = self.scale_m(v)
+        if m is not None:
+            q = q * m
+        if self.normalize_keys:
+            return q, l2_normalize(k), v, 1.0
+        return q, k, v, self.scale
+
+    def after_attention(self, v):
+        chain = type(self).chain
+        chain.prev_v = None if self.layer_index == chain.depth - 1 else v
+
+
+class EllipticalQuestAttention(EllipticalAttention):
+    variant = "elliptical-quest"
+    normalize_keys = True
+
+
+def elliptical_attention_class(base: type[EllipticalAttention] = EllipticalAttention) -> type[EllipticalAttention]:
+    """A fresh subclass of `base` with its own ValueChain: build exactly one model with it."""
+    return type(base.__name__, (base,), {"chain": ValueChain(), "__module__": base.__module__})
+
+
+ATTENTION_VARIANTS: dict[str, type[VariantAttention]] = {
+    "standard": StandardAttention,
+    "quest": QuestAttention,
+    "qnorm": QNormAttention,
+    "qknorm": QKNormAttention,
+    "qknorm-hs": QKNormHeadScaleAttention,
+    "qknorm-ds": QKNormDimScaleAttention,
+    "elliptical": EllipticalAttention,
+    "elliptical-quest": EllipticalQuestAttention,
+}
+
+# Parameters that only one variant has: used to tell the user which variant a checkpoint was trained with.
+VARIANT_PARAMS = {"attn.qk_scale": "qknorm-hs", "attn.q_scale": "qknorm-ds", "attn.k_scale": "qknorm-ds",
+                  "attn.q_norm.weight": "qknorm", "attn.k_norm.weight": "qknorm"}
+
+
+def attention_layer(variant: str) -> type[VariantAttention]:
+    """The class to pass as timm's `attn_layer=` for one new model."""
+    cls = ATTENTION_VARIANTS[variant]
+    return elliptical_attention_class(cls) if issubclass(cls, EllipticalAttention) else cls
+
+
+def set_elliptical_adaptive(model: nn.Module, enabled: bool = True) -> int:
+    """Let gradients flow through the elliptical scale m (adaptive attacks). Returns the number of layers set."""
+    n = 0
+    for mod in model.modules():
+        if isinstance(mod, EllipticalAttention):
+            mod.grad_through_scale = bool(enabled)
+            n += 1
+    return n

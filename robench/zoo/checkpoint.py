@@ -1,0 +1,197 @@
+"""Safe checkpoint loading: safetensors, or torch.load(weights_only=True) with a tiny allow-list. Never unpickles code.
+
+Accepted: `.safetensors`; `.pth/.pt/.bin` holding a state dict, possibly nested under 'model' / 'state_dict' /
+'model_ema' (DeiT training-script format: {'model', 'optimizer', 'epoch', 'args'} with `args` an
+argparse.Namespace). `module.` / `_orig_mod.` prefixes are stripped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from robench.errors import RobenchError
+from robench.zoo.attention import VARIANT_PARAMS
+
+NEST_KEYS = ("model", "state_dict", "model_ema", "module")
+STRIP_PREFIXES = ("module.", "_orig_mod.", "net.")
+# Harmless types found in training checkpoints (plain attribute bags, no code runs on load).
+SAFE_GLOBALS = [argparse.Namespace]
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_checkpoint(path) -> tuple[object, dict]:
+    """The raw object stored in a checkpoint file and its metadata (safetensors header metadata or {})."""
+    path = Path(path)
+    if not path.exists():
+        raise RobenchError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise RobenchError(f"checkpoint is a directory, not a file: {path}")
+    if path.suffix == ".safetensors" or _is_safetensors(path):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+                return {k: f.get_tensor(k) for k in f.keys()}, meta
+        except Exception as e:  # SafetensorError and friends
+            raise RobenchError(f"not a valid safetensors checkpoint (truncated or corrupt): {path} ({_first_line(e)})") from None
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "Weights only load failed" in msg or "Unsupported global" in msg or "not an allowed global" in msg:
+            bad = _unsupported_global(msg)
+            raise RobenchError(
+                f"refused to load {path}: it needs arbitrary code to unpickle{f' ({bad})' if bad else ''}; "
+                "if you trust it, load it yourself and save its state dict with safetensors "
+                "(safetensors.torch.save_file), then use that file or `robench convert`") from None
+        raise RobenchError(f"not a valid checkpoint (truncated or corrupt): {path} ({_first_line(e)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, KeyError) as e:
+        raise RobenchError(f"not a valid checkpoint (truncated or corrupt): {path} ({_first_line(e)})") from None
+    return obj, {}
+
+
+def _is_safetensors(path: Path) -> bool:
+    # safetensors files start with an 8-byte little-endian header length, then '{'
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+        return len(head) == 9 and head[8:9] == b"{"
+    except OSError:
+        return False
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:160]
+
+
+def _unsupported_global(msg: str) -> str:
+    import re
+
+    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg)
+    return f"global {m.group(1)}" if m else ""
+
+
+def extract_state_dict(obj, key: str | None = None, path="checkpoint") -> dict[str, torch.Tensor]:
+    """Find the state dict inside a loaded checkpoint object and strip wrapper prefixes."""
+    if not isinstance(obj, dict):
+        raise RobenchError(f"not a checkpoint: {path} holds a {type(obj).__name__}, not a state dict")
+    if key is not None:
+        if key not in obj:
+            raise RobenchError(f"checkpoint {path} has no entry '{key}' (top-level keys: {', '.join(map(str, list(obj)[:8]))})")
+        obj = obj[key]
+    elif not _is_state_dict(obj):
+        for k in NEST_KEYS:
+            if k in obj and isinstance(obj[k], dict) and _is_state_dict(obj[k]):
+                obj = obj[k]
+                break
+    if not isinstance(obj, dict) or not _is_state_dict(obj):
+        raise RobenchError(f"not a checkpoint: {path} holds no state dict of tensors "
+                           f"(top-level keys: {', '.join(map(str, list(obj)[:8])) if isinstance(obj, dict) else '-'})")
+    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    for prefix in STRIP_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _is_state_dict(d: dict) -> bool:
+    return bool(d) and all(isinstance(k, str) for k in d) and sum(isinstance(v, torch.Tensor) for v in d.values()) >= max(1, len(d) // 2)
+
+
+def load_state_dict(path, key: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    obj, meta = read_checkpoint(path)
+    return extract_state_dict(obj, key=key, path=path), meta
+
+
+def _few(keys, n=4) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def _variant_hint(keys) -> set[str]:
+    return {v for k in keys for p, v in VARIANT_PARAMS.items() if k.endswith(p)}
+
+
+def load_into(net: nn.Module, state: dict[str, torch.Tensor], info, path="checkpoint") -> None:
+    """Strict load with errors that say what is wrong (shapes, missing/unexpected keys, wrong variant)."""
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    variant = getattr(info, "variant", "?")
+    if missing and _variant_hint(missing):
+        raise RobenchError(f"checkpoint {path} lacks the parameters of variant '{variant}' ({_few(missing, 2)}): "
+                           "it was trained with another attention variant; pick the matching --model")
+    if unexpected and _variant_hint(unexpected):
+        other = "/".join(sorted(_variant_hint(unexpected)))
+        raise RobenchError(f"checkpoint {path} holds parameters of variant '{other}' ({_few(unexpected, 2)}) "
+                           f"that model '{info.name}' (variant '{variant}') lacks; pick the matching --model")
+    for k, v in state.items():
+        if k in own and tuple(own[k].shape) != tuple(v.shape):
+            bad = [k2 for k2, v2 in state.items() if k2 in own and tuple(own[k2].shape) != tuple(v2.shape)]
+            raise RobenchError(f"checkpoint {path} does not fit model '{info.name}': shape mismatch at {k}: "
+                               f"checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                               + (f" ({len(bad)} mismatched keys in all)" if len(bad) > 1 else ""))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_few(unexpected)}")
+        raise RobenchError(f"checkpoint {path} does not fit model '{info.name}': " + "; ".join(parts))
+    net.load_state_dict(state, strict=True)
+
+
+def guess_variant(state: dict) -> str:
+    hint = _variant_hint(state)
+    if "qknorm-hs" in hint:
+        return "qknorm-hs"
+    if "qknorm-ds" in hint:
+        return "qknorm-ds"
+    return hint.pop() if len(hint) == 1 else "unknown"
+
+
+def convert_checkpoint(src, dst, model: str | None = None, key: str | None = None) -> dict:
+    """Write a clean safetensors copy of a checkpoint with metadata. With `model`, it is validated by loading."""
+    from safetensors.torch import save_file
+
+    import robench
+    from robench.zoo.registry import create_model, model_info
+
+    dst = Path(dst)
+    if dst.suffix != ".safetensors":
+        raise RobenchError(f"output must end in .safetensors: {dst}")
+    state, meta = load_state_dict(src, key=key)
+    meta_out = {"format": "pt", "robench_version": robench.__version__, "source": Path(src).name,
+                "source_sha256": file_sha256(src)}
+    if model is not None:
+        net = create_model(model, checkpoint=src, checkpoint_key=key)
+        info = model_info(model)
+        meta_out.update(model=model, arch=info.arch, variant=info.variant, num_classes=str(net.info.num_classes))
+    else:
+        meta_out.update(arch=meta.get("arch", "unknown"), variant=meta.get("variant", guess_variant(state)))
+        head = state.get("head.weight")
+        if head is not None:
+            meta_out["num_classes"] = str(head.shape[0])
+    state = {k: v.contiguous() for k, v in state.items()}
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    save_file(state, str(tmp), metadata=meta_out)
+    tmp.replace(dst)
+    return meta_out

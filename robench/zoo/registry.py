@@ -1,0 +1,206 @@
+"""Model registry and factory: `create_model("deit-tiny-quest")`, `create_model("timm:resnet50")`, `list_models()`.
+
+Names are `<arch>-<variant>`; `deit-<variant>` means the tiny size. Every model comes wrapped in `RobenchModel`,
+which takes images in [0, 1] and applies the model's own normalisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import timm
+import torch
+from torch import nn
+
+from robench.errors import RobenchError, suggest
+from robench.zoo.attention import ATTENTION_VARIANTS, attention_layer
+
+ARCHS = {
+    "deit-tiny": "deit_tiny_patch16_224",
+    "deit-small": "deit_small_patch16_224",
+    "deit-base": "deit_base_patch16_224",
+    "vit-tiny": "vit_tiny_patch16_224",
+    "vit-small": "vit_small_patch16_224",
+    "vit-base": "vit_base_patch16_224",
+}
+ARCH_ALIASES = {"deit": "deit-tiny", "vit": "vit-tiny"}
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    arch: str
+    variant: str
+    timm_name: str
+    input_size: tuple = (3, 224, 224)
+    mean: tuple = (0.485, 0.456, 0.406)
+    std: tuple = (0.229, 0.224, 0.225)
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+    num_classes: int = 1000
+    params: int | None = None
+    timm_kwargs: dict = field(default_factory=dict)
+    default_checkpoint: str | None = None  # weights shipped with robench (demo zoo), used when none is given
+
+    def to_dict(self):
+        return asdict(self)
+
+
+class RobenchModel(nn.Module):
+    """A classifier that takes images in [0, 1] and normalises them itself: logits = net((x − mean) / std)."""
+
+    def __init__(self, net: nn.Module, info: ModelInfo):
+        super().__init__()
+        self.net = net
+        self.info = info
+        self.register_buffer("mean", torch.tensor(info.mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(info.std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+
+# Extra registered models (the demo zoo registers `demo-<variant>` here): name -> ModelInfo factory.
+_EXTRA: dict[str, Callable[[], ModelInfo]] = {}
+
+
+def register_model(name: str, info_fn: Callable[[], ModelInfo]) -> None:
+    _EXTRA[name] = info_fn
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    for arch in sorted(list(ARCHS) + list(ARCH_ALIASES), key=len, reverse=True):
+        if name.startswith(arch + "-") and name[len(arch) + 1:] in ATTENTION_VARIANTS:
+            return ARCH_ALIASES.get(arch, arch), name[len(arch) + 1:]
+    raise KeyError(name)
+
+
+def model_names(include_aliases: bool = False) -> list[str]:
+    archs = list(ARCHS) + (list(ARCH_ALIASES) if include_aliases else [])
+    names = [f"{a}-{v}" for a in archs for v in ATTENTION_VARIANTS]
+    return names + sorted(_EXTRA)
+
+
+def model_info(name: str) -> ModelInfo:
+    """Static description of a registered model name (no weights built)."""
+    _load_plugins()
+    if name in _EXTRA:
+        return _EXTRA[name]()
+    if name.startswith("timm:"):
+        timm_name = name[5:]
+        if not timm.is_model(timm_name):
+            raise RobenchError(f"unknown timm model '{timm_name}'" + suggest(timm_name, timm.list_models()))
+        return _with_cfg(ModelInfo(name=name, arch=timm_name, variant="timm", timm_name=timm_name))
+    try:
+        arch, variant = _split_name(name)
+    except KeyError:
+        raise RobenchError(f"unknown model '{name}'" + suggest(name, model_names(include_aliases=True))
+                           + "; see `robench models`") from None
+    return _with_cfg(ModelInfo(name=name, arch=arch, variant=variant, timm_name=ARCHS[arch]))
+
+
+def _with_cfg(info: ModelInfo) -> ModelInfo:
+    cfg = timm.get_pretrained_cfg(info.timm_name)
+    if cfg is not None:
+        info.input_size = tuple(cfg.input_size)
+        info.mean, info.std = tuple(cfg.mean), tuple(cfg.std)
+        info.interpolation = cfg.interpolation
+        info.crop_pct = cfg.crop_pct
+        info.num_classes = cfg.num_classes or info.num_classes
+    return info
+
+
+def classifier_key(info: ModelInfo) -> str:
+    """Prefix of the classifier's parameters in the net's state dict (used to infer num_classes)."""
+    if info.variant == "timm":
+        cfg = timm.get_pretrained_cfg(info.timm_name)
+        clf = cfg.classifier if cfg is not None and cfg.classifier else "head"
+        return clf if isinstance(clf, str) else clf[0]
+    return "head"
+
+
+def build_net(info: ModelInfo, num_classes: int, **overrides) -> nn.Module:
+    kwargs = {**info.timm_kwargs, **overrides}
+    if info.variant != "timm":
+        kwargs["attn_layer"] = attention_layer(info.variant)
+    return timm.create_model(info.timm_name, pretrained=False, num_classes=num_classes, **kwargs)
+
+
+def create_model(name: str, num_classes: int | None = None, checkpoint=None, *, checkpoint_key: str | None = None,
+                 **overrides) -> RobenchModel:
+    """Build a registered model, optionally loading a checkpoint (num_classes is then inferred from its head).
+
+    `overrides` go to timm (e.g. depth=2, embed_dim=32, num_heads=2, img_size=32, patch_size=8 for tiny tests).
+    The returned model is in eval mode.
+    """
+    info = model_info(name)
+    state = None
+    checkpoint = checkpoint if checkpoint is not None else info.default_checkpoint
+    if checkpoint is not None:
+        from robench.zoo.checkpoint import load_state_dict
+
+        state, meta = load_state_dict(checkpoint, key=checkpoint_key)
+        _check_meta(info, meta, checkpoint)
+        inferred = state.get(classifier_key(info) + ".weight")
+        if num_classes is None and inferred is not None and inferred.ndim >= 1:
+            num_classes = int(inferred.shape[0])
+    info.num_classes = int(num_classes if num_classes is not None else info.num_classes)
+    if "img_size" in overrides:
+        size = overrides["img_size"]
+        info.input_size = (3, size, size) if isinstance(size, int) else (3, *size)
+    net = build_net(info, info.num_classes, **overrides)
+    info.params = sum(p.numel() for p in net.parameters())
+    if state is not None:
+        from robench.zoo.checkpoint import load_into
+
+        load_into(net, state, info, checkpoint)
+    return RobenchModel(net, info).eval()
+
+
+def _check_meta(info: ModelInfo, meta: dict, path) -> None:
+    """A safetensors checkpoint written by robench records its variant: refuse one saved for another variant."""
+    saved = (meta or {}).get("variant")
+    if saved and saved != "unknown" and info.variant not in ("timm", saved):
+        raise RobenchError(f"checkpoint {path} was saved for variant '{saved}', but model '{info.name}' is "
+                           f"variant '{info.variant}'; use --model <arch>-{saved}")
+
+
+def count_params(info: ModelInfo, **overrides) -> int:
+    """Parameter count without allocating weights (built on the meta device)."""
+    with torch.device("meta"):
+        net = build_net(info, info.num_classes, **overrides)
+    return sum(p.numel() for p in net.parameters())
+
+
+def list_models(with_params: bool = True) -> list[ModelInfo]:
+    _load_plugins()
+    infos = []
+    for name in model_names():
+        info = model_info(name)
+        if with_params and info.params is None:
+            info.params = count_params(info)
+        infos.append(info)
+    return infos
+
+
+_PLUGINS_LOADED = False
+
+
+def _load_plugins():
+    """Register the built-in demo zoo (lazy, avoids an import cycle)."""
+    global _PLUGINS_LOADED
+    if not _PLUGINS_LOADED:
+        _PLUGINS_LOADED = True
+        try:
+            import robench.zoo.demo  # noqa: F401  (registers demo-<variant>)
+        except ModuleNotFoundError as e:
+            if e.name != "robench.zoo.demo":
+                raise
