@@ -1,0 +1,481 @@
+"""Sweep execution: (models x threats) -> per-sample rows in the results store, fast and crash-safe.
+
+A sweep is a list of cells (model, data, threat). For each model, cells that can share data form one job: one
+decode and one clean forward feed the clean cell, every on-the-fly corruption cell and every attack cell (attacks
+batched over eps). Samples are processed in fixed chunks (`chunk_size`, independent of the batch size); each chunk
+commits atomically for all the cells that needed it, so an interrupted sweep resumes where it stopped. Under
+torchrun each chunk is split into contiguous per-rank shards; rank 0 gathers and writes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+import robench
+from robench.data.specs import PRERENDERED, EvalData, load_dataset, load_prerendered, parse_spec
+from robench.errors import RobenchError
+from robench.run import dist
+from robench.run.plan import ModelEntry, Plan
+from robench.run.store import Store, params_hash
+from robench.seeding import sample_seeds
+
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Interrupted(RobenchError):
+    exit_code = 130
+
+
+@dataclass
+class Cell:
+    params: dict  # every parameter that defines the result (hashed by the store)
+    kind: str  # clean | corruption | attack
+    cell_id: int = -1
+    attack_spec: object = None
+    eps_index: int = 0
+
+
+@dataclass
+class Job:
+    data: EvalData
+    cells: list[Cell] = field(default_factory=list)
+    attack_limit: int | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", dist.local_rank() if dist.is_distributed() else 0)
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise RobenchError(f"unknown device '{name}' (auto, cpu, cuda, cuda:N, mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RobenchError(f"device '{name}' requested but CUDA is not available")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise RobenchError("device 'mps' requested but MPS is not available")
+    return dev
+
+
+def provenance(plan: Plan, device: torch.device) -> dict:
+    import timm
+
+    return dict(torch_version=torch.__version__, timm_version=timm.__version__,
+                python_version=platform.python_version(), device=str(device),
+                gpu_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "",
+                precision=plan.precision, seed=plan.seed, world_size=dist.world_size(),
+                command=plan.command or " ".join(sys.argv), host=platform.node())
+
+
+# ---- planning ----------------------------------------------------------------------------------------------------
+def plan_jobs(plan: Plan, model, data: EvalData | None) -> list[Job]:
+    """The cells of one model, grouped into jobs that share a data stream."""
+    kind, _ = parse_spec(plan.data)
+    base = {"precision": plan.precision, "seed": plan.seed, "chunk_size": plan.chunk_size,
+            "robench_schema": 1}
+    jobs = []
+    if data is not None:
+        dset = {"dataset": data.name, "data_fingerprint": data.fingerprint, "n": len(data)}
+        job = Job(data, attack_limit=plan.attack_limit)
+        job.cells.append(Cell({**base, **dset, "threat": "clean", "protocol": "standard"}, "clean"))
+        for suite_name in plan.corruptions:
+            suite = _corruption_suite(suite_name)
+            for c in _suite_corruptions(suite, plan):
+                for s in plan.severities:
+                    job.cells.append(Cell({**base, **dset, "threat": "corruption", "corruption": c, "severity": int(s),
+                                           "category": suite.category(c), "suite": suite.name,
+                                           "params_set": suite.params, "backend": plan.corruption_backend,
+                                           "protocol": "standard"}, "corruption"))
+        for suite_name in plan.attacks:
+            from robench.attack import load_attack_suite
+
+            for spec in load_attack_suite(suite_name, eps=plan.eps, steps=plan.steps):
+                n_att = min(len(data), plan.attack_limit) if plan.attack_limit else len(data)
+                for i, eps in enumerate(spec.eps):
+                    p = {**base, **dset, "n": n_att, "threat": "attack", "attack": spec.name, "norm": spec.norm,
+                         "eps": float(eps), "protocol": spec.protocol, "adaptive": bool(spec.adaptive),
+                         "attack_params": {k: v for k, v in spec.params_dict().items() if k != "eps"}}
+                    job.cells.append(Cell(p, "attack", attack_spec=spec, eps_index=i))
+        jobs.append(job)
+    else:  # pre-rendered corruption set: one job per (corruption, severity)
+        for suite_name in plan.corruptions or [kind]:
+            suite = _corruption_suite(suite_name)
+            for c in _suite_corruptions(suite, plan):
+                for s in plan.severities:
+                    d = load_prerendered(plan.data, c, int(s), model.info, limit=plan.limit, subset=plan.subset,
+                                         seed=plan.seed)
+                    p = {**base, "dataset": d.name, "data_fingerprint": d.fingerprint, "n": len(d),
+                         "threat": "corruption", "corruption": c, "severity": int(s), "category": suite.category(c),
+                         "suite": suite.name, "backend": "prerendered", "protocol": "standard"}
+                    jobs.append(Job(d, [Cell(p, "corruption")]))
+    return jobs
+
+
+def _corruption_suite(name):
+    from robench.corrupt import get_suite
+
+    return get_suite(name)
+
+
+def _suite_corruptions(suite, plan: Plan) -> list[str]:
+    if not plan.corruption_names:
+        return list(suite.corruptions)
+    from robench.errors import suggest
+
+    for c in plan.corruption_names:
+        if c not in suite.corruptions:
+            raise RobenchError(f"corruption '{c}' is not in suite {suite.name}" + suggest(c, suite.corruptions))
+    return [c for c in suite.corruptions if c in plan.corruption_names]
+
+
+# ---- execution ---------------------------------------------------------------------------------------------------
+class Runner:
+    """Executes a plan into a store. `run()` returns the tidy results of this plan's models."""
+
+    def __init__(self, plan: Plan, progress=None):
+        self.plan = plan.validate()
+        self.device = resolve_device(plan.device)
+        self.amp = AMP_DTYPES[plan.precision]
+        self.progress = progress
+        self.stop_requested = False
+        self.rank0 = dist.rank() == 0
+        self.store = None
+        self._chunk_writes = 0
+        self._fault = _parse_fault(os.environ.get("ROBENCH_FAULT"))
+
+    # The store is opened on rank 0 only; other ranks receive cell ids and pending chunks by broadcast.
+    def run(self):
+        plan = self.plan
+        if self.rank0:
+            self.store = Store(plan.out, create=True)
+            self.run_id = self.store.start_run(**provenance(plan, self.device))
+        else:
+            self.run_id = -1
+        old = signal.getsignal(signal.SIGINT)
+        if self.rank0 and _is_main_thread():
+            signal.signal(signal.SIGINT, self._on_sigint)
+        model_ids = []
+        try:
+            for entry in plan.models:
+                model_ids.append(self.run_model(entry))
+            if self.rank0:
+                self.store.end_run(self.run_id, "done")
+        except BaseException as e:
+            if self.rank0 and self.store is not None:
+                self.store.end_run(self.run_id, "interrupted" if isinstance(e, Interrupted) else "failed")
+            raise
+        finally:
+            if _is_main_thread():
+                signal.signal(signal.SIGINT, old)
+        if not self.rank0:
+            return None
+        res = self.store.results()
+        return res[res["model"].isin([m.display for m in plan.models])].reset_index(drop=True)
+
+    def _on_sigint(self, *_):
+        if self.stop_requested:  # second Ctrl-C: stop now (committed chunks are safe anyway)
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        self.log("Ctrl-C: stopping after the current chunk (press again to stop at once)")
+
+    def log(self, msg: str):
+        if self.rank0 and not self.plan.quiet:
+            if self.progress is not None:
+                self.progress.log(msg)
+            else:
+                print(f"[robench] {msg}", file=sys.stderr, flush=True)
+
+    def load_model(self, entry: ModelEntry):
+        from robench.zoo.checkpoint import file_sha256
+        from robench.zoo.registry import create_model
+
+        model = create_model(entry.name, num_classes=entry.num_classes, checkpoint=entry.checkpoint,
+                             checkpoint_key=entry.checkpoint_key)
+        ckpt = entry.checkpoint or model.info.default_checkpoint
+        sha = file_sha256(ckpt) if ckpt else "random-init"
+        model = model.to(self.device).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model, ckpt, sha
+
+    def run_model(self, entry: ModelEntry):
+        plan = self.plan
+        model, ckpt, sha = self.load_model(entry)
+        kind, _ = parse_spec(plan.data)
+        data = None
+        if kind not in PRERENDERED:
+            data = load_dataset(plan.data, model.info, limit=plan.limit, subset=plan.subset, seed=plan.seed,
+                                strict=plan.strict)
+            if data.num_classes != model.info.num_classes:
+                raise RobenchError(f"model {entry.display} has {model.info.num_classes} classes but data "
+                                   f"{plan.data} has {data.num_classes}")
+        elif model.info.num_classes != (1000 if kind == "imagenet-c" else 10):
+            raise RobenchError(f"model {entry.display} has {model.info.num_classes} classes but {kind} has "
+                               f"{1000 if kind == 'imagenet-c' else 10}")
+        jobs = plan_jobs(plan, model, data)
+        forward = torch.compile(model) if plan.compile else model
+        model_id = None
+        if self.rank0:
+            model_id = self.store.model_id(label=entry.display, name=entry.name, variant=model.info.variant,
+                                           arch=model.info.arch, params=model.info.params, checkpoint=ckpt,
+                                           checkpoint_sha256=sha)
+            for job in jobs:
+                n_job = len(job.data)
+                for cell in job.cells:
+                    n = cell.params["n"]
+                    cell.cell_id = self.store.cell_id(model_id, cell.params, n, math.ceil(n / plan.chunk_size),
+                                                      self.run_id)
+                    if plan.force:
+                        self.store.reset_cell(cell.cell_id)
+                assert n_job >= max(c.params["n"] for c in job.cells)
+        ids = dist.broadcast([[c.cell_id for c in job.cells] for job in jobs])
+        for job, job_ids in zip(jobs, ids):
+            for cell, cid in zip(job.cells, job_ids):
+                cell.cell_id = cid
+        for job in jobs:
+            self.run_job(entry, model, forward, job)
+        if self.rank0:
+            self.write_flags(model_id, jobs)
+            if plan.diagnostics and data is not None:
+                self.run_diagnostics(model, model_id, data)
+        return model_id
+
+    def run_job(self, entry, model, forward, job: Job):
+        plan = self.plan
+        n = len(job.data)
+        n_chunks = math.ceil(n / plan.chunk_size)
+        if self.rank0:
+            pending = {}
+            for cell in job.cells:
+                if self.store.cell_status(cell.cell_id) == "done":
+                    continue
+                done = self.store.done_chunks(cell.cell_id)
+                cell_chunks = math.ceil(cell.params["n"] / plan.chunk_size)
+                for ch in range(cell_chunks):
+                    if ch not in done:
+                        pending.setdefault(ch, []).append(cell.cell_id)
+        else:
+            pending = None
+        pending = dist.broadcast(pending)
+        by_id = {c.cell_id: c for c in job.cells}
+        what = f"{entry.display} · {_job_label(job)}"
+        if not pending:
+            self.log(f"{what}: all {len(job.cells)} cells already done (use --force to recompute)")
+        total = sum(min(plan.chunk_size, n - ch * plan.chunk_size) for ch in pending)
+        task = self.progress.add_task(what, total=total) if (self.progress is not None and self.rank0) else None
+        t0, done_samples = time.time(), 0
+        for ch in sorted(pending):
+            if self.stop_requested:
+                raise Interrupted("interrupted: every finished chunk is saved; rerun the same command to resume")
+            cells = [by_id[c] for c in pending[ch]]
+            lo, hi = ch * plan.chunk_size, min(n, (ch + 1) * plan.chunk_size)
+            my_lo, my_hi = dist.shard(lo, hi)
+            part = self.compute_chunk(model, forward, job, cells, my_lo, my_hi)
+            parts = dist.gather(part)
+            if self.rank0:
+                merged = {cid: ([], [], []) for cid in parts[0][0]}
+                skipped = 0
+                for res, sk in parts:
+                    skipped += sk
+                    for cid, (s, c, p) in res.items():
+                        merged[cid][0].extend(s)
+                        merged[cid][1].extend(c)
+                        merged[cid][2].extend(p)
+                self._chunk_writes += 1
+                fault = self._fault_cb()
+                self.store.write_chunk(ch, merged, self.run_id, skipped=skipped, _fault=fault)
+                done_samples += hi - lo
+                if task is not None:
+                    self.progress.update(task, advance=hi - lo)
+                elif not plan.quiet:
+                    rate = done_samples / max(time.time() - t0, 1e-9)
+                    eta = (total - done_samples) / max(rate, 1e-9)
+                    self.log(f"{what}: chunk {ch + 1}/{n_chunks} ({len(cells)} cells) "
+                             f"{rate:.1f} samples/s, ETA {eta:.0f}s")
+            dist.barrier()
+        if self.rank0:
+            for cell in job.cells:
+                self.store.finish_cell(cell.cell_id)
+            if task is not None:
+                self.progress.remove_task(task)
+
+    def _fault_cb(self):
+        """Test hook (ROBENCH_FAULT=kill@N): SIGKILL this process in the middle of the N-th chunk transaction."""
+        if self._fault is None or self._chunk_writes != self._fault:
+            return None
+
+        def die(i):
+            if i == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return die
+
+    # ---- one chunk: clean forward, corruptions, attacks ----------------------------------------------------------
+    def compute_chunk(self, model, forward, job: Job, cells: list[Cell], lo: int, hi: int):
+        res = {c.cell_id: ([], [], []) for c in cells}
+        skipped = 0
+        if hi <= lo:
+            return res, skipped
+        loader = self._loader(job.data.dataset, lo, hi)
+        for x, y, idx in loader:
+            valid = y >= 0
+            skipped += int((~valid).sum())
+            if not valid.all():
+                x, y, idx = x[valid], y[valid], idx[valid]
+            if len(y) == 0:
+                continue
+            x = x.to(self.device, non_blocking=True).float()
+            y = y.to(self.device)
+            self._process_batch(model, forward, job, cells, x, y, idx, res)
+        return res, skipped
+
+    def _process_batch(self, model, forward, job, cells, x, y, idx, res):
+        """Run every cell on one batch; on CUDA OOM halve the batch and retry the same samples."""
+        try:
+            self._batch_cells(model, forward, job, cells, x, y, idx, res)
+        except torch.cuda.OutOfMemoryError:
+            if len(y) == 1:
+                raise RobenchError("CUDA out of memory even with batch size 1") from None
+            torch.cuda.empty_cache()
+            h = len(y) // 2
+            self.log(f"CUDA out of memory: retrying with batch size {h}")
+            for sl in (slice(0, h), slice(h, None)):
+                self._process_batch(model, forward, job, cells, x[sl], y[sl], idx[sl], res)
+
+    def _logits(self, forward, x, name):
+        ctx = torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None else nullcontext()
+        with torch.no_grad(), ctx:
+            logits = forward(x).float()
+        if not torch.isfinite(logits).all():
+            raise RobenchError(f"model {name} produced NaN/inf logits (check the checkpoint and --precision)")
+        return logits
+
+    def _record(self, res, cell_id, idx, correct, pred):
+        s, c, p = res[cell_id]
+        s.extend(idx.tolist())
+        c.extend(correct.int().tolist())
+        p.extend(pred.tolist())
+
+    def _batch_cells(self, model, forward, job, cells, x, y, idx, res):
+        plan = self.plan
+        name = model.info.name
+        if any(c.kind == "clean" or c.params.get("backend") == "prerendered" for c in cells):
+            logits = self._logits(forward, x, name)
+            pred = logits.argmax(1)
+            for c in cells:
+                if c.kind == "clean" or (c.kind == "corruption" and c.params.get("backend") == "prerendered"):
+                    self._record(res, c.cell_id, idx, pred == y, pred.cpu())
+        for c in cells:
+            if c.kind != "corruption" or c.params.get("backend") == "prerendered":
+                continue
+            from robench.corrupt import corrupt_batch
+
+            seeds = sample_seeds(plan.seed, idx, c.params["corruption"], c.params["severity"])
+            xc = corrupt_batch(x, c.params["corruption"], c.params["severity"], seeds, suite=c.params["suite"],
+                               backend=c.params["backend"])
+            pred = self._logits(forward, xc, name).argmax(1)
+            self._record(res, c.cell_id, idx, pred == y, pred.cpu())
+        # attacks: one run per spec over all its pending eps (batched sweep)
+        groups: dict[int, list[Cell]] = {}
+        for c in cells:
+            if c.kind == "attack":
+                groups.setdefault(id(c.attack_spec), []).append(c)
+        for group in groups.values():
+            keep = idx < group[0].params["n"]
+            if not keep.any():
+                continue
+            xa, ya, ia = x[keep.to(x.device)], y[keep.to(y.device)], idx[keep]
+            spec = group[0].attack_spec
+            eps = tuple(spec.eps[c.eps_index] for c in group)
+            spec_sub = spec.with_eps(eps) if hasattr(spec, "with_eps") else spec
+            from robench.attack import run_attack
+
+            seeds = sample_seeds(plan.seed, ia, "attack", spec.name, params_hash(group[0].params["attack_params"]))
+            out = run_attack(model, xa, ya, spec_sub, seeds, amp_dtype=self.amp)
+            for j, c in enumerate(group):
+                self._record(res, c.cell_id, ia, out.robust[j].cpu(), out.adv_pred[j].cpu())
+
+    def _loader(self, dataset: Dataset, lo: int, hi: int):
+        from robench.data.specs import TensorData
+
+        sub = torch.utils.data.Subset(dataset, range(lo, hi))
+        workers = self.plan.workers
+        if workers is None:
+            workers = 0 if isinstance(dataset, TensorData) or self.device.type == "cpu" else min(8, os.cpu_count() or 1)
+        return DataLoader(sub, batch_size=self.plan.batch_size, shuffle=False, num_workers=workers,
+                          pin_memory=self.device.type == "cuda", persistent_workers=False)
+
+    # ---- after the cells ----------------------------------------------------------------------------------------
+    def write_flags(self, model_id, jobs):
+        try:
+            from robench.attack import sanity_flags
+        except ImportError:
+            return
+        res = self.store.results()
+        mine = res[res["cell_id"].isin([c.cell_id for j in jobs for c in j.cells])]
+        att = mine[mine["threat"] == "attack"]
+        if att.empty:
+            return
+        clean = mine[mine["threat"] == "clean"]["value"]
+        rows = [dict(attack=r.attack, norm=r.norm, eps=r.eps, robust_acc=r.value, n=r.n, protocol=r.protocol,
+                     cell=f"{r.attack} {r.norm} eps={r.eps:.5g}", zero_grad_frac=None)
+                for r in att.itertuples()]
+        flags = sanity_flags(rows, float(clean.iloc[0]) if len(clean) else None)
+        self.store.write_flags(model_id, flags, self.run_id)
+
+    def run_diagnostics(self, model, model_id, data: EvalData):
+        from robench.diag import inspect_model
+
+        n = min(len(data), self.plan.diagnostics_limit)
+        params = {"dataset": data.name, "data_fingerprint": data.fingerprint, "n": n, "threat": "diagnostics",
+                  "seed": self.plan.seed, "protocol": "standard"}
+        cid = self.store.cell_id(model_id, params, n, 1, self.run_id)
+        if self.store.cell_status(cid) == "done" and not self.plan.force:
+            return
+        batches = (x.to(self.device) for x, _, _ in self._loader(data.dataset, 0, n))
+        rows = inspect_model(model, batches)
+        self.store.write_diagnostics(cid, rows)
+        self.store.write_chunk(0, {cid: ([], [], [])}, self.run_id)
+        self.store.finish_cell(cid)
+
+
+def _job_label(job: Job) -> str:
+    c = job.cells[0]
+    if len(job.cells) == 1 and c.kind == "corruption":
+        return f"{c.params['corruption']} s{c.params['severity']}"
+    kinds = {}
+    for cell in job.cells:
+        kinds[cell.kind] = kinds.get(cell.kind, 0) + 1
+    return f"{job.data.name} ({', '.join(f'{v} {k}' for k, v in kinds.items())})"
+
+
+def _parse_fault(value):
+    if not value:
+        return None
+    if value.startswith("kill@"):
+        return int(value[5:])
+    return None
+
+
+def _is_main_thread():
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def run_plan(plan: Plan, progress=None):
+    """Run a plan; returns the tidy results (rank 0) of its models. Resumes whatever is already in the store."""
+    with dist.initialized():
+        return Runner(plan, progress).run()

@@ -1,0 +1,151 @@
+"""Sweep plans: what to evaluate. Built from CLI options (`robench eval`) or a TOML file (`robench sweep`).
+
+See docs/plan.md for the commented plan format. `robench.toml` in the working directory (or --config) may hold
+data roots and model checkpoints, so `robench eval --model deit-quest --attack pgd` works as users type it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from robench.errors import RobenchError, suggest
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    checkpoint: str | None = None
+    label: str | None = None
+    checkpoint_key: str | None = None
+    num_classes: int | None = None
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+@dataclass
+class Plan:
+    models: list[ModelEntry]
+    data: str | None = None
+    attacks: list[str] = field(default_factory=list)
+    corruptions: list[str] = field(default_factory=list)
+    corruption_names: list[str] | None = None  # restrict a suite to these corruptions
+    severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    corruption_backend: str = "torch"
+    eps: list[float] | None = None
+    steps: int | None = None
+    limit: int | None = None
+    attack_limit: int | None = None  # attack only the first N samples (of the --limit selection)
+    subset: str | None = None
+    batch_size: int = 64
+    device: str = "auto"
+    precision: str = "fp32"
+    compile: bool = False
+    seed: int = 0
+    out: str = "results"
+    force: bool = False
+    strict: bool = False
+    workers: int | None = None
+    chunk_size: int = 256
+    diagnostics: bool = False
+    diagnostics_limit: int = 64
+    quiet: bool = False
+    command: str = ""
+
+    def validate(self) -> "Plan":
+        if not self.models:
+            raise RobenchError("nothing to evaluate: the plan has no models")
+        if not self.data:
+            raise RobenchError("no data: pass --data (e.g. --data imagenet:/data/val) or set `data` in robench.toml")
+        if self.batch_size < 1:
+            raise RobenchError(f"batch size must be >= 1 (got {self.batch_size})")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise RobenchError(f"unknown precision '{self.precision}' (fp32, bf16, fp16)")
+        if self.corruption_backend not in ("torch", "reference"):
+            raise RobenchError(f"unknown corruption backend '{self.corruption_backend}' (torch, reference)")
+        bad = [s for s in self.severities if not 1 <= int(s) <= 5]
+        if bad:
+            raise RobenchError(f"severity must be in 1..5 (got {bad[0]})")
+        if self.chunk_size < 1:
+            raise RobenchError("chunk_size must be >= 1")
+        labels = [m.display for m in self.models]
+        dup = {l for l in labels if labels.count(l) > 1}
+        if dup:
+            raise RobenchError(f"two models share the label '{dup.pop()}': give each a distinct `label`")
+        return self
+
+
+PLAN_KEYS = {f.name for f in fields(Plan)} - {"models", "command", "quiet"}
+MODEL_KEYS = {f.name for f in fields(ModelEntry)}
+
+
+def _check_keys(d: dict, allowed: set, where: str):
+    unknown = [k for k in d if k not in allowed]
+    if unknown:
+        raise RobenchError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}"
+                           + suggest(unknown[0], allowed) + f"; allowed: {', '.join(sorted(allowed))}")
+
+
+def _model_entry(m, where: str, config: dict) -> ModelEntry:
+    if isinstance(m, str):
+        m = {"name": m}
+    if not isinstance(m, dict) or "name" not in m:
+        raise RobenchError(f"{where}: each model needs a `name`")
+    _check_keys(m, MODEL_KEYS, where)
+    entry = ModelEntry(**m)
+    if entry.checkpoint is None:
+        entry.checkpoint = config.get("checkpoints", {}).get(entry.name)
+    return entry
+
+
+def load_config(path=None) -> dict:
+    """robench.toml: [data] roots by kind, [checkpoints] by model name, plus any plan default (out, device...)."""
+    p = Path(path) if path else Path("robench.toml")
+    if not p.exists():
+        if path:
+            raise RobenchError(f"config file not found: {p}")
+        return {}
+    try:
+        cfg = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise RobenchError(f"config {p} is not valid TOML: {e}") from None
+    _check_keys(cfg, PLAN_KEYS | {"checkpoints", "data_roots"}, f"config {p}")
+    return cfg
+
+
+def resolve_data(data: str | None, config: dict) -> str | None:
+    """`imagenet` alone takes its root from the config's [data_roots]; `data` in the config is the default."""
+    data = data or config.get("data")
+    if data and ":" not in data and data != "digits" and data in config.get("data_roots", {}):
+        return f"{data}:{config['data_roots'][data]}"
+    return data
+
+
+def load_plan(path, config: dict | None = None) -> Plan:
+    path = Path(path)
+    if not path.is_file():
+        raise RobenchError(f"plan file not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise RobenchError(f"plan {path} is not valid TOML: {e}") from None
+    config = config or {}
+    _check_keys(raw, PLAN_KEYS | {"models"}, f"plan {path}")
+    models = raw.pop("models", None)
+    if not isinstance(models, list) or not models:
+        raise RobenchError(f"plan {path}: `models` must be a non-empty list ([[models]] tables or names)")
+    defaults = {k: v for k, v in config.items() if k in PLAN_KEYS}
+    for key in ("attacks", "corruptions"):
+        if isinstance(raw.get(key), str):
+            raw[key] = [raw[key]]
+    plan = Plan(models=[_model_entry(m, f"plan {path} model {i + 1}", config) for i, m in enumerate(models)],
+                **{**defaults, **raw})
+    plan.data = resolve_data(plan.data, config)
+    if plan.eps is not None:
+        from robench.attack import parse_eps
+
+        plan.eps = parse_eps(plan.eps) if isinstance(plan.eps, str) else [float(parse_eps(str(e))[0]) for e in plan.eps]
+    return plan.validate()

@@ -1,0 +1,287 @@
+"""The results store: one SQLite file (WAL mode) per out dir, crash-safe by construction.
+
+Tables
+    meta        schema version, robench version that created the store
+    runs        provenance of every invocation (versions, device, precision, seed, command line, start/end)
+    models      name, label, variant, arch, params, checkpoint path + sha256
+    cells       one threat on one model and dataset (every parameter in params_json; params_hash decides reuse)
+    chunks      which sample chunks of a cell are committed
+    outcomes    per-sample results: correct (0/1) and predicted class
+    aggregates  n, correct, accuracy and its 95% Wilson interval, per done cell
+    flags       sanity flags (gradient masking signs) naming the cells that raised them
+    diagnostics attention diagnostics rows (layer, head, stat, value) of diagnostics cells
+
+A chunk's outcomes and its `chunks` row are written in one transaction; a cell becomes 'done' (and gets its
+aggregate) only when all its chunks are in. A crash at any point therefore loses at most the chunk in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+import robench
+from robench.errors import RobenchError
+from robench.report.stats import wilson
+
+SCHEMA_VERSION = 1
+STORE_NAME = "robench.sqlite"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY, started REAL, ended REAL, status TEXT, robench_version TEXT, torch_version TEXT,
+    timm_version TEXT, python_version TEXT, device TEXT, gpu_name TEXT, precision TEXT, seed INTEGER,
+    world_size INTEGER, command TEXT, host TEXT);
+CREATE TABLE IF NOT EXISTS models (
+    model_id INTEGER PRIMARY KEY, label TEXT, name TEXT, variant TEXT, arch TEXT, params INTEGER,
+    checkpoint TEXT, checkpoint_sha256 TEXT, UNIQUE(label, name, checkpoint_sha256));
+CREATE TABLE IF NOT EXISTS cells (
+    cell_id INTEGER PRIMARY KEY, model_id INTEGER REFERENCES models, dataset TEXT, threat TEXT, attack TEXT,
+    norm TEXT, eps REAL, corruption TEXT, severity INTEGER, category TEXT, protocol TEXT, adaptive INTEGER,
+    params_json TEXT, params_hash TEXT, n_expected INTEGER, n_chunks INTEGER, status TEXT, run_id INTEGER,
+    UNIQUE(model_id, params_hash));
+CREATE TABLE IF NOT EXISTS chunks (
+    cell_id INTEGER, chunk INTEGER, n INTEGER, skipped INTEGER, run_id INTEGER, PRIMARY KEY(cell_id, chunk));
+CREATE TABLE IF NOT EXISTS outcomes (
+    cell_id INTEGER, sample INTEGER, correct INTEGER, pred INTEGER, PRIMARY KEY(cell_id, sample)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS aggregates (
+    cell_id INTEGER PRIMARY KEY, n INTEGER, correct INTEGER, value REAL, ci_low REAL, ci_high REAL,
+    skipped INTEGER, extra_json TEXT);
+CREATE TABLE IF NOT EXISTS flags (
+    flag_id INTEGER PRIMARY KEY, model_id INTEGER, flag TEXT, message TEXT, cells_json TEXT, run_id INTEGER);
+CREATE TABLE IF NOT EXISTS diagnostics (
+    cell_id INTEGER, layer INTEGER, head INTEGER, stat TEXT, value REAL);
+"""
+
+CELL_COLUMNS = ("dataset", "threat", "attack", "norm", "eps", "corruption", "severity", "category", "protocol",
+                "adaptive")
+EXPORT_COLUMNS = ["run_id", "model", "model_name", "variant", "arch", "params", "checkpoint_sha256", "dataset", "n",
+                  "threat", "attack", "norm", "eps", "corruption", "severity", "category", "metric", "value",
+                  "ci_low", "ci_high", "protocol", "adaptive", "cell_id"]
+
+
+def params_hash(params: dict) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def store_path(out) -> Path:
+    out = Path(out)
+    return out if out.suffix in (".sqlite", ".db") else out / STORE_NAME
+
+
+class Store:
+    """A results store. `Store(out_dir)` opens (or with create=True creates) out_dir/robench.sqlite."""
+
+    def __init__(self, out, create: bool = False):
+        self.path = store_path(out)
+        if not self.path.exists():
+            if not create:
+                raise RobenchError(f"no results store at {self.path} (run `robench eval` or `robench sweep` first)")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                probe = self.path.parent / f".robench-write-test-{time.time_ns()}"
+                probe.write_text("")
+                probe.unlink()
+            except OSError as e:
+                raise RobenchError(f"output directory {self.path.parent} is not writable ({e.strerror})") from None
+        try:
+            self.db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self._init_schema()
+        except sqlite3.DatabaseError as e:
+            raise RobenchError(f"{self.path} is not a robench results store ({e})") from None
+
+    def _init_schema(self):
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "meta" in tables:
+            row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = int(row[0]) if row else None
+            if version != SCHEMA_VERSION:
+                made_by = self.db.execute("SELECT value FROM meta WHERE key='robench_version'").fetchone()
+                raise RobenchError(f"results store {self.path} has schema version {version} (made by robench "
+                                   f"{made_by[0] if made_by else '?'}); this robench {robench.__version__} reads "
+                                   f"version {SCHEMA_VERSION}: use a new --out directory")
+            return
+        with self.transaction():
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    self.db.execute(statement)
+            self.db.execute("INSERT INTO meta VALUES ('schema_version', ?), ('robench_version', ?)",
+                            (str(SCHEMA_VERSION), robench.__version__))
+
+    @contextmanager
+    def transaction(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def close(self):
+        self.db.close()
+
+    # ---- runs and models -------------------------------------------------------------------------------------
+    def start_run(self, **prov) -> int:
+        cols = ["started", "status", "robench_version"] + list(prov)
+        vals = [time.time(), "running", robench.__version__] + list(prov.values())
+        with self.transaction():
+            cur = self.db.execute(f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", vals)
+        return cur.lastrowid
+
+    def end_run(self, run_id: int, status: str = "done"):
+        with self.transaction():
+            self.db.execute("UPDATE runs SET ended=?, status=? WHERE run_id=?", (time.time(), status, run_id))
+
+    def model_id(self, *, label, name, variant, arch, params, checkpoint, checkpoint_sha256) -> int:
+        key = (label, name, checkpoint_sha256 or "")
+        row = self.db.execute("SELECT model_id FROM models WHERE label=? AND name=? AND checkpoint_sha256=?",
+                              key).fetchone()
+        if row:
+            return row[0]
+        with self.transaction():
+            cur = self.db.execute(
+                "INSERT INTO models (label, name, variant, arch, params, checkpoint, checkpoint_sha256) "
+                "VALUES (?,?,?,?,?,?,?)", (label, name, variant, arch, params, str(checkpoint or ""), key[2]))
+        return cur.lastrowid
+
+    # ---- cells, chunks, outcomes ------------------------------------------------------------------------------
+    def cell_id(self, model_id: int, params: dict, n_expected: int, n_chunks: int, run_id: int) -> int:
+        """The cell for these exact parameters (created if new). Any parameter change makes a different cell."""
+        h = params_hash(params)
+        row = self.db.execute("SELECT cell_id, n_expected FROM cells WHERE model_id=? AND params_hash=?",
+                              (model_id, h)).fetchone()
+        if row:
+            return row[0]
+        cols = {c: params.get(c) for c in CELL_COLUMNS}
+        cols["adaptive"] = int(bool(cols["adaptive"]))
+        with self.transaction():
+            cur = self.db.execute(
+                f"INSERT INTO cells (model_id, {', '.join(cols)}, params_json, params_hash, n_expected, n_chunks, "
+                f"status, run_id) VALUES (?, {', '.join('?' * len(cols))}, ?, ?, ?, ?, 'pending', ?)",
+                (model_id, *cols.values(), json.dumps(params, sort_keys=True, default=str), h, n_expected,
+                 n_chunks, run_id))
+        return cur.lastrowid
+
+    def done_chunks(self, cell_id: int) -> set[int]:
+        return {r[0] for r in self.db.execute("SELECT chunk FROM chunks WHERE cell_id=?", (cell_id,))}
+
+    def cell_status(self, cell_id: int) -> str:
+        return self.db.execute("SELECT status FROM cells WHERE cell_id=?", (cell_id,)).fetchone()[0]
+
+    def write_chunk(self, chunk: int, results: dict, run_id: int, skipped: int = 0, _fault=None):
+        """Atomically record one chunk for several cells: results = {cell_id: (samples, correct, pred)}."""
+        with self.transaction():
+            for i, (cell_id, (samples, correct, pred)) in enumerate(results.items()):
+                self.db.execute("DELETE FROM outcomes WHERE cell_id=? AND sample IN (%s)"
+                                % ",".join("?" * len(samples)), (cell_id, *map(int, samples)))
+                self.db.executemany("INSERT INTO outcomes VALUES (?,?,?,?)",
+                                    [(cell_id, int(s), int(c), int(p)) for s, c, p in zip(samples, correct, pred)])
+                self.db.execute("INSERT OR REPLACE INTO chunks VALUES (?,?,?,?,?)",
+                                (cell_id, chunk, len(samples), skipped, run_id))
+                if _fault is not None:
+                    _fault(i)
+
+    def finish_cell(self, cell_id: int, extra: dict | None = None) -> bool:
+        """Mark the cell done and write its aggregate if all its chunks are committed. Returns whether it is done."""
+        n_chunks = self.db.execute("SELECT n_chunks FROM cells WHERE cell_id=?", (cell_id,)).fetchone()[0]
+        have, skipped = self.db.execute("SELECT COUNT(*), COALESCE(SUM(skipped),0) FROM chunks WHERE cell_id=?",
+                                        (cell_id,)).fetchone()
+        if have < n_chunks:
+            return False
+        n, k = self.db.execute("SELECT COUNT(*), COALESCE(SUM(correct),0) FROM outcomes WHERE cell_id=?",
+                               (cell_id,)).fetchone()
+        lo, hi = wilson(k, n)
+        with self.transaction():
+            self.db.execute("INSERT OR REPLACE INTO aggregates VALUES (?,?,?,?,?,?,?,?)",
+                            (cell_id, n, k, k / n if n else None, lo, hi, skipped, json.dumps(extra or {})))
+            self.db.execute("UPDATE cells SET status='done' WHERE cell_id=?", (cell_id,))
+        return True
+
+    def reset_cell(self, cell_id: int):
+        """--force: forget everything recorded for this cell."""
+        with self.transaction():
+            for table in ("outcomes", "chunks", "aggregates", "diagnostics"):
+                self.db.execute(f"DELETE FROM {table} WHERE cell_id=?", (cell_id,))
+            self.db.execute("UPDATE cells SET status='pending' WHERE cell_id=?", (cell_id,))
+
+    def write_flags(self, model_id: int, flags: list[dict], run_id: int):
+        with self.transaction():
+            self.db.execute("DELETE FROM flags WHERE model_id=?", (model_id,))
+            self.db.executemany("INSERT INTO flags (model_id, flag, message, cells_json, run_id) VALUES (?,?,?,?,?)",
+                                [(model_id, f["flag"], f["message"], json.dumps(f.get("cells", [])), run_id)
+                                 for f in flags])
+
+    def write_diagnostics(self, cell_id: int, rows: pd.DataFrame):
+        with self.transaction():
+            self.db.execute("DELETE FROM diagnostics WHERE cell_id=?", (cell_id,))
+            self.db.executemany("INSERT INTO diagnostics VALUES (?,?,?,?,?)",
+                                [(cell_id, int(r.layer), int(r.head), str(r.stat), float(r.value))
+                                 for r in rows.itertuples()])
+
+    # ---- reading ------------------------------------------------------------------------------------------------
+    def _df(self, sql: str, params=()) -> pd.DataFrame:
+        return pd.read_sql_query(sql, self.db, params=params)
+
+    def results(self) -> pd.DataFrame:
+        """The tidy long table: one row per model x done cell (columns EXPORT_COLUMNS; value = accuracy in [0,1])."""
+        df = self._df("""
+            SELECT c.run_id, m.label AS model, m.name AS model_name, m.variant, m.arch, m.params,
+                   m.checkpoint_sha256, c.dataset, a.n, c.threat, c.attack, c.norm, c.eps, c.corruption, c.severity,
+                   c.category, a.value, a.ci_low, a.ci_high, c.protocol, c.adaptive, c.cell_id
+            FROM cells c JOIN models m USING(model_id) JOIN aggregates a USING(cell_id)
+            WHERE c.status='done' AND c.threat != 'diagnostics' ORDER BY m.model_id, c.cell_id""")
+        df["metric"] = df["threat"].map({"attack": "robust_accuracy"}).fillna("accuracy")
+        return df[EXPORT_COLUMNS]
+
+    def outcomes(self, cell_id: int) -> pd.DataFrame:
+        """Per-sample outcomes of a cell: columns sample, correct, pred (sorted by sample)."""
+        return self._df("SELECT sample, correct, pred FROM outcomes WHERE cell_id=? ORDER BY sample", (cell_id,))
+
+    def cells(self) -> pd.DataFrame:
+        return self._df("SELECT c.*, m.label AS model FROM cells c JOIN models m USING(model_id) ORDER BY cell_id")
+
+    def models(self) -> pd.DataFrame:
+        return self._df("SELECT * FROM models ORDER BY model_id")
+
+    def runs(self) -> pd.DataFrame:
+        return self._df("SELECT * FROM runs ORDER BY run_id")
+
+    def flags(self) -> pd.DataFrame:
+        return self._df("SELECT m.label AS model, f.flag, f.message, f.cells_json FROM flags f "
+                        "JOIN models m USING(model_id) ORDER BY f.flag_id")
+
+    def diagnostics(self) -> pd.DataFrame:
+        return self._df("""SELECT m.label AS model, m.variant, c.dataset, c.corruption, c.attack, d.layer, d.head,
+                           d.stat, d.value FROM diagnostics d JOIN cells c USING(cell_id) JOIN models m
+                           USING(model_id) ORDER BY c.cell_id, d.layer, d.head""")
+
+
+def export(store: Store, dest, fmt: str = "csv") -> Path:
+    """Write the tidy long table (one row per model x cell) as csv, parquet or jsonl."""
+    df = store.results()
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    if fmt == "csv":
+        df.to_csv(tmp, index=False)
+    elif fmt == "jsonl":
+        df.to_json(tmp, orient="records", lines=True)
+    elif fmt == "parquet":
+        try:
+            df.to_parquet(tmp, index=False)
+        except ImportError:
+            raise RobenchError("parquet export needs pyarrow: pip install pyarrow") from None
+    else:
+        raise RobenchError(f"unknown export format '{fmt}' (csv, parquet, jsonl)")
+    tmp.replace(dest)
+    return dest
