@@ -94,6 +94,145 @@ def convert(
     console.print(f"wrote {dst} (variant {meta.get('variant')}, arch {meta.get('arch')})")
 
 
+def _progress(quiet: bool):
+    """A rich progress display on a terminal; None (plain log lines) when not a TTY or --quiet."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class Speed(ProgressColumn):
+        def render(self, task):
+            return Text(f"{task.speed:.1f} samples/s" if task.speed else "")
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Speed(),
+                    TimeRemainingColumn(), console=Console(stderr=True))
+
+
+def _run_and_print(plan, as_json: bool):
+    from robench.run import run_plan, summarize
+
+    progress = _progress(plan.quiet)
+    if progress is not None:
+        with progress:
+            results = run_plan(plan, progress)
+    else:
+        results = run_plan(plan)
+    if results is None:  # torchrun: ranks other than 0 print nothing
+        return
+    if as_json:
+        print(results.to_json(orient="records", indent=1))
+        return
+    from rich.table import Table
+
+    t = Table(title=f"robench results ({plan.out})")
+    for col in ("model", "threat", "n", "accuracy", "95% CI"):
+        t.add_column(col, justify="right" if col in ("n", "accuracy", "95% CI") else "left")
+    for r in summarize(results).itertuples():
+        ci = "" if r.ci_low is None or r.ci_low != r.ci_low else f"{100 * r.ci_low:.1f}–{100 * r.ci_high:.1f}"
+        t.add_row(r.model, r.threat, str(r.n), f"{100 * r.value:.2f}%", ci)
+    console.print(t)
+    console.print(f"store: {Path(plan.out) / 'robench.sqlite'}  (robench leaderboard {plan.out} / robench report {plan.out})")
+
+
+@app.command("eval")
+def eval_(
+    model: list[str] = typer.Option(..., "--model", "-m", help="Registered model name (repeatable), e.g. deit-quest."),
+    checkpoint: Optional[list[str]] = typer.Option(None, "--checkpoint", "-c", help="Checkpoint per --model (in order)."),
+    label: Optional[list[str]] = typer.Option(None, "--label", help="Display label per --model."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="imagenet:DIR, imagenet-c:DIR, cifar10:DIR, cifar10-c:DIR, folder:DIR, digits[:split]."),
+    attack: Optional[list[str]] = typer.Option(None, "--attack", "-a", help="Attack suite (repeatable): fgsm, pgd, pgd-l2, autoattack, paper, a .toml path, torchattacks:Name."),
+    corruptions: Optional[list[str]] = typer.Option(None, "--corruptions", help="Corruption suite (repeatable): imagenet-c, imagenet-c-extra, cifar10-c or a .toml path."),
+    corruption: Optional[list[str]] = typer.Option(None, "--corruption", help="Only these corruptions of the suites (repeatable)."),
+    severity: Optional[list[int]] = typer.Option(None, "--severity", help="Only these severities (repeatable, 1-5)."),
+    backend: str = typer.Option("torch", help="Corruption backend: torch (batched, default) or reference (imagecorruptions)."),
+    eps: Optional[str] = typer.Option(None, help="Override attack eps, e.g. 2/255,4/255 (pixel units)."),
+    steps: Optional[int] = typer.Option(None, help="Override attack steps."),
+    limit: Optional[int] = typer.Option(None, help="Evaluate a seeded random subset of N samples."),
+    attack_limit: Optional[int] = typer.Option(None, help="Attack only the first N of the evaluated samples."),
+    subset: Optional[Path] = typer.Option(None, help="File of relative image paths to evaluate (e.g. RobustBench's 5000-image list)."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps."),
+    precision: str = typer.Option("fp32", help="fp32, bf16 or fp16 (autocast)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    seed: int = typer.Option(0, help="Global seed (corruption noise, random starts, --limit subsets)."),
+    out: Optional[Path] = typer.Option(None, help="Output directory holding the results store (default results/)."),
+    force: bool = typer.Option(False, help="Recompute cells already in the store."),
+    strict: bool = typer.Option(False, help="Fail on unreadable images instead of skipping them."),
+    diagnostics: bool = typer.Option(False, help="Also record attention diagnostics."),
+    config: Optional[Path] = typer.Option(None, help="Config file (default ./robench.toml when present)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Plain log lines, no progress bars."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable results instead of a table."),
+):
+    """Evaluate models: clean accuracy always, plus attack and corruption suites; resumable.
+
+    Example: `robench eval --model deit-quest --checkpoint quest_tiny.pth --data imagenet:/data/val --attack pgd`
+    """
+    from robench.run import ModelEntry, Plan, load_config, resolve_data
+    from robench.run.plan import PLAN_KEYS
+
+    cfg = load_config(config)
+    ckpts, labels = list(checkpoint or []), list(label or [])
+    if len(ckpts) > len(model) or len(labels) > len(model):
+        raise RobenchError("give at most one --checkpoint and one --label per --model")
+    entries = [ModelEntry(name=m, checkpoint=ckpts[i] if i < len(ckpts) else cfg.get("checkpoints", {}).get(m),
+                          label=labels[i] if i < len(labels) else None) for i, m in enumerate(model)]
+    defaults = {k: v for k, v in cfg.items() if k in PLAN_KEYS}
+    from robench.attack import parse_eps
+
+    plan = Plan(**{**defaults, "models": entries, "data": resolve_data(data, cfg),
+                   "attacks": list(attack or defaults.get("attacks", [])),
+                   "corruptions": list(corruptions or defaults.get("corruptions", [])),
+                   "corruption_names": list(corruption) if corruption else defaults.get("corruption_names"),
+                   "severities": list(severity) if severity else defaults.get("severities", [1, 2, 3, 4, 5]),
+                   "corruption_backend": backend, "eps": parse_eps(eps) if eps else None, "steps": steps,
+                   "limit": limit, "attack_limit": attack_limit, "subset": str(subset) if subset else None,
+                   "batch_size": batch_size, "device": device, "precision": precision, "compile": compile,
+                   "seed": seed, "out": str(out or defaults.get("out", "results")), "force": force, "strict": strict,
+                   "diagnostics": diagnostics, "quiet": quiet, "command": "robench " + " ".join(sys.argv[1:])})
+    _run_and_print(plan, as_json)
+
+
+@app.command()
+def sweep(
+    plan_file: Path = typer.Argument(..., help="Plan TOML (see docs/plan.md)."),
+    out: Optional[Path] = typer.Option(None, help="Override the plan's output directory."),
+    force: bool = typer.Option(False, help="Recompute cells already in the store."),
+    config: Optional[Path] = typer.Option(None, help="Config file (default ./robench.toml when present)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Plain log lines, no progress bars."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable results instead of a table."),
+):
+    """Run a plan: models x data x attack and corruption suites. Rerun to resume; torchrun shards it.
+
+    Example: `robench sweep plan.toml` or `torchrun --nproc-per-node 4 -m robench sweep plan.toml`
+    """
+    from robench.run import load_config, load_plan
+
+    plan = load_plan(plan_file, load_config(config))
+    if out is not None:
+        plan.out = str(out)
+    plan.force = plan.force or force
+    plan.quiet = quiet
+    plan.command = "robench " + " ".join(sys.argv[1:])
+    _run_and_print(plan, as_json)
+
+
+@app.command("export")
+def export_(
+    store: Path = typer.Argument(Path("results"), help="Results directory (or .sqlite file)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output file."),
+    fmt: str = typer.Option("csv", "--format", "-f", help="csv, parquet or jsonl."),
+):
+    """Write the tidy results table (one row per model x cell) as CSV, Parquet or JSON lines.
+
+    Example: `robench export results/ --out results/baseline.csv`
+    """
+    from robench.run import Store, export
+
+    path = export(Store(store), out, fmt)
+    console.print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every RobenchError becomes one line on stderr and exit code 2 (never a traceback)."""
     args = sys.argv[1:] if argv is None else list(argv)
