@@ -90,8 +90,11 @@ def paired_difference(a_correct, b_correct, z: float = Z95) -> Difference:
     c = sum(y and not x for x, y in zip(a, bb))  # A wrong, B right
     d = n - both - b - c
     ka, kb = both + b, both + c
+    # correlation of the two marginals, with Newcombe's continuity correction of the numerator
     denom = math.sqrt((both + b) * (c + d) * (both + c) * (b + d))
-    phi = (both * d - b * c) / denom if denom > 0 else 0.0
+    num = both * d - b * c
+    num = num - n / 2 if num > n / 2 else (0.0 if num >= 0 else num)
+    phi = num / denom if denom > 0 else 0.0
     # interval for acc(B) - acc(A): swap roles in the p1 - p2 formula
     lo, hi = _newcombe(kb / n, ka / n, n, n, kb, ka, phi, z)
     return Difference(n, ka / n, kb / n, (kb - ka) / n, lo, hi, mcnemar_exact(b, c), "mcnemar", b, c)

@@ -1,0 +1,258 @@
+"""The leaderboard: one row per model (and dataset), RobustBench-like column names, written as csv/md/json/latex.
+
+Columns (accuracies and mCE as fractions in the DataFrame, csv and json; percent in md and latex):
+    model, variant, arch, params, dataset, clean_acc,
+    corruptions_acc (mean over the benchmark corruptions of each one's mean accuracy over severities),
+    corruptions_mce, corruptions_rel_mce (ImageNet-C, AlexNet-normalised; empty unless every corruption has all 5
+    severities), corruptions_<category>_acc, extra_corruptions_acc,
+    <attack>_<norm>_acc@<eps> per attack, norm and eps present (fgsm_linf_acc@1/255, pgd_l2_acc@0.5); AutoAttack at a
+    single threat model is plain `autoattack_acc` as on RobustBench,
+    flags (number of sanity flags raised for the model).
+Cells run under the paper protocol carry the suffix " (paper)", adaptive attacks " (adaptive)". Missing cells are
+empty (NaN), never 0. With ci=True every single-cell column gets <col>_ci_low / <col>_ci_high (Wilson 95%).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+
+import pandas as pd
+
+from robench.errors import RobenchError, suggest
+from robench.report.results import _DEFAULT, ATTACK_ORDER, Results, corruption_summaries, fmt_eps
+
+INFO_COLUMNS = ["model", "variant", "arch", "params", "dataset"]
+FORMATS = ("md", "csv", "json", "latex")
+
+
+def _suffix(protocol: str, adaptive: int) -> str:
+    s = " (adaptive)" if adaptive else ""
+    return s + (f" ({protocol})" if protocol and protocol != "standard" else "")
+
+
+def _attack_base(attack: str, norm, eps, single_aa: bool) -> str:
+    slug = attack.lower().replace(":", "-")
+    if attack == "autoattack" and single_aa:
+        return "autoattack_acc"
+    return f"{slug}_{(norm or '').lower()}_acc@{fmt_eps(eps, norm)}"
+
+
+def _attack_rank(attack: str) -> int:
+    return ATTACK_ORDER.index(attack) if attack in ATTACK_ORDER else len(ATTACK_ORDER)
+
+
+def _as_results(stores) -> Results:
+    return stores if isinstance(stores, Results) else Results(stores)
+
+
+def filter_table(res: Results, variant=None, model=None, dataset=None) -> pd.DataFrame:
+    """The results table restricted to variants / models (labels, registry names or globs) / datasets."""
+    t = res.table
+
+    def _list(x):
+        return None if x is None else ([x] if isinstance(x, str) else list(x))
+
+    variant, model, dataset = _list(variant), _list(model), _list(dataset)
+    if variant:
+        known = sorted(set(t["variant"].dropna()))
+        for v in variant:
+            if v not in known:
+                raise RobenchError(f"no model with variant '{v}' in the results" + suggest(v, known)
+                                   + f"; variants: {', '.join(known) or 'none'}")
+        t = t[t["variant"].isin(variant)]
+    if model:
+        keep = set()
+        for m in model:
+            if any(ch in m for ch in "*?["):
+                hit = {lab for lab, nm in zip(t["model"], t["model_name"])
+                       if fnmatch.fnmatch(lab, m) or fnmatch.fnmatch(str(nm), m)}
+                if not hit:
+                    raise RobenchError(f"no model matches '{m}'; models: {', '.join(res.model_labels)}")
+                keep |= hit
+            else:
+                keep |= set(res.check_models([m]))
+        t = t[t["model"].isin(keep)]
+    if dataset:
+        known = sorted(set(t["dataset"].dropna()))
+        for d in dataset:
+            if d not in known:
+                raise RobenchError(f"no dataset '{d}' in the results" + suggest(d, known)
+                                   + f"; datasets: {', '.join(known) or 'none'}")
+        t = t[t["dataset"].isin(dataset)]
+    return t
+
+
+def leaderboard(stores, sort: str | None = None, variant=None, model=None, dataset=None, ci: bool = False,
+                alexnet=_DEFAULT) -> pd.DataFrame:
+    """One row per model x dataset from one or more stores (paths, Store objects or a Results).
+
+    sort: a column name (descending; ascending for mCE columns; empty cells last). By default AutoAttack accuracy
+    when present, else clean accuracy. variant / model / dataset: keep only these (model accepts labels,
+    registry names and globs). ci: add Wilson 95% bounds of single-cell columns. alexnet: the ImageNet-C table
+    (default: the shipped suite; None: no mCE). `df.attrs["notes"]` lists why any mCE is empty.
+    """
+    res = _as_results(stores)
+    t = filter_table(res, variant, model, dataset)
+    if t.empty:
+        raise RobenchError("no results to rank (the store has no finished cells, or the filters exclude all)")
+    att = t[t["threat"] == "attack"]
+    aa = att[att["attack"] == "autoattack"]
+    single_aa = len(set(zip(aa["norm"], aa["eps"], aa["protocol"], aa["adaptive"]))) == 1
+    summaries = corruption_summaries(t, alexnet)
+    flags = res.flags()
+    n_flags = flags.groupby("model").size().to_dict() if len(flags) else {}
+
+    rows, col_order, notes = [], {}, []
+    for (mlabel, dataset_), g in t.groupby(["model", "dataset"], sort=False):
+        first = g.iloc[0]
+        row = {"model": mlabel, "variant": first["variant"], "arch": first["arch"],
+               "params": None if pd.isna(first["params"]) else int(first["params"]), "dataset": dataset_}
+
+        def put(name, value, rank, lo=None, hi=None, suffix=""):
+            row[name + suffix] = value
+            col_order.setdefault(name + suffix, rank)
+            if ci and lo is not None:
+                row[f"{name}_ci_low{suffix}"], row[f"{name}_ci_high{suffix}"] = lo, hi
+                col_order.setdefault(f"{name}_ci_low{suffix}", rank + (0.1,))
+                col_order.setdefault(f"{name}_ci_high{suffix}", rank + (0.2,))
+
+        for r in g.itertuples():
+            sfx = _suffix(r.protocol, r.adaptive)
+            prot = (r.protocol != "standard", r.adaptive)
+            if r.threat == "clean":
+                put("clean_acc", r.value, (0, *prot, 0), r.ci_low, r.ci_high, sfx)
+            elif r.threat == "attack":
+                base = _attack_base(r.attack, r.norm, r.eps, single_aa)
+                put(base, r.value, (2, *prot, _attack_rank(r.attack), r.attack, r.norm or "", r.eps or 0.0),
+                    r.ci_low, r.ci_high, sfx)
+        for (m, d, protocol), s in summaries.items():
+            if m != mlabel or d != dataset_:
+                continue
+            sfx, prot = _suffix(protocol, 0), (protocol != "standard", 0)
+            put("corruptions_acc", s.mean_acc, (1, *prot, 0), suffix=sfx)
+            put("corruptions_mce", s.mce, (1, *prot, 1), suffix=sfx)
+            put("corruptions_rel_mce", s.rel_mce, (1, *prot, 2), suffix=sfx)
+            for cat, v in s.category_acc.items():
+                put(f"corruptions_{cat}_acc", v, (1, *prot, 3, cat), suffix=sfx)
+            if s.extra_acc:
+                put("extra_corruptions_acc", sum(s.extra_acc.values()) / len(s.extra_acc), (1, *prot, 4), suffix=sfx)
+            if s.note:
+                notes.append(f"{mlabel} ({d}{sfx}): {s.note}")
+        row["flags"] = int(n_flags.get(mlabel, 0))
+        rows.append(row)
+
+    metric_cols = sorted(col_order, key=lambda c: _rank_key(col_order[c]))
+    df = pd.DataFrame(rows).reindex(columns=INFO_COLUMNS + metric_cols + ["flags"])
+    for c in metric_cols:
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    df = sort_leaderboard(df, sort)
+    df.attrs["notes"] = list(dict.fromkeys(notes))
+    return df
+
+
+def _rank_key(rank: tuple) -> tuple:
+    return tuple((0, x) if isinstance(x, (int, float)) else (1, str(x)) for x in rank)
+
+
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if c not in INFO_COLUMNS and c != "flags" and "_ci_" not in c]
+
+
+def sort_leaderboard(df: pd.DataFrame, sort: str | None = None) -> pd.DataFrame:
+    if sort is None:
+        aa = [c for c in metric_columns(df) if c.startswith("autoattack") and "(" not in c]
+        sort = aa[0] if aa else ("clean_acc" if "clean_acc" in df else None)
+        if sort is None:
+            return df.reset_index(drop=True)
+    if sort not in df.columns:
+        raise RobenchError(f"cannot sort by '{sort}': no such column" + suggest(sort, df.columns)
+                           + f"; columns: {', '.join(df.columns)}")
+    ascending = "mce" in sort or sort in ("model", "variant", "arch", "dataset")
+    return df.sort_values(sort, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
+
+
+# ---- formatting ------------------------------------------------------------------------------------------------
+
+def _pct(v, digits=2) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.{digits}f}"
+
+
+def _params(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{v / 1e6:.2f}M"
+
+
+def display_table(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Header and string rows for md/latex/terminal: percentages, intervals folded into '82.10 [79.0, 85.0]'."""
+    cols = [c for c in df.columns if "_ci_" not in c]
+    header = [c for c in cols]
+    rows = []
+    for _, r in df.iterrows():
+        out = []
+        for c in cols:
+            v = r[c]
+            if c == "params":
+                out.append(_params(v))
+            elif c in INFO_COLUMNS:
+                out.append("" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+            elif c == "flags":
+                out.append(str(int(v)) if v else "0")
+            else:
+                s = _pct(v)
+                lo_c, hi_c = _ci_cols(c)
+                if s and lo_c in df.columns and not pd.isna(r[lo_c]):
+                    s += f" [{_pct(r[lo_c], 1)}, {_pct(r[hi_c], 1)}]"
+                out.append(s)
+        rows.append(out)
+    return header, rows
+
+
+def _ci_cols(col: str) -> tuple[str, str]:
+    base, sep, sfx = col.partition(" (")
+    sfx = sep + sfx
+    return f"{base}_ci_low{sfx}", f"{base}_ci_high{sfx}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]], right=None) -> str:
+    """A GitHub markdown table; `right` = set of column indexes to right-align (default: all but the first)."""
+    right = set(range(1, len(header))) if right is None else set(right)
+    lines = ["| " + " | ".join(str(h).replace("|", "\\|") for h in header) + " |",
+             "|" + "|".join("---:" if i in right else ":---" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(str(x).replace("|", "\\|") for x in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _latex_escape(s: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
+                 ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}")):
+        s = s.replace(a, b)
+    return s
+
+
+def format_leaderboard(df: pd.DataFrame, fmt: str = "md") -> str:
+    """The leaderboard as md (GitHub table, %), csv (fractions), json (records, fractions, null = missing) or
+    latex (booktabs tabular, %)."""
+    if fmt not in FORMATS:
+        raise RobenchError(f"unknown leaderboard format '{fmt}'" + suggest(fmt, FORMATS) + f"; use {', '.join(FORMATS)}")
+    notes = df.attrs.get("notes", [])
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    if fmt == "json":
+        return json.dumps(json.loads(df.to_json(orient="records", double_precision=10)), indent=1) + "\n"
+    header, rows = display_table(df)
+    if fmt == "md":
+        text = markdown_table(header, rows, right=[i for i, h in enumerate(header) if h not in
+                                                   ("model", "variant", "arch", "dataset")])
+        text += "\n\nAccuracies, mCE and relative mCE in %; empty = not evaluated."
+        if notes:
+            text += "\n" + "\n".join(f"- {n}" for n in notes)
+        return text + "\n"
+    align = "".join("l" if h in ("model", "variant", "arch", "dataset") else "r" for h in header)
+    lines = [r"\begin{tabular}{" + align + "}", r"\toprule",
+             " & ".join(_latex_escape(h) for h in header) + r" \\", r"\midrule"]
+    lines += [" & ".join(_latex_escape(x) for x in r) + r" \\" for r in rows]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "% accuracies, mCE and relative mCE in %; empty = not evaluated\n" + "\n".join(lines) + "\n"

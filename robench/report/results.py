@@ -1,0 +1,216 @@
+"""Results of one or more stores side by side, cell keys and labels, and per-model corruption aggregates.
+
+Every reader here works on the tidy table of `Store.results()` (one row per model x done cell), plus a `store`
+column (index into the list of stores) so per-sample outcomes can be fetched for paired tests.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from robench.errors import RobenchError, suggest
+from robench.report.stats import AlexNetTable, CorruptionSummary, corruption_summary
+
+# a cell is the same cell in two stores (or a store and a CSV) when these agree (the model label aside)
+CELL_KEY = ("dataset", "threat", "attack", "norm", "eps", "corruption", "severity", "protocol", "adaptive")
+KEY = ("model",) + CELL_KEY
+ATTACK_ORDER = ("fgsm", "pgd", "autoattack")
+
+
+def normalize(df: pd.DataFrame) -> pd.DataFrame:
+    """Make key columns comparable across stores and CSV round trips: None for missing strings, eps rounded to
+    1e-9, severity and adaptive as ints (None when missing)."""
+    df = df.copy()
+
+    def put(col, values):
+        df[col] = pd.Series(values, index=df.index, dtype=object)
+
+    for col in ("model", "dataset", "threat", "attack", "norm", "corruption", "category", "protocol"):
+        if col in df:
+            put(col, [None if _missing(v) else str(v) for v in df[col]])
+    if "eps" in df:
+        put("eps", [None if _missing(v) else round(float(v), 9) for v in df["eps"]])
+    if "severity" in df:
+        put("severity", [None if _missing(v) else int(v) for v in df["severity"]])
+    if "adaptive" in df:
+        df["adaptive"] = [0 if _missing(v) else int(v) for v in df["adaptive"]]
+    if "protocol" in df:
+        put("protocol", [p or "standard" for p in df["protocol"]])
+    return df
+
+
+def index_rows(df: pd.DataFrame, key=KEY) -> dict:
+    """{key tuple: row} of a normalized table (later rows win)."""
+    return {tuple(r[c] for c in key): r for _, r in df.iterrows()}
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA or v is pd.NaT
+
+
+def key_of(row) -> tuple:
+    """The matching key of a (normalized) row: (model, dataset, threat, attack, norm, eps, corruption, ...)."""
+    return tuple(row[k] for k in KEY)
+
+
+def fmt_eps(eps, norm) -> str:
+    """4/255 for L-inf budgets that are whole 255ths, else the number (0.5)."""
+    if eps is None:
+        return ""
+    k = eps * 255
+    if norm == "Linf" and abs(k - round(k)) < 1e-6:
+        return f"{round(k)}/255"
+    return f"{eps:g}"
+
+
+def cell_label(row, dataset: bool = False) -> str:
+    """Short human name of a cell: 'clean', 'gaussian_noise s3', 'pgd Linf ε=4/255', with protocol markers."""
+    threat = row["threat"]
+    if threat == "clean":
+        s = "clean"
+    elif threat == "corruption":
+        s = f"{row['corruption']} s{row['severity']}" if row["severity"] is not None else str(row["corruption"])
+    elif threat == "attack":
+        s = f"{row['attack']} {row['norm'] or ''} ε={fmt_eps(row['eps'], row['norm'])}".replace("  ", " ")
+    else:
+        s = str(threat)
+    if row.get("adaptive"):
+        s += " adaptive"
+    if (row.get("protocol") or "standard") != "standard":
+        s += f" ({row['protocol']})"
+    return f"{row['dataset']} · {s}" if dataset else s
+
+
+def cell_sort_key(row) -> tuple:
+    threat_rank = {"clean": 0, "corruption": 1, "attack": 2}.get(row["threat"], 3)
+    attack = row["attack"] or ""
+    attack_rank = ATTACK_ORDER.index(attack) if attack in ATTACK_ORDER else len(ATTACK_ORDER)
+    return (row["dataset"] or "", row["protocol"] != "standard", row["adaptive"], threat_rank, row["category"] or "",
+            row["corruption"] or "", row["severity"] or 0, attack_rank, attack, row["norm"] or "", row["eps"] or 0.0)
+
+
+class Results:
+    """The results of one or more stores (paths or open Store objects), side by side.
+
+    `table` is the normalized tidy table with a `store` column; when two stores hold the same model label and
+    cell, the later store wins (and within a store, the later cell).
+    """
+
+    def __init__(self, stores):
+        from robench.run.store import Store
+
+        if isinstance(stores, (str, Path, Store)):
+            stores = [stores]
+        if not stores:
+            raise RobenchError("no results store given")
+        self.stores = [s if isinstance(s, Store) else Store(s) for s in stores]
+        frames = []
+        for i, s in enumerate(self.stores):
+            df = s.results()
+            df["store"] = i
+            frames.append(df)
+        table = normalize(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame()
+        self.table = table.drop_duplicates(list(KEY), keep="last").reset_index(drop=True)
+
+    @property
+    def model_labels(self) -> list[str]:
+        return list(dict.fromkeys(self.table["model"]))
+
+    def outcomes(self, store: int, cell_id: int) -> pd.DataFrame:
+        return self.stores[int(store)].outcomes(int(cell_id))
+
+    def _concat(self, method: str) -> pd.DataFrame:
+        frames = []
+        for i, s in enumerate(self.stores):
+            df = getattr(s, method)()
+            df.insert(0, "store", i)
+            frames.append(df)
+        return pd.concat(frames, ignore_index=True)
+
+    def flags(self) -> pd.DataFrame:
+        return self._concat("flags")
+
+    def runs(self) -> pd.DataFrame:
+        return self._concat("runs")
+
+    def models(self) -> pd.DataFrame:
+        return self._concat("models")
+
+    def diagnostics(self) -> pd.DataFrame:
+        return self._concat("diagnostics")
+
+    def check_models(self, names) -> list[str]:
+        """Resolve model labels (or registry names) to labels; RobenchError naming the known ones otherwise."""
+        labels = self.model_labels
+        by_name = dict(zip(self.table["model_name"], self.table["model"]))
+        out = []
+        for n in names:
+            if n in labels:
+                out.append(n)
+            elif n in by_name:
+                out.extend(lab for lab, nm in zip(self.table["model"], self.table["model_name"])
+                           if nm == n and lab not in out)
+            else:
+                raise RobenchError(f"no model '{n}' in the results" + suggest(n, labels)
+                                   + f"; models: {', '.join(labels) or 'none'}")
+        return list(dict.fromkeys(out))
+
+
+def alexnet_table() -> AlexNetTable | None:
+    """ImageNet-C's AlexNet errors from the corruption suite (robench.corrupt.get_suite, else the imagenet-c TOML).
+    None when neither is available."""
+    try:
+        from robench.corrupt import get_suite  # type: ignore[attr-defined]
+
+        suite = get_suite("imagenet-c")
+        err = {}
+        for c in suite.corruptions:
+            try:
+                e = suite.alexnet_err(c)
+            except (KeyError, ValueError, TypeError):
+                e = None
+            if e is not None and suite.category(c) != "extra":
+                err[str(c)] = float(e)
+        if err:
+            return AlexNetTable(err, float(suite.alexnet_clean_err))
+    except (ImportError, AttributeError, RobenchError, TypeError, KeyError):
+        pass
+    try:
+        from robench.suites import load_suite
+
+        data = load_suite("corruptions", "imagenet-c")
+        cors = data.get("corruptions", {})
+        err = {c: float(v["alexnet_err"]) for c, v in cors.items()
+               if isinstance(v, dict) and v.get("alexnet_err") is not None and v.get("category") != "extra"}
+        if err and data.get("alexnet_clean_err") is not None:
+            return AlexNetTable(err, float(data["alexnet_clean_err"]))
+    except (RobenchError, AssertionError, ModuleNotFoundError, TypeError, ValueError, KeyError):
+        pass
+    return None
+
+
+_DEFAULT = object()
+
+
+def corruption_summaries(table: pd.DataFrame, alexnet=_DEFAULT) -> dict:
+    """{(model, dataset, protocol): CorruptionSummary} for every model with corruption cells (adaptive cells aside).
+    alexnet: an AlexNetTable, None (no mCE), or by default the shipped ImageNet-C table."""
+    if alexnet is _DEFAULT:
+        alexnet = alexnet_table()
+    out = {}
+    cor = table[(table["threat"] == "corruption") & (table["adaptive"] == 0)]
+    for (model, dataset, protocol), g in cor.groupby(["model", "dataset", "protocol"], sort=False):
+        clean = table[(table["model"] == model) & (table["dataset"] == dataset) & (table["threat"] == "clean")
+                      & (table["protocol"] == protocol)]
+        clean_acc = float(clean["value"].iloc[-1]) if len(clean) else None
+        acc = {(r.corruption, r.severity if r.severity is not None else 0): r.value for r in g.itertuples()}
+        cats = {r.corruption: r.category for r in g.itertuples()}
+        out[(model, dataset, protocol)] = corruption_summary(acc, cats, clean_acc, alexnet)
+    return out
+
+
+__all__ = ["Results", "CorruptionSummary", "alexnet_table", "corruption_summaries", "cell_label", "fmt_eps",
+           "normalize", "CELL_KEY", "KEY"]
