@@ -1,1 +1,72 @@
-"""Corruption engine (batched torch ops) and the imagecorruptions reference backend."""
+"""Corruption engine: the 19 ImageNet-C / CIFAR-10-C corruptions as batched torch ops on any device (backend
+"torch"), or imagecorruptions-imaug per image in worker processes (backend "reference").
+
+    from robench.corrupt import corrupt_batch
+    from robench.seeding import sample_seeds
+    xc = corrupt_batch(x, "fog", 3, sample_seeds(0, idx, "fog", 3))   # x (B, 3, H, W) in [0, 1]
+
+Each image's randomness comes only from its own seed, so results do not depend on batch size, order or shard.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from robench.corrupt.suite import (CORRUPTIONS, SEVERITIES, CorruptionSuite, check_corruption, check_severity,
+                                   get_suite)
+from robench.errors import RobenchError
+
+__all__ = ["corrupt_batch", "get_suite", "CorruptionSuite", "CORRUPTIONS", "SEVERITIES", "BACKENDS"]
+
+BACKENDS = ("torch", "reference")
+
+
+def corrupt_batch(x: torch.Tensor, corruption: str, severity: int, seeds, *, suite="imagenet-c",
+                  backend: str = "torch") -> torch.Tensor:
+    """Corrupt a batch x (B, 3, H, W) float in [0, 1] (H, W >= 32) at severity 1..5 with one seed per image.
+
+    Returns a tensor of x's shape, device and dtype in [0, 1], quantised to 8-bit levels like the reference
+    (np.uint8 truncation). suite selects the severity parameters ("imagenet-c", "cifar10-c" or a TOML path);
+    backend "torch" runs batched torch ops on x's device, "reference" runs imagecorruptions-imaug per image on the
+    CPU in worker processes (ImageNet-C parameters only).
+    """
+    check_corruption(corruption)
+    check_severity(severity)
+    if backend not in BACKENDS:
+        raise RobenchError(f"unknown corruption backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
+        raise RobenchError(f"corrupt_batch expects a float tensor (B, 3, H, W), got "
+                           f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if min(x.shape[-2:]) < 32:
+        raise RobenchError(f"images must be at least 32x32 pixels to corrupt, got {x.shape[-2]}x{x.shape[-1]}")
+    seeds = [int(s) for s in (seeds.tolist() if isinstance(seeds, torch.Tensor) else seeds)]
+    if len(seeds) != x.shape[0]:
+        raise RobenchError(f"corrupt_batch needs one seed per image: {len(seeds)} seeds for {x.shape[0]} images")
+    suite = get_suite(suite)
+    if x.shape[0] == 0:
+        return x.clone()
+    if backend == "reference":
+        from robench.corrupt.reference import corrupt_reference
+
+        if suite.params != "imagenet":
+            raise RobenchError("the reference backend (imagecorruptions) only has ImageNet-C parameters; "
+                               f"suite '{suite.name}' uses {suite.params} parameters: use backend 'torch'")
+        return corrupt_reference(x, corruption, severity, seeds)
+    return apply(x, corruption, severity, seeds, suite)
+
+
+def apply(x, corruption, severity, seeds_or_draws, suite="imagenet-c", quantize: bool = True) -> torch.Tensor:
+    """The torch backend without input checks; seeds_or_draws may be an ops.Draws (to inject noise in tests)."""
+    from robench.corrupt import ops
+    from robench.corrupt.corruptions import CORRUPTION_FNS
+
+    suite = get_suite(suite)
+    p = suite.severity_params(corruption, severity)
+    draws = seeds_or_draws if isinstance(seeds_or_draws, ops.Draws) else ops.Draws(seeds_or_draws, x.device)
+    dtype = x.dtype
+    work = x.float() if dtype in (torch.float16, torch.bfloat16) else x
+    with torch.no_grad():
+        out = CORRUPTION_FNS[corruption](work.clamp(0, 1), p, draws, **suite.options(corruption)).clamp(0, 1)
+        if quantize:
+            out = torch.floor(out * 255 + 1e-3) / 255
+    return out.to(dtype)

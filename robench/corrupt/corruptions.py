@@ -1,0 +1,335 @@
+"""The 19 corruptions of ImageNet-C / CIFAR-10-C as batched torch ops, following hendrycks/robustness
+(make_imagenet_c.py, make_cifar_c.py). Each function takes x (B, 3, H, W) float in [0, 1], the severity parameter
+`p` as written in the suite file, the per-sample random `draws` (ops.Draws) and the corruption's extra suite
+options, and returns the corrupted batch (unclipped values are clipped by the caller). See docs/corruptions.md."""
+
+from __future__ import annotations
+
+import importlib.resources
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from robench.corrupt import ops
+
+
+# ---------------------------------------------------------------- noise
+
+def gaussian_noise(x, p, draws, **_):
+    return x + draws.normal(0.0, p, x.shape[1:])
+
+
+def shot_noise(x, p, draws, **_):
+    return draws.poisson(x * p) / p
+
+
+def impulse_noise(x, p, draws, **_):
+    # skimage.util.random_noise(mode="s&p", amount=p, salt_vs_pepper=0.5): flipped, then salted draws
+    flipped = draws.random(x.shape[1:]) <= p
+    salted = draws.random(x.shape[1:]) <= 0.5
+    x = torch.where(flipped & salted, torch.ones_like(x), x)
+    return torch.where(flipped & ~salted, torch.zeros_like(x), x)
+
+
+def speckle_noise(x, p, draws, **_):
+    return x + x * draws.normal(0.0, p, x.shape[1:])
+
+
+# ---------------------------------------------------------------- blur
+
+def gaussian_blur(x, p, draws, **_):
+    return ops.gaussian_blur(x, p)
+
+
+_disk_cache: dict = {}
+
+
+def disk_kernel(radius: float, alias_blur: float) -> np.ndarray:
+    """hendrycks' disk(): an aliased disk (17x17 up to radius 8) smoothed by cv2.GaussianBlur (3x3, or 5x5 above
+    radius 8; BORDER_REFLECT_101)."""
+    key = (radius, alias_blur)
+    if key not in _disk_cache:
+        L = np.arange(-8, 9) if radius <= 8 else np.arange(-radius, radius + 1)
+        ksize = 3 if radius <= 8 else 5
+        X, Y = np.meshgrid(L, L)
+        d = ((X ** 2 + Y ** 2) <= radius ** 2).astype(np.float64)
+        d /= d.sum()
+        g = np.exp(-(np.arange(ksize) - (ksize - 1) / 2) ** 2 / (2 * alias_blur ** 2))
+        g = tuple(g / g.sum())
+        _disk_cache[key] = ops.separable(torch.as_tensor(d), g, g, "mirror").numpy()
+    return _disk_cache[key]
+
+
+def defocus_blur(x, p, draws, **_):
+    k = torch.as_tensor(disk_kernel(p[0], p[1]), dtype=x.dtype, device=x.device)
+    r = k.shape[-1] // 2
+    B, C, H, W = x.shape
+    if r >= min(H, W):  # torch reflect padding needs pad < size: fall back to index-mapped padding
+        rows = torch.as_tensor(ops.boundary_index(np.arange(-r, H + r), H, "mirror"), device=x.device)
+        cols = torch.as_tensor(ops.boundary_index(np.arange(-r, W + r), W, "mirror"), device=x.device)
+        xp = x[:, :, rows][:, :, :, cols]
+    else:
+        xp = F.pad(x, (r, r, r, r), mode="reflect")  # cv2.filter2D's BORDER_REFLECT_101
+    return F.conv2d(xp.reshape(B * C, 1, H + 2 * r, W + 2 * r), k[None, None]).reshape(B, C, H, W)
+
+
+_glass_perm = None
+
+
+def _glass_permutation(offsets: np.ndarray, H: int, W: int, d: int) -> np.ndarray:
+    """Source index (B, H*W) of every pixel after hendrycks' sequential pixel-"swap" loop, computed exactly on
+    indices (compiled with numba); offsets (B, iters, nh, nw, 2) hold the (dx, dy) draws in loop order.
+
+    The original's `x[h, w], x[h', w'] = x[h', w'], x[h, w]` acts on numpy views of RGB pixels, so it is not a
+    swap: x[h, w] takes x[h', w'] and x[h', w'] keeps its value. We reproduce that."""
+    global _glass_perm
+    if _glass_perm is None:
+        from numba import njit
+
+        @njit(cache=True)
+        def perm(offsets, H, W, d):
+            B, iters = offsets.shape[0], offsets.shape[1]
+            out = np.empty((B, H * W), dtype=np.int64)
+            for b in range(B):
+                idx = np.arange(H * W)
+                for it in range(iters):
+                    i = 0
+                    for h in range(H - d, d, -1):
+                        j = 0
+                        for w in range(W - d, d, -1):
+                            dx, dy = offsets[b, it, i, j, 0], offsets[b, it, i, j, 1]
+                            a, c = h * W + w, (h + dy) * W + (w + dx)
+                            idx[a] = idx[c]
+                            j += 1
+                        i += 1
+                out[b] = idx
+            return out
+        _glass_perm = perm
+    return _glass_perm(offsets, H, W, d)
+
+
+def glass_blur(x, p, draws, **_):
+    sigma, d, iters = float(p[0]), int(p[1]), int(p[2])
+    B, C, H, W = x.shape
+    x = torch.floor(ops.gaussian_blur(x, sigma) * 255 + 1e-4) / 255  # np.uint8(...) truncation
+    nh, nw = max(H - 2 * d, 0), max(W - 2 * d, 0)
+    offsets = draws.integers(-d, d, (iters, nh, nw, 2)).cpu().numpy()
+    perm = torch.as_tensor(_glass_permutation(offsets, H, W, d), device=x.device)
+    x = x.reshape(B, C, H * W).gather(2, perm[:, None].expand(B, C, -1)).reshape(B, C, H, W)
+    return ops.gaussian_blur(x, sigma)
+
+
+def motion_blur(x, p, draws, **_):
+    angles = draws.uniform(-45, 45).tolist()
+    return ops.motion_blur(x * 255, p[0], p[1], angles) / 255
+
+
+def zoom_factors(p) -> np.ndarray:
+    return np.arange(p[0], p[1], p[2])
+
+
+def zoom_blur(x, p, draws, **_):
+    zs = zoom_factors(p)
+    out = x.clone()
+    for z in zs:
+        out += ops.clipped_zoom(x, float(z))
+    return out / (len(zs) + 1)
+
+
+# ---------------------------------------------------------------- weather
+
+def snow(x, p, draws, **_):
+    loc, scale, zoom, thr, radius, sigma, blend = p
+    B, C, H, W = x.shape
+    layer = draws.normal(loc, scale, (H, W)).to(x.dtype)
+    layer = ops.clipped_zoom(layer, float(zoom))
+    layer = torch.where(layer < thr, torch.zeros_like(layer), layer).clamp(0, 1)
+    layer = torch.floor(layer * 255)  # PIL 'L' image (astype uint8 truncation) fed to ImageMagick
+    angles = draws.uniform(-135, -45).tolist()
+    layer = ops.motion_blur(layer[:, None], int(radius), float(sigma), angles)
+    layer = torch.round(layer) / 255  # ImageMagick writes 8-bit PNG
+    gray = ops.rgb_to_gray(x)
+    x = blend * x + (1 - blend) * torch.maximum(x, gray * 1.5 + 0.5)
+    return x + layer + torch.flip(layer, dims=(-2, -1))
+
+
+_textures: dict = {}
+
+
+def frost_textures(scale: float, device) -> list[torch.Tensor]:
+    """frost1..frost5 (the original draws np.random.randint(5), so frost6 is never used) from the installed
+    imagecorruptions package, RGB float in [0, 255], resized by `scale` (cv2 INTER_LINEAR) when scale != 1."""
+    key = (scale, str(device))
+    if key not in _textures:
+        from PIL import Image
+
+        folder = importlib.resources.files("imagecorruptions") / "frost"
+        out = []
+        for name in ["frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg"]:
+            with importlib.resources.as_file(folder / name) as path:
+                t = torch.as_tensor(np.asarray(Image.open(path).convert("RGB")), dtype=torch.float32)
+            t = t.permute(2, 0, 1)
+            if scale != 1:
+                t = F.interpolate(t[None], scale_factor=scale, mode="bilinear", align_corners=False,
+                                  recompute_scale_factor=False)[0]
+            out.append(t.to(device))
+        _textures[key] = out
+    return _textures[key]
+
+
+def frost(x, p, draws, texture_scale=1.0, **_):
+    B, C, H, W = x.shape
+    textures = frost_textures(float(texture_scale), x.device)
+    which = draws.integers(0, len(textures)).tolist()
+    u = draws.random((2,)).cpu().numpy()
+    layers = []
+    for b in range(B):
+        t = textures[which[b]]
+        th, tw = t.shape[-2:]
+        if th < H or tw < W:  # image larger than the texture: enlarge it (bicubic) just enough to cover
+            s = max(H / th, W / tw)
+            t = F.interpolate(t[None], size=(int(np.ceil(th * s)), int(np.ceil(tw * s))), mode="bicubic",
+                              align_corners=False)[0]
+            th, tw = t.shape[-2:]
+        y0, x0 = int(u[b, 0] * max(th - H, 1)), int(u[b, 1] * max(tw - W, 1))
+        layers.append(t[:, y0:y0 + H, x0:x0 + W])
+    frost = torch.stack(layers).to(x.dtype) / 255
+    return p[0] * x + p[1] * frost
+
+
+def fog(x, p, draws, **_):
+    B, C, H, W = x.shape
+    mapsize = ops.next_power_of_2(max(H, W))
+    plasma = ops.plasma_fractal(draws, mapsize, float(p[1]), dtype=x.dtype)[:, None, :H, :W]
+    max_val = x.amax(dim=(1, 2, 3), keepdim=True)
+    return (x + p[0] * plasma) * max_val / (max_val + p[0])
+
+
+def brightness(x, p, draws, **_):
+    # skimage rgb2hsv, V += p (clipped), hsv2rgb == scale every channel by V'/V (V = 0: grey V')
+    v = x.amax(dim=1, keepdim=True)
+    v2 = (v + p).clamp(max=1)
+    return torch.where(v > 0, x * (v2 / v.clamp(min=1e-12)), v2.expand_as(x))
+
+
+def saturate(x, p, draws, **_):
+    # skimage rgb2hsv, S = clip(S*a + b), hsv2rgb, in closed form: out_i = V (1 - S' (V - x_i) / (V - min));
+    # grey pixels have hue 0 (red) in skimage, so they become (V, V(1-S'), V(1-S')).
+    a, b = p
+    v = x.amax(dim=1, keepdim=True)
+    delta = v - x.amin(dim=1, keepdim=True)
+    s = torch.where(delta > 0, delta / v.clamp(min=1e-12), torch.zeros_like(v))
+    s2 = (s * a + b).clamp(0, 1)
+    colour = v * (1 - s2 * (v - x) / delta.clamp(min=1e-12))
+    grey = torch.cat([v, v * (1 - s2), v * (1 - s2)], dim=1)
+    return torch.where(delta > 0, colour, grey)
+
+
+def spatter(x, p, draws, **_):
+    loc, scale, sigma, thr, intensity, mud = p
+    B, C, H, W = x.shape
+    liquid = ops.gaussian_blur(draws.normal(loc, scale, (H, W)).double(), float(sigma))
+    liquid = torch.where(liquid < thr, torch.zeros_like(liquid), liquid)
+    if mud:
+        m = (liquid > thr).to(x.dtype)
+        m = ops.gaussian_blur(m, float(intensity))
+        m = torch.where(m < 0.8, torch.zeros_like(m), m)[:, None]
+        colour = torch.tensor([63, 42, 20], dtype=x.dtype, device=x.device).view(1, 3, 1, 1) / 255
+        return x * (1 - m) + colour * m
+    # water: Canny edges -> distance transform -> equalised, embossed highlight, with OpenCV on the CPU per image
+    m = torch.stack([torch.as_tensor(_water_mask(l)) for l in liquid.cpu().numpy()]).to(x.device, x.dtype)
+    m = m[:, None] * intensity
+    colour = torch.tensor([175, 238, 238], dtype=x.dtype, device=x.device).view(1, 3, 1, 1) / 255
+    return x + m * colour
+
+
+def _water_mask(liquid: np.ndarray) -> np.ndarray:
+    import cv2
+
+    liquid = (liquid * 255).astype(np.uint8)
+    dist = 255 - cv2.Canny(liquid, 50, 150)
+    dist = cv2.distanceTransform(dist, cv2.DIST_L2, 5)
+    _, dist = cv2.threshold(dist, 20, 20, cv2.THRESH_TRUNC)
+    dist = cv2.blur(dist, (3, 3)).astype(np.uint8)
+    dist = cv2.equalizeHist(dist)
+    ker = np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]])
+    dist = cv2.filter2D(dist, cv2.CV_8U, ker)
+    dist = cv2.blur(dist, (3, 3)).astype(np.float32)
+    m = liquid * dist
+    return m / m.max() if m.max() > 0 else m
+
+
+# ---------------------------------------------------------------- digital
+
+def contrast(x, p, draws, **_):
+    means = x.mean(dim=(2, 3), keepdim=True)
+    return (x - means) * p + means
+
+
+def pixelate(x, p, draws, **_):
+    H, W = x.shape[-2:]
+    small = ops.pil_box_resize(x, (int(H * p), int(W * p)))
+    return ops.pil_box_resize(small, (H, W))
+
+
+_jpeg_pool = None
+
+
+def _jpeg_one(img: np.ndarray, quality: int) -> np.ndarray:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=quality)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def jpeg_compression(x, p, draws, **_):
+    # PIL/libjpeg encode + decode (exactly the original), in threads (libjpeg releases the GIL)
+    global _jpeg_pool
+    if _jpeg_pool is None:
+        _jpeg_pool = ThreadPoolExecutor(max(1, torch.get_num_threads()))
+    imgs = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    out = list(_jpeg_pool.map(_jpeg_one, imgs, [int(p)] * len(imgs)))
+    return torch.as_tensor(np.stack(out)).to(x.device).permute(0, 3, 1, 2).to(x.dtype) / 255
+
+
+def affine_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """cv2.getAffineTransform: the 2x3 matrix taking the 3 src points to the 3 dst points."""
+    A = np.concatenate([src, np.ones((3, 1))], axis=1)
+    return np.linalg.solve(A, dst).T
+
+
+def elastic_transform(x, p, draws, **_):
+    # hendrycks' original: random affine (cv2.warpAffine, BORDER_REFLECT_101) then a smoothed random displacement
+    # field (skimage gaussian mode=reflect truncate=3) applied with map_coordinates(order=1, mode=reflect).
+    alpha, sigma, jitter = (float(v) for v in p)
+    B, C, H, W = x.shape
+    centre = np.float32([H, W]) // 2
+    sq = min(H, W) // 3
+    pts1 = np.float32([centre + sq, [centre[0] + sq, centre[1] - sq], centre - sq])
+    shift = draws.uniform(-jitter, jitter, (3, 2)).cpu().double().numpy()
+    dxy = [draws.uniform(-1.0, 1.0, (H, W)).double() for _ in range(2)]
+    yy, xx = torch.meshgrid(torch.arange(H, device=x.device, dtype=torch.float64),
+                            torch.arange(W, device=x.device, dtype=torch.float64), indexing="ij")
+    # inverse affine maps each output pixel (x, y) to its source (x', y')
+    inv = []
+    for b in range(B):
+        M = affine_from_points(pts1.astype(np.float64), (pts1 + shift[b].astype(np.float32)).astype(np.float64))
+        Mi = np.linalg.inv(np.vstack([M, [0, 0, 1]]))[:2]
+        inv.append(torch.as_tensor(Mi, device=x.device))
+    Mi = torch.stack(inv)  # (B, 2, 3)
+    src_x = Mi[:, 0, 0, None, None] * xx + Mi[:, 0, 1, None, None] * yy + Mi[:, 0, 2, None, None]
+    src_y = Mi[:, 1, 0, None, None] * xx + Mi[:, 1, 1, None, None] * yy + Mi[:, 1, 2, None, None]
+    warped = ops.sample_bilinear(x, src_y.to(x.dtype), src_x.to(x.dtype), "mirror")
+    dx = ops.gaussian_blur(dxy[0], sigma, mode="reflect", truncate=3) * alpha
+    dy = ops.gaussian_blur(dxy[1], sigma, mode="reflect", truncate=3) * alpha
+    return ops.sample_bilinear(warped, (yy + dy).to(x.dtype), (xx + dx).to(x.dtype), "reflect")
+
+
+CORRUPTION_FNS = {f.__name__: f for f in (
+    gaussian_noise, shot_noise, impulse_noise, defocus_blur, glass_blur, motion_blur, zoom_blur, snow, frost, fog,
+    brightness, contrast, elastic_transform, pixelate, jpeg_compression, speckle_noise, gaussian_blur, spatter,
+    saturate)}

@@ -1,0 +1,62 @@
+"""Reference backend: imagecorruptions-imaug (`imagecorruptions.corrupt`) per image on the CPU, in a process pool.
+
+Images go through uint8 (round(x*255)) as the reference expects, and come back as its uint8 output / 255. Each
+image seeds numpy's global generator (and the `seed` argument of glass_blur / impulse_noise) from its own seed.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import torch
+
+_pool: ProcessPoolExecutor | None = None
+_pool_size = 0
+
+SEEDED = ("glass_blur", "impulse_noise")  # functions taking an explicit seed argument
+
+
+def corrupt_one(img: np.ndarray, corruption: str, severity: int, seed: int) -> np.ndarray:
+    """imagecorruptions on one HxWx3 uint8 image, deterministic in `seed`."""
+    import warnings
+
+    from imagecorruptions import corrupt
+
+    np.random.seed(seed % 2 ** 32)
+    kwargs = {"seed": seed % 2 ** 32} if corruption in SEEDED else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return corrupt(img, severity=severity, corruption_name=corruption, **kwargs)
+
+
+def _chunk(args):
+    imgs, corruption, severity, seeds = args
+    return [corrupt_one(i, corruption, severity, s) for i, s in zip(imgs, seeds)]
+
+
+def get_pool(workers: int | None = None) -> ProcessPoolExecutor:
+    """A shared pool of `workers` processes (default: one per CPU core), started once."""
+    global _pool, _pool_size
+    workers = workers or os.cpu_count() or 1
+    if _pool is None or _pool_size != workers:
+        if _pool is not None:
+            _pool.shutdown()
+        import multiprocessing as mp
+
+        _pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+        _pool_size = workers
+    return _pool
+
+
+def corrupt_reference(x: torch.Tensor, corruption: str, severity: int, seeds, workers: int | None = None
+                      ) -> torch.Tensor:
+    """Corrupt x (B, 3, H, W) in [0, 1] with imagecorruptions, split across worker processes."""
+    imgs = (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    pool = get_pool(workers)
+    n = max(1, len(imgs) // (_pool_size * 2) + (len(imgs) % (_pool_size * 2) > 0))
+    jobs = [(imgs[i:i + n], corruption, severity, seeds[i:i + n]) for i in range(0, len(imgs), n)]
+    out = [o for chunk in pool.map(_chunk, jobs) for o in chunk]
+    y = torch.as_tensor(np.stack(out)).permute(0, 3, 1, 2).to(x.device, x.dtype) / 255
+    return y

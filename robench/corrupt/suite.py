@@ -1,0 +1,115 @@
+"""Corruption suites: which corruptions, their categories, severity parameters and AlexNet errors (for mCE).
+
+Suites are TOML files (corruptions/imagenet-c.toml, imagenet-c-extra.toml, cifar10-c.toml, or a user path):
+
+    name = "imagenet-c"; params = "imagenet"; alexnet_clean_err = 0.435
+    [corruptions.gaussian_noise]
+    category = "noise"; alexnet_err = 0.886428; severity = [0.08, 0.12, 0.18, 0.26, 0.38]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from robench.errors import RobenchError, suggest
+from robench.suites import load_suite
+
+# All 19 corruptions in the canonical order of hendrycks/robustness (15 benchmark + 4 extra).
+CORRUPTIONS = (
+    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
+    "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
+    "speckle_noise", "gaussian_blur", "spatter", "saturate",
+)
+SEVERITIES = (1, 2, 3, 4, 5)
+# Where a corruption missing from a suite takes its parameters from, per parameter family.
+FAMILY_SUITES = {"imagenet": ("imagenet-c", "imagenet-c-extra"), "cifar": ("cifar10-c",)}
+
+
+@dataclass
+class CorruptionSuite:
+    name: str
+    params: str                      # parameter family: "imagenet" or "cifar"
+    corruptions: list[str]           # ordered
+    table: dict[str, dict] = field(repr=False, default_factory=dict)  # per corruption: category, severity, ...
+    alexnet_clean_err: float | None = None
+    severities: list[int] = field(default_factory=lambda: list(SEVERITIES))
+
+    def category(self, name: str) -> str:
+        return self._entry(name).get("category", "other")
+
+    def alexnet_err(self, name: str) -> float | None:
+        """AlexNet error for `name` averaged over severities (ImageNet-C mCE normaliser), or None (extras)."""
+        v = self._entry(name).get("alexnet_err")
+        return None if v is None else float(v)
+
+    def severity_params(self, name: str, severity: int):
+        """The parameter value(s) of `name` at `severity` (1..5), exactly as written in the suite file."""
+        check_severity(severity)
+        return self._entry(name)["severity"][severity - 1]
+
+    def options(self, name: str) -> dict:
+        """Extra per-corruption keys (e.g. frost's texture_scale)."""
+        return {k: v for k, v in self._entry(name).items() if k not in ("category", "alexnet_err", "severity")}
+
+    def _entry(self, name: str) -> dict:
+        if name in self.table:
+            return self.table[name]
+        check_corruption(name)
+        for other in FAMILY_SUITES.get(self.params, ()):
+            if other != self.name and name in (s := get_suite(other)).table:
+                return s.table[name]
+        raise RobenchError(f"corruption '{name}' is not in suite '{self.name}'"
+                           + suggest(name, self.corruptions) + f"; it has: {', '.join(self.corruptions)}")
+
+
+def check_corruption(name: str) -> str:
+    if name not in CORRUPTIONS:
+        raise RobenchError(f"unknown corruption '{name}'" + suggest(name, CORRUPTIONS)
+                           + f"; known: {', '.join(CORRUPTIONS)}")
+    return name
+
+
+def check_severity(severity) -> int:
+    if isinstance(severity, bool) or not isinstance(severity, int) or severity not in SEVERITIES:
+        raise RobenchError(f"severity must be an integer in 1..5, got {severity!r}")
+    return severity
+
+
+_cache: dict[str, CorruptionSuite] = {}
+
+
+def get_suite(name_or_path: str | CorruptionSuite) -> CorruptionSuite:
+    """Load a corruption suite by name (imagenet-c, imagenet-c-extra, cifar10-c) or TOML path (validated, cached)."""
+    if isinstance(name_or_path, CorruptionSuite):
+        return name_or_path
+    if name_or_path in _cache:
+        return _cache[name_or_path]
+    data = load_suite("corruptions", name_or_path)
+    name = data["name"]
+    params = data.get("params", "imagenet")
+    if params not in FAMILY_SUITES:
+        raise RobenchError(f"suite {name}: params must be 'imagenet' or 'cifar', got {params!r}")
+    table = data.get("corruptions", {})
+    if not table:
+        raise RobenchError(f"suite {name} defines no [corruptions.<name>] tables")
+    for c, entry in table.items():
+        check_corruption(c)
+        sev = entry.get("severity")
+        if sev is not None and (not isinstance(sev, list) or len(sev) != 5):
+            raise RobenchError(f"suite {name}: corruptions.{c}.severity must list 5 values (one per severity)")
+    suite = CorruptionSuite(name=name, params=params, corruptions=list(table), table=table,
+                            alexnet_clean_err=data.get("alexnet_clean_err"))
+    # A user suite may omit `severity` to reuse the family's parameters.
+    for c in list(table):
+        if "severity" not in table[c]:
+            table[c] = {**_family_entry(params, c), **table[c]}
+    _cache[name_or_path] = suite
+    return suite
+
+
+def _family_entry(params: str, name: str) -> dict:
+    for s in FAMILY_SUITES[params]:
+        t = get_suite(s).table
+        if name in t:
+            return {k: v for k, v in t[name].items() if k not in ("alexnet_err",)}
+    raise RobenchError(f"no {params} parameters for corruption '{name}'")
