@@ -36,7 +36,7 @@ adversarial attacks.
 * `robench check --baseline results/demo-baseline.csv`
 """,
 )
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)  # full tables in logs and pipes
 
 
 def _version(value: bool):
@@ -178,8 +178,8 @@ def eval_(
     entries = [ModelEntry(name=m, checkpoint=ckpts[i] if i < len(ckpts) else cfg.get("checkpoints", {}).get(m),
                           label=labels[i] if i < len(labels) else None) for i, m in enumerate(model)]
     defaults = {k: v for k, v in cfg.items() if k in PLAN_KEYS}
-    from robench.attack import parse_eps
-
+    if eps:
+        from robench.attack import parse_eps
     plan = Plan(**{**defaults, "models": entries, "data": resolve_data(data, cfg),
                    "attacks": list(attack or defaults.get("attacks", [])),
                    "corruptions": list(corruptions or defaults.get("corruptions", [])),

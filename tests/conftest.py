@@ -1,0 +1,34 @@
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: slower tests (torch.compile, end-to-end); run by default")
+
+
+@pytest.fixture
+def imagenet_sample():
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data/imagenet-sample not present")
+    return SHARED
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run the robench CLI in-process: returns (exit code, stdout, stderr)."""
+    from robench.cli import main
+
+    def run(*args):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
