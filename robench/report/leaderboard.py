@@ -21,7 +21,7 @@ import math
 import pandas as pd
 
 from robench.errors import RobenchError, suggest
-from robench.report.results import _DEFAULT, ATTACK_ORDER, Results, corruption_summaries, fmt_eps
+from robench.report.results import _DEFAULT, ATTACK_ORDER, Results, corruption_rank, corruption_summaries, fmt_eps
 
 INFO_COLUMNS = ["model", "variant", "arch", "params", "dataset"]
 FORMATS = ("md", "csv", "json", "latex")
@@ -135,7 +135,7 @@ def leaderboard(stores, sort: str | None = None, variant=None, model=None, datas
             put("corruptions_mce", s.mce, (1, *prot, 1), suffix=sfx)
             put("corruptions_rel_mce", s.rel_mce, (1, *prot, 2), suffix=sfx)
             for cat, v in s.category_acc.items():
-                put(f"corruptions_{cat}_acc", v, (1, *prot, 3, cat), suffix=sfx)
+                put(f"corruptions_{cat}_acc", v, (1, *prot, 3, corruption_rank(None, cat)[0], cat), suffix=sfx)
             if s.extra_acc:
                 put("extra_corruptions_acc", sum(s.extra_acc.values()) / len(s.extra_acc), (1, *prot, 4), suffix=sfx)
             if s.note:

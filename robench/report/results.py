@@ -18,6 +18,18 @@ from robench.report.stats import AlexNetTable, CorruptionSummary, corruption_sum
 CELL_KEY = ("dataset", "threat", "attack", "norm", "eps", "corruption", "severity", "protocol", "adaptive")
 KEY = ("model",) + CELL_KEY
 ATTACK_ORDER = ("fgsm", "pgd", "autoattack")
+CATEGORY_ORDER = ("noise", "blur", "weather", "digital", "extra")
+# the order of Hendrycks & Dietterich's tables (for display only)
+CORRUPTION_ORDER = (
+    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
+    "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
+    "speckle_noise", "gaussian_blur", "spatter", "saturate")
+
+
+def corruption_rank(name, category=None) -> tuple:
+    cat = CATEGORY_ORDER.index(category) if category in CATEGORY_ORDER else len(CATEGORY_ORDER)
+    known = CORRUPTION_ORDER.index(name) if name in CORRUPTION_ORDER else len(CORRUPTION_ORDER)
+    return (cat, known, str(name or ""))
 
 
 def normalize(df: pd.DataFrame) -> pd.DataFrame:
@@ -85,11 +97,18 @@ def cell_label(row, dataset: bool = False) -> str:
 
 
 def cell_sort_key(row) -> tuple:
-    threat_rank = {"clean": 0, "corruption": 1, "attack": 2}.get(row["threat"], 3)
-    attack = row["attack"] or ""
+    """Order cells as a reader expects: dataset, standard before paper, clean, corruptions, attacks by strength."""
+
+    def v(col, default):
+        x = row.get(col)
+        return default if _missing(x) else x
+
+    threat_rank = {"clean": 0, "corruption": 1, "attack": 2}.get(v("threat", ""), 3)
+    attack = v("attack", "")
     attack_rank = ATTACK_ORDER.index(attack) if attack in ATTACK_ORDER else len(ATTACK_ORDER)
-    return (row["dataset"] or "", row["protocol"] != "standard", row["adaptive"], threat_rank, row["category"] or "",
-            row["corruption"] or "", row["severity"] or 0, attack_rank, attack, row["norm"] or "", row["eps"] or 0.0)
+    return (v("dataset", ""), v("protocol", "standard") != "standard", int(v("adaptive", 0)), threat_rank,
+            corruption_rank(v("corruption", ""), v("category", None)), int(v("severity", 0)), attack_rank, attack, v("norm", ""),
+            float(v("eps", 0.0)))
 
 
 class Results:

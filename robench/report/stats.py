@@ -78,16 +78,18 @@ def paired_difference(a_correct, b_correct, z: float = Z95) -> Difference:
     Newcombe 1998), which stays inside [-1, 1] and behaves well near 0 and 1 and on small n, unlike Wald;
     p is the exact two-sided McNemar test.
     """
-    a = [bool(x) for x in a_correct]
-    bb = [bool(x) for x in b_correct]
+    import numpy as np
+
+    a = np.asarray(a_correct).astype(bool).ravel()
+    bb = np.asarray(b_correct).astype(bool).ravel()
     if len(a) != len(bb):
         raise ValueError(f"outcome arrays differ in length ({len(a)} vs {len(bb)})")
     n = len(a)
     if n == 0:
         return Difference(0, math.nan, math.nan, math.nan, math.nan, math.nan, 1.0, "mcnemar", 0, 0)
-    both = sum(x and y for x, y in zip(a, bb))
-    b = sum(x and not y for x, y in zip(a, bb))  # A right, B wrong
-    c = sum(y and not x for x, y in zip(a, bb))  # A wrong, B right
+    both = int((a & bb).sum())
+    b = int((a & ~bb).sum())  # A right, B wrong
+    c = int((~a & bb).sum())  # A wrong, B right
     d = n - both - b - c
     ka, kb = both + b, both + c
     # correlation of the two marginals, with Newcombe's continuity correction of the numerator
