@@ -3,7 +3,6 @@ original definitions, on real photos (scikit-image samples resized to 224, ../sh
 
 - deterministic corruptions: mean |torch - reference| <= 1/255 at every severity;
 - stochastic ones with the reference's own noise injected (recorded numpy draws replayed): the same bound;
-- glass_blur (its noise is drawn inside numba, so it cannot be replayed): residual statistics within 5%;
 - where imagecorruptions departs from the original (frost, elastic_transform, pixelate upsampling), an oracle of the
   original definition written here with numpy / OpenCV / scipy / PIL, with the same noise.
 """
@@ -42,6 +41,7 @@ def _photos(size: int) -> list[np.ndarray]:
 
 
 PHOTOS = _photos(224)
+SMALL = _photos(112)  # for the corruptions whose reference is slow (zoom, glass, elastic): same algorithm
 
 
 def _tensor(imgs) -> torch.Tensor:
@@ -59,7 +59,8 @@ def _mad(a, b) -> float:
 @pytest.mark.parametrize("corruption", ["defocus_blur", "zoom_blur", "gaussian_blur", "contrast", "brightness",
                                         "saturate", "jpeg_compression", "pixelate"])
 def test_deterministic_match_reference(corruption):
-    imgs = PHOTOS[:3] + PHOTOS[4:]
+    imgs = (SMALL if corruption in ("zoom_blur", "defocus_blur") else PHOTOS)[:2] + PHOTOS[4:5]
+    imgs = [im for im in imgs if im.shape == imgs[0].shape]
     x = _tensor(imgs)
     for s in SEVERITIES:
         d = _mad(apply(x, corruption, s, [0] * len(imgs)), _reference(imgs, corruption, s))
@@ -123,22 +124,21 @@ def test_impulse_noise_matches_reference_with_same_noise():
         assert d <= TOL, f"impulse_noise severity {s}: {d:.3f}/255"
 
 
-def _residual_stats(y, x):
-    r = (y - x) * 255
-    return np.array([r.mean().item(), r.std().item(), r.abs().mean().item()])
+def test_glass_blur_matches_reference_with_same_noise():
+    # imagecorruptions draws the pixel offsets inside numba after np.random.seed(seed); numba's legacy generator
+    # reproduces numpy's, so the draws can be regenerated here and injected.
+    from robench.corrupt import get_suite
 
-
-def test_glass_blur_residual_statistics():
-    # 20 photo crops of 64x64 (glass blur is local: the crop size does not change the algorithm)
-    crops = [im[i:i + 64, j:j + 64] for im in PHOTOS[:4] for i, j in ((0, 0), (80, 80), (160, 40), (40, 160),
-                                                                       (150, 150))]
-    x = _tensor(crops)
+    imgs, n = SMALL[:2], 112
     for s in SEVERITIES:
-        ours = _residual_stats(apply(x, "glass_blur", s, list(range(100, 100 + len(crops)))), x)
-        ref = _residual_stats(_reference(crops, "glass_blur", s), x)
-        # mean residual is ~ -1/255 (uint8 truncation): compare it with an absolute 0.05/255 slack
-        assert abs(ours[0] - ref[0]) <= max(0.05 * abs(ref[0]), 0.05), (s, ours, ref)
-        assert np.all(np.abs(ours[1:] - ref[1:]) <= 0.05 * np.abs(ref[1:])), (s, ours, ref)
+        _, d, iters = get_suite("imagenet-c").severity_params("glass_blur", s)
+        offsets = []
+        for i in range(len(imgs)):
+            np.random.seed(i)
+            offsets.append(np.random.randint(-d, d, size=(iters, n - 2 * d, n - 2 * d, 2)))
+        y = apply(_tensor(imgs), "glass_blur", s, Replay([np.stack(offsets)]))
+        d = _mad(y, _reference(imgs, "glass_blur", s))
+        assert d <= TOL, f"glass_blur severity {s}: {d:.3f}/255 with the same noise"
 
 
 def test_pixelate_matches_original_pil_box_box():
@@ -208,12 +208,12 @@ def _elastic_original(image: np.ndarray, c, shift, ux, uy) -> np.ndarray:
 def test_elastic_transform_matches_original_definition():
     from robench.corrupt import get_suite
 
-    imgs = PHOTOS[:2]
+    imgs, n = SMALL[:2], 112
     rng = np.random.default_rng(0)
     for s in SEVERITIES:
         c = get_suite("imagenet-c").severity_params("elastic_transform", s)
         shift = rng.uniform(-c[2], c[2], (2, 3, 2))
-        ux, uy = rng.uniform(-1, 1, (2, 224, 224)), rng.uniform(-1, 1, (2, 224, 224))
+        ux, uy = rng.uniform(-1, 1, (2, n, n)), rng.uniform(-1, 1, (2, n, n))
         ref = [_elastic_original(im, c, shift[i], ux[i], uy[i]) for i, im in enumerate(imgs)]
         y = apply(_tensor(imgs), "elastic_transform", s, Replay([shift, ux, uy]))
         d = _mad(y, _tensor(ref))

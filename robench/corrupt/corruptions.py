@@ -170,7 +170,7 @@ def frost_textures(scale: float, device) -> list[torch.Tensor]:
         out = []
         for name in ["frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg"]:
             with importlib.resources.as_file(folder / name) as path:
-                t = torch.as_tensor(np.asarray(Image.open(path).convert("RGB")), dtype=torch.float32)
+                t = torch.as_tensor(np.array(Image.open(path).convert("RGB")), dtype=torch.float32)
             t = t.permute(2, 0, 1)
             if scale != 1:
                 t = F.interpolate(t[None], scale_factor=scale, mode="bilinear", align_corners=False,
