@@ -205,7 +205,7 @@ class Runner:
         model = create_model(entry.name, num_classes=entry.num_classes, checkpoint=entry.checkpoint,
                              checkpoint_key=entry.checkpoint_key)
         ckpt = entry.checkpoint or model.info.default_checkpoint
-        sha = file_sha256(ckpt) if ckpt else "random-init"
+        sha = file_sha256(ckpt) if ckpt else "random-init-seed0"
         model = model.to(self.device).eval()
         for p in model.parameters():
             p.requires_grad_(False)

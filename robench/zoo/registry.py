@@ -156,7 +156,9 @@ def create_model(name: str, num_classes: int | None = None, checkpoint=None, *, 
     if "img_size" in overrides:
         size = overrides["img_size"]
         info.input_size = (3, size, size) if isinstance(size, int) else (3, *size)
-    net = build_net(info, info.num_classes, **overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # without a checkpoint the (random) weights are still the same every time
+        net = build_net(info, info.num_classes, **overrides)
     info.params = sum(p.numel() for p in net.parameters())
     if state is not None:
         from robench.zoo.checkpoint import load_into
