@@ -1,0 +1,109 @@
+"""Sanity flags: the standard signs of gradient masking / a broken evaluation, computed from one model's results.
+
+`sanity_flags(rows, clean_acc)` with rows = [{attack, norm, eps, robust_acc, n, zero_grad_frac}, ...] (optional
+keys: `kind` (fgsm|pgd|autoattack|torchattacks, else guessed from the attack name), `protocol`, and for AutoAttack
+`acc_after` = {attack: robust acc after it} as in `AttackResult.info['per_eps'][k]['acc_after']`, averaged over
+chunks by the caller). Flags:
+
+  non-monotone        robust acc rises with eps (same attack and norm) by more than the margin
+  pgd-weaker-than-fgsm  PGD robust acc above FGSM's at the same norm and eps by more than the margin
+  large-eps-robust    robust acc above `large_eps_acc` at a large eps (≥ 64/255 L∞, ≥ 8 L2): no real model survives
+  zero-grad           more than `zero_grad_frac` of the samples have an exactly zero input gradient
+  square-beats-whitebox  AutoAttack's black-box Square broke samples the white-box attacks could not
+  robust-above-clean  robust acc above clean accuracy (impossible for a correct evaluation)
+
+The large-eps flag needs a row at a large eps: `large_eps_probe()` gives a cheap PGD spec for it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from robench.attack.spec import AttackSpec, fmt_eps
+
+LARGE_EPS = {"Linf": 64 / 255, "L2": 8.0}
+
+
+def large_eps_probe(norm: str = "Linf", steps: int = 10) -> AttackSpec:
+    """A PGD spec at a large eps (64/255 L∞ or 8.0 L2) on which every non-masked model should reach ~0% robust."""
+    return AttackSpec(name="probe-large-eps", kind="pgd", norm=norm, eps=(LARGE_EPS[norm],), steps=steps,
+                      step_size="2.5*eps/steps", random_start=True)
+
+
+def _kind(row) -> str:
+    if row.get("kind"):
+        return row["kind"]
+    a = str(row["attack"]).lower()
+    for k in ("fgsm", "autoattack", "torchattacks", "pgd"):
+        if k in a:
+            return k
+    return "aa" if a.startswith("aa") else a
+
+
+def _cell(row) -> str:
+    return f"{row['attack']} {row['norm']} {fmt_eps(float(row['eps']))}"
+
+
+def sanity_flags(rows: list[dict], clean_acc: float, *, margin: float = 0.01, large_eps_acc: float = 0.05,
+                 zero_grad_frac: float = 0.1, square_margin: float = 0.002) -> list[dict]:
+    """Flags [{flag, message, cells}] for one model's attack results (see module docstring)."""
+    flags = []
+
+    def add(flag, message, cells):
+        flags.append({"flag": flag, "message": message, "cells": cells})
+
+    def noise(r):  # one sample never counts as "beyond noise"
+        return max(margin, 1.0 / max(int(r.get("n") or 1), 1))
+
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["attack"], r["norm"], r.get("protocol", "standard"))].append(r)
+    cells = []
+    for (attack, norm, _), rs in groups.items():
+        rs = sorted(rs, key=lambda r: float(r["eps"]))
+        for a, b in zip(rs, rs[1:]):
+            if float(b["robust_acc"]) > float(a["robust_acc"]) + noise(a):
+                cells += [_cell(a), _cell(b)]
+    if cells:
+        add("non-monotone", "robust accuracy increases with eps (a stronger threat model cannot be easier): "
+            "the attack is not converging or gradients are masked", sorted(set(cells), key=cells.index))
+
+    by = {(_kind(r), r["norm"], round(float(r["eps"]), 9), r.get("protocol", "standard")): r for r in rows}
+    cells = []
+    for (kind, norm, eps, proto), r in by.items():
+        f = by.get(("fgsm", norm, eps, proto))
+        if kind == "pgd" and f is not None and float(r["robust_acc"]) > float(f["robust_acc"]) + noise(r):
+            cells += [_cell(r), _cell(f)]
+    if cells:
+        add("pgd-weaker-than-fgsm", "iterative PGD leaves more samples robust than single-step FGSM at the same "
+            "eps: a sign of gradient masking", cells)
+
+    cells = [_cell(r) for r in rows if float(r["eps"]) >= LARGE_EPS.get(r["norm"], float("inf")) - 1e-9
+             and float(r["robust_acc"]) > large_eps_acc + (1.0 / max(int(r.get("n") or 1), 1))]
+    if cells:
+        add("large-eps-robust", f"robust accuracy stays above {large_eps_acc:.0%} at a very large eps where "
+            "every real model is broken: gradients are likely masked", cells)
+
+    cells = [_cell(r) for r in rows if r.get("zero_grad_frac") is not None
+             and float(r["zero_grad_frac"]) > zero_grad_frac]
+    if cells:
+        add("zero-grad", f"the input gradient is exactly zero on more than {zero_grad_frac:.0%} of the samples: "
+            "gradient-based attacks cannot work (non-differentiable layer / saturation)", cells)
+
+    cells = []
+    for r in rows:
+        acc = r.get("acc_after") or {}
+        if "square" in acc and len(acc) > 2:
+            white = min(v for k, v in acc.items() if k not in ("square", "clean"))
+            if acc["square"] < white - square_margin:
+                cells.append(_cell(r))
+    if cells:
+        add("square-beats-whitebox", "AutoAttack's black-box Square attack broke samples the white-box attacks "
+            "could not: gradient-based attacks are unreliable on this model", cells)
+
+    cells = [_cell(r) for r in rows if r.get("protocol", "standard") == "standard"
+             and float(r["robust_acc"]) > clean_acc + 1e-9]
+    if cells:
+        add("robust-above-clean", "robust accuracy above clean accuracy: the evaluation is inconsistent "
+            "(different samples or labels?)", cells)
+    return flags
