@@ -340,6 +340,28 @@ def check(
         raise typer.Exit(code)
 
 
+@app.command()
+def corrupt(
+    images: Path = typer.Argument(..., help="An image file or a directory of images."),
+    out: Path = typer.Option(..., "--out", help="Output directory: OUT/<corruption>/<severity>/<image>.png"),
+    suite: str = typer.Option("imagenet-c", help="Corruption suite: imagenet-c, imagenet-c-extra, cifar10-c or a .toml path."),
+    corruption: Optional[list[str]] = typer.Option(None, "--corruption", help="Only these corruptions (repeatable)."),
+    severity: Optional[list[int]] = typer.Option(None, "--severity", help="Only these severities 1-5 (repeatable)."),
+    grid: Optional[Path] = typer.Option(None, "--grid", help="Also draw the first image under every corruption x severity to this PNG."),
+    seed: int = typer.Option(0, help="Global seed of the corruption noise."),
+    backend: str = typer.Option("torch", help="torch (batched) or reference (imagecorruptions)."),
+):
+    """Render corrupted copies of images to disk, and optionally a grid to look at before trusting a benchmark.
+
+    Example: `robench corrupt photo.jpg --out corrupted/ --corruption fog --corruption snow --grid grid.png`
+    """
+    from robench.corrupt.render import render
+
+    written = render(images, out, suite=suite, corruptions=corruption, severities=severity, seed=seed,
+                     backend=backend, grid=grid)
+    print(f"wrote {len(written) - (1 if grid else 0)} images under {out}" + (f" and the grid {grid}" if grid else ""))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every RobenchError becomes one line on stderr and exit code 2 (never a traceback)."""
     args = sys.argv[1:] if argv is None else list(argv)

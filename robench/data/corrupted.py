@@ -1,0 +1,98 @@
+"""Readers for the released pre-rendered corruption sets, read as they are (never resized or cropped again).
+
+- ImageNet-C: `<root>/<corruption>/<severity 1-5>/<wnid>/*.JPEG` (224x224 JPEGs);
+- CIFAR-10-C: `<root>/<corruption>.npy` (5 severities x 10 000 uint8 images, 32x32x3, stacked) and `labels.npy`.
+
+Items are (x float32 [3, H, W] in [0, 1], label int, sample_id str). Sample ids match the clean sets' ids
+(`<wnid>/<file>` for ImageNet, `test_batch/<i>` for CIFAR-10), so clean and corrupted predictions pair up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from robench.corrupt.suite import CORRUPTIONS, check_severity
+from robench.errors import RobenchError, suggest
+
+
+def _check_name(corruption: str, available: list[str], root: Path, what: str):
+    if corruption not in available:
+        hint = suggest(corruption, available) or suggest(corruption, CORRUPTIONS)
+        raise RobenchError(f"{what} {root} has no '{corruption}'{hint}; "
+                           f"available: {', '.join(sorted(available)) or 'none'}")
+
+
+class ImageNetCFolder(Dataset):
+    """One (corruption, severity) of ImageNet-C; labels from class_index (wnid -> int), not from folder order."""
+
+    def __init__(self, root, corruption: str, severity: int, class_index: dict[str, int]):
+        root = Path(root)
+        check_severity(severity)
+        if not root.is_dir():
+            raise RobenchError(f"ImageNet-C directory not found: {root}")
+        _check_name(corruption, [p.name for p in root.iterdir() if p.is_dir()], root, "ImageNet-C directory")
+        folder = root / corruption / str(severity)
+        if not folder.is_dir():
+            have = sorted(p.name for p in (root / corruption).iterdir() if p.is_dir())
+            raise RobenchError(f"ImageNet-C {corruption} has no severity {severity} folder ({folder}); "
+                               f"found: {', '.join(have) or 'none'}")
+        from robench.data.imagenet import scan_class_folders
+
+        self.folder = folder
+        items = scan_class_folders(folder, class_index, f"ImageNet-C {corruption}/{severity}")
+        self.sample_ids = [rel for rel, _ in items]
+        self.labels = [y for _, y in items]
+
+    def __len__(self):
+        return len(self.sample_ids)
+
+    def __getitem__(self, i):
+        path = self.folder / self.sample_ids[i]
+        try:
+            with Image.open(path) as im:
+                a = np.array(im.convert("RGB"), dtype=np.uint8)
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise RobenchError(f"unreadable image {path} ({type(e).__name__})") from None
+        return torch.from_numpy(a).permute(2, 0, 1).float().div_(255), self.labels[i], self.sample_ids[i]
+
+
+class Cifar10C(Dataset):
+    """One (corruption, severity) of CIFAR-10-C: rows (severity-1)*n .. severity*n of <corruption>.npy."""
+
+    def __init__(self, root, corruption: str, severity: int):
+        root = Path(root)
+        check_severity(severity)
+        if not root.is_dir():
+            raise RobenchError(f"CIFAR-10-C directory not found: {root}")
+        have = [p.stem for p in root.glob("*.npy") if p.stem != "labels"]
+        _check_name(corruption, have, root, "CIFAR-10-C directory")
+        if not (root / "labels.npy").is_file():
+            raise RobenchError(f"CIFAR-10-C directory {root} has no labels.npy")
+        try:
+            data = np.load(root / f"{corruption}.npy", mmap_mode="r")
+            labels = np.load(root / "labels.npy")
+        except (OSError, ValueError) as e:
+            raise RobenchError(f"cannot read CIFAR-10-C {corruption} in {root} ({e})") from None
+        if data.ndim != 4 or data.shape[-1] != 3 or data.shape[0] % 5 or data.dtype != np.uint8:
+            raise RobenchError(f"{root / (corruption + '.npy')} should hold 5 x N uint8 images (5N, H, W, 3), got "
+                               f"{data.dtype} {data.shape}")
+        n = data.shape[0] // 5
+        if len(labels) not in (n, 5 * n):
+            raise RobenchError(f"labels.npy has {len(labels)} labels for {n} images per severity")
+        self.data = data[(severity - 1) * n:severity * n]
+        if len(labels) == 5 * n:
+            labels = labels[(severity - 1) * n:severity * n]
+        self.labels = [int(v) for v in labels]
+        self.sample_ids = [f"test_batch/{i}" for i in range(n)]
+
+    def __len__(self):
+        return len(self.sample_ids)
+
+    def __getitem__(self, i):
+        x = torch.from_numpy(np.array(self.data[i], dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
+        return x, self.labels[i], self.sample_ids[i]
