@@ -362,6 +362,87 @@ def corrupt(
     print(f"wrote {len(written) - (1 if grid else 0)} images under {out}" + (f" and the grid {grid}" if grid else ""))
 
 
+@app.command("inspect")
+def inspect_(
+    model: str = typer.Option(..., "--model", "-m", help="Registered model name, e.g. deit-quest or demo-quest."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Weights (.safetensors/.pth)."),
+    data: str = typer.Option("digits", "--data", help="Data spec (imagenet:/path, cifar10:/path, digits, ...)."),
+    limit: int = typer.Option(64, "--limit", help="Number of samples."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Query rows used for the attention maps."),
+    as_json: bool = typer.Option(False, "--json", help="Print the tidy rows as JSON."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the tidy rows (layer, head, stat, value)."),
+):
+    """Attention diagnostics per layer and head: query/key norms, attention entropy and peakedness, elliptical m,
+    token collapse (mean pairwise cosine of block outputs).
+
+    Example: `robench inspect --model demo-quest --data digits --limit 64 --csv quest_diag.csv`
+    """
+    from robench.diag import inspect, layer_summary
+
+    df = inspect(model, checkpoint, data, limit=limit, batch_size=batch_size, max_tokens=max_tokens)
+    if csv_out is not None:
+        df.to_csv(csv_out, index=False)
+    if as_json:
+        print(df.to_json(orient="records", indent=1))
+        return
+    from rich.table import Table
+
+    summary = layer_summary(df)
+    cols = [c for c in ("q_norm_mean", "k_norm_mean", "k_raw_norm_max_over_mean", "attn_entropy_mean",
+                        "attn_max_mean", "top_key_share", "m_std", "collapse_cos") if c in summary.columns]
+    t = Table(title=f"robench inspect {model} on {data} ({limit} samples; mean over heads)")
+    t.add_column("layer", justify="right")
+    for c in cols:
+        t.add_column(c, justify="right")
+    for layer, row in summary.iterrows():
+        t.add_row(str(layer), *(f"{row[c]:.3f}" for c in cols))
+    console.print(t)
+    if csv_out is not None:
+        console.print(f"wrote {csv_out}")
+
+
+@app.command()
+def toy(
+    variants: str = typer.Option("standard,qnorm,qknorm,quest", "--variants", help="Comma-separated variants."),
+    seeds: int = typer.Option(5, "--seeds", help="Seeds per (variant, lr, wd)."),
+    lrs: str = typer.Option("3e-3,1e-2", "--lrs", help="Comma-separated learning rates."),
+    wds: str = typer.Option("0,0.1", "--wds", help="Comma-separated AdamW weight decays."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per run (default: docs/toy.md)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Processes (default: one per core, max 4)."),
+    out: Path = typer.Option(Path("toy-out"), "--out", help="Output folder (CSV files and toy.png)."),
+):
+    """The QUEST toy experiment: train one attention layer per (variant, seed, lr, wd) on a task with an easy
+    shortcut, and report how often each variant still solves the unbiased task (Wilson 95% intervals).
+
+    Example: `robench toy --variants standard,qnorm,qknorm,quest --seeds 5 --lrs 3e-3,1e-2 --wds 0,0.1 --out toy-out`
+    """
+    from robench.diag.toy import ToyConfig, toy_experiment
+
+    def floats(text, name):
+        try:
+            return [float(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise RobenchError(f"--{name} must be comma-separated numbers, got '{text}'") from None
+
+    cfg = ToyConfig() if steps is None else ToyConfig(steps=steps)
+    names = [v.strip() for v in variants.split(",") if v.strip()]
+    res = toy_experiment(out, names, seeds, floats(lrs, "lrs"), floats(wds, "wds"), cfg=cfg, workers=workers,
+                         progress=lambda r: print(f"  {r['variant']:<10} seed {r['seed']} lr {r['lr']:g} wd {r['wd']:g}:"
+                                                  f" unbiased acc {r['test_acc']:.3f}", file=sys.stderr))
+    from rich.table import Table
+
+    t = Table(title=f"QUEST toy task: success = unbiased test accuracy >= {cfg.success_acc:g}")
+    for col in ("variant", "success", "rate", "95% CI", "unbiased acc", "biased acc"):
+        t.add_column(col, justify="left" if col == "variant" else "right")
+    for r in res["table"].itertuples():
+        t.add_row(r.variant, f"{r.successes}/{r.runs}", f"{100 * r.success_rate:.0f}%",
+                  f"{100 * r.ci_low:.0f}–{100 * r.ci_high:.0f}%", f"{r.unbiased_acc:.3f}", f"{r.biased_acc:.3f}")
+    console.print(t)
+    console.print(f"{len(res['runs'])} runs in {res['seconds']:.0f} s; wrote {res['paths']['runs']}, "
+                  f"{res['paths']['plot']}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every RobenchError becomes one line on stderr and exit code 2 (never a traceback)."""
     args = sys.argv[1:] if argv is None else list(argv)
