@@ -267,16 +267,19 @@ def report(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report directory (default STORE/report)."),
     baseline: Optional[str] = typer.Option(None, help="Model label to compare every other model against."),
     title: str = typer.Option("robench report", help="Page title."),
+    screenshot: Optional[Path] = typer.Option(None, help="Also render the page to this PNG (needs chromium)."),
 ):
     """Write a self-contained HTML report (figures embedded, no network) and its markdown twin.
 
     Example: `robench report results/ --out report/ --baseline demo-standard`
     """
-    from robench.report.render import report as make_report
+    from robench.report.render import report as make_report, screenshot as take_screenshot
 
     stores = list(stores or [Path("results")])
     path = make_report(stores, out or Path(stores[0]) / "report", baseline=baseline, title=title)
     console.print(f"report: {path}  (markdown: {path.with_suffix('.md')})")
+    if screenshot is not None:
+        console.print(f"screenshot: {take_screenshot(path, screenshot)}")
 
 
 @app.command()

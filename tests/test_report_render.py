@@ -3,7 +3,6 @@
 import base64
 import re
 import shutil
-import subprocess
 from html.parser import HTMLParser
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 from robench.cli import main
 from robench.errors import RobenchError
 from robench.report.compare import compare, format_comparison
-from robench.report.render import report
+from robench.report.render import report, screenshot
 from robench.report.testing import attack, clean, corruption, synthetic_store
 
 VARIANTS = ("standard", "quest", "elliptical")
@@ -100,11 +99,7 @@ def test_report_omits_empty_sections(tmp_path):
 @pytest.mark.skipif(not shutil.which("chromium"), reason="chromium not installed")
 def test_report_screenshot_not_blank(rendered, tmp_path):
     path = rendered[1]
-    shot = tmp_path / "shot.png"
-    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,2000",
-                    path.as_uri()], capture_output=True, timeout=120)
+    shot = screenshot(path, tmp_path / "shot.png", width=1280, height=2000)
     import matplotlib.image as mpimg
 
     img = mpimg.imread(shot)[..., :3]

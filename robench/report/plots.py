@@ -146,13 +146,13 @@ def heatmap(values: pd.DataFrame, title: str, cbar_label: str, cmap: str = "RdYl
     fig, ax = plt.subplots(figsize=(max(5.0, 0.62 * w + 2.6), max(2.2, 0.42 * h + 1.6)))
     finite = data[np.isfinite(data)]
     norm = None
-    if center is not None and finite.size and finite.min() < center < finite.max():
-        norm = TwoSlopeNorm(vcenter=center, vmin=finite.min(), vmax=finite.max())
+    if center is not None and finite.size:  # the reference is always the middle colour (yellow for CE = 100)
+        norm = TwoSlopeNorm(vcenter=center, vmin=min(finite.min(), center - 1), vmax=max(finite.max(), center + 1))
     im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, aspect="auto", norm=norm)
     ax.set_xticks(range(w), [str(c).replace("_", " ") for c in values.columns], rotation=40, ha="right")
     ax.set_yticks(range(h), list(values.index))
     ax.grid(False)
-    lo, hi = (finite.min(), finite.max()) if finite.size else (0, 1)
+    lo, hi = (norm.vmin, norm.vmax) if norm else (finite.min(), finite.max()) if finite.size else (0, 1)
     for i in range(h):
         for j in range(w):
             v = data[i, j]
@@ -189,7 +189,7 @@ def difference_plot(df: pd.DataFrame, colors: dict, baseline: str) -> bytes | No
     ax.invert_yaxis()
     ax.set_xlabel(f"accuracy difference vs {baseline} (percentage points, 95% CI)")
     ax.set_title(f"Paired differences vs {baseline} (filled = significant, McNemar)")
-    ax.legend(loc="best", title="model", frameon=False)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="model", frameon=False)
     fig.tight_layout()
     return _png(fig)
 

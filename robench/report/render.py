@@ -356,3 +356,32 @@ def _paired_section(doc: Doc, comp: pd.DataFrame, baseline: str, colors: dict):
         doc.details(None)
     doc.note("Δ = model − baseline; p per cell, not adjusted for multiple comparisons; unpaired two-proportion tests "
              "where the two cells share no samples.")
+
+
+def screenshot(html_path, png_path, width: int = 1280, height: int = 2400, browser: str | None = None) -> Path:
+    """Render a report page to PNG with a headless Chromium (Debian's `chromium`, or google-chrome), offline.
+    RobenchError when no such browser is installed or it fails."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    exe = browser or next((b for b in ("chromium", "chromium-browser", "google-chrome", "chrome")
+                           if shutil.which(b)), None)
+    if exe is None or not shutil.which(exe):
+        raise RobenchError("a screenshot needs a headless Chromium: install Debian's `chromium` package "
+                           "(apt-get install chromium) or google-chrome")
+    png_path = Path(png_path).resolve()
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as profile:
+        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--hide-scrollbars", f"--user-data-dir={profile}", f"--screenshot={png_path}",
+               f"--window-size={width},{height}", Path(html_path).resolve().as_uri()]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        except subprocess.TimeoutExpired:
+            raise RobenchError(f"{exe} took more than 180 s to render {html_path}") from None
+    if not png_path.is_file():
+        tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
+        raise RobenchError(f"{exe} did not write {png_path} (exit {proc.returncode}: {tail[0]})")
+    return png_path
