@@ -66,7 +66,8 @@ def apply(x, corruption, severity, seeds_or_draws, suite="imagenet-c", quantize:
     dtype = x.dtype
     work = x.float() if dtype in (torch.float16, torch.bfloat16) else x
     with torch.no_grad():
-        out = CORRUPTION_FNS[corruption](work.clamp(0, 1), p, draws, **suite.options(corruption)).clamp(0, 1)
-        if quantize:
-            out = torch.floor(out * 255 + 1e-3) / 255
+        # the corruption gets a fresh clamped copy, so its result never aliases the caller's tensor
+        out = CORRUPTION_FNS[corruption](work.clamp(0, 1), p, draws, **suite.options(corruption)).clamp_(0, 1)
+        if quantize:  # np.uint8(...) truncation of the reference, robust to float rounding just below a level
+            out = out.mul_(255).add_(1e-3).floor_().div_(255)
     return out.to(dtype)

@@ -64,16 +64,7 @@ def disk_kernel(radius: float, alias_blur: float) -> np.ndarray:
 
 
 def defocus_blur(x, p, draws, **_):
-    k = torch.as_tensor(disk_kernel(p[0], p[1]), dtype=x.dtype, device=x.device)
-    r = k.shape[-1] // 2
-    B, C, H, W = x.shape
-    if r >= min(H, W):  # torch reflect padding needs pad < size: fall back to index-mapped padding
-        rows = torch.as_tensor(ops.boundary_index(np.arange(-r, H + r), H, "mirror"), device=x.device)
-        cols = torch.as_tensor(ops.boundary_index(np.arange(-r, W + r), W, "mirror"), device=x.device)
-        xp = x[:, :, rows][:, :, :, cols]
-    else:
-        xp = F.pad(x, (r, r, r, r), mode="reflect")  # cv2.filter2D's BORDER_REFLECT_101
-    return F.conv2d(xp.reshape(B * C, 1, H + 2 * r, W + 2 * r), k[None, None]).reshape(B, C, H, W)
+    return ops.filter2d(x, torch.as_tensor(disk_kernel(p[0], p[1]), device=x.device))
 
 
 _glass_perm = None

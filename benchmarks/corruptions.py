@@ -1,0 +1,98 @@
+"""Corruption throughput at 224x224: robench's torch backend vs imagecorruptions-imaug (the reference).
+
+The reference runs one image per call in a process pool with as many workers as CPU cores (started and warmed up
+before timing); the torch backend corrupts the whole batch at once on --device. Same images (real photos:
+scikit-image samples, plus ../shared ImageNet samples when present), same corruption, severity and seeds.
+
+    python benchmarks/corruptions.py                       # all 19 corruptions x 5 severities, 32 images
+    python benchmarks/corruptions.py --severities 3 --n 64 --corruptions glass_blur zoom_blur
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from robench.corrupt import CORRUPTIONS, corrupt_batch
+from robench.corrupt.reference import corrupt_reference, get_pool
+from robench.seeding import sample_seeds
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample" / "val"
+
+
+def photos(n: int, size: int = 224) -> torch.Tensor:
+    imgs = []
+    if SHARED.is_dir():
+        imgs = [Image.open(p).convert("RGB") for p in sorted(SHARED.glob("*/*.JPEG"))[:n]]
+    if len(imgs) < n:
+        import skimage.data as sd
+
+        for name in ("astronaut", "coffee", "chelsea", "rocket", "cat", "immunohistochemistry", "retina"):
+            imgs.append(Image.fromarray(getattr(sd, name)()).convert("RGB"))
+    imgs = [im.resize((size, size), Image.BILINEAR) for im in imgs]
+    imgs = (imgs * (n // len(imgs) + 1))[:n]
+    return torch.as_tensor(np.stack([np.asarray(i) for i in imgs])).permute(0, 3, 1, 2).float() / 255
+
+
+def timed(fn, repeat: int = 1) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=32, help="images per cell (one torch batch)")
+    ap.add_argument("--corruptions", nargs="*", default=list(CORRUPTIONS))
+    ap.add_argument("--severities", nargs="*", type=int, default=[1, 2, 3, 4, 5])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--workers", type=int, default=os.cpu_count(), help="reference worker processes")
+    ap.add_argument("--no-reference", action="store_true")
+    args = ap.parse_args()
+
+    x = photos(args.n).to(args.device)
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    print(f"# {args.n} images 224x224, torch on {args.device} ({torch.get_num_threads()} threads), "
+          f"reference: imagecorruptions in {args.workers} processes")
+    if not args.no_reference:
+        get_pool(args.workers)
+        corrupt_reference(x[:args.workers].cpu(), "brightness", 1, list(range(args.workers)), args.workers)
+    print(f"{'corruption':18s} {'sev':>3s} {'torch img/s':>12s} {'ref img/s':>10s} {'ratio':>7s}")
+    tot_t, tot_r, rows = 0.0, 0.0, {}
+    for c in args.corruptions:
+        for s in args.severities:
+            seeds = sample_seeds(0, range(args.n), c, s)
+            corrupt_batch(x[:2], c, s, seeds[:2])  # warm-up (kernels, caches, numba)
+
+            def run_torch():
+                corrupt_batch(x, c, s, seeds)
+                sync()
+            t = timed(run_torch)
+            r = float("nan")
+            if not args.no_reference:
+                r = timed(lambda: corrupt_reference(x.cpu(), c, s, seeds, args.workers))
+                tot_r += r
+            tot_t += t
+            rows.setdefault(c, []).append((t, r))
+            print(f"{c:18s} {s:3d} {args.n / t:12.1f} {args.n / r:10.1f} {r / t:6.1f}x", flush=True)
+    print()
+    print(f"{'corruption':18s} {'torch img/s':>12s} {'ref img/s':>10s} {'ratio':>7s}   (all severities)")
+    for c, v in rows.items():
+        t, r = sum(a for a, _ in v), sum(b for _, b in v)
+        n = args.n * len(v)
+        print(f"{c:18s} {n / t:12.1f} {n / r:10.1f} {r / t:6.1f}x")
+    n = args.n * sum(len(v) for v in rows.values())
+    print(f"{'overall':18s} {n / tot_t:12.1f} {n / tot_r:10.1f} {tot_r / tot_t:6.1f}x")
+
+
+if __name__ == "__main__":
+    main()
