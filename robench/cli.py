@@ -412,6 +412,7 @@ def toy(
     lrs: str = typer.Option("3e-3,1e-2", "--lrs", help="Comma-separated learning rates."),
     wds: str = typer.Option("0,0.1", "--wds", help="Comma-separated AdamW weight decays."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per run (default: docs/toy.md)."),
+    p_biased: Optional[float] = typer.Option(None, "--p-biased", help="Share of biased training samples (0 = control)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes (default: one per core, max 4)."),
     out: Path = typer.Option(Path("toy-out"), "--out", help="Output folder (CSV files and toy.png)."),
 ):
@@ -428,7 +429,8 @@ def toy(
         except ValueError:
             raise RobenchError(f"--{name} must be comma-separated numbers, got '{text}'") from None
 
-    cfg = ToyConfig() if steps is None else ToyConfig(steps=steps)
+    overrides = {k: v for k, v in (("steps", steps), ("p_biased", p_biased)) if v is not None}
+    cfg = ToyConfig(**overrides)
     names = [v.strip() for v in variants.split(",") if v.strip()]
     res = toy_experiment(out, names, seeds, floats(lrs, "lrs"), floats(wds, "wds"), cfg=cfg, workers=workers,
                          progress=lambda r: print(f"  {r['variant']:<10} seed {r['seed']} lr {r['lr']:g} wd {r['wd']:g}:"

@@ -13,11 +13,9 @@ with a learned query token prepended -> linear readout of the query token's outp
 
 from __future__ import annotations
 
-import csv
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from itertools import product
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -46,8 +44,8 @@ class ToyConfig:
     n_train: int = 2048
     n_test: int = 2048
     steps: int = 400
-    batch: int = 256
-    success_acc: float = 0.8
+    batch: int = 128
+    success_acc: float = 0.75
     task_seed: int = 0      # fixes b
     log_every: int = 10
 
@@ -166,7 +164,7 @@ RUN_COLUMNS = ["variant", "seed", "lr", "wd", "test_acc", "biased_acc", "train_a
                "key_norm_biased", "key_norm_unbiased", "seconds"]
 
 
-def run_toy_grid(variants=TOY_VARIANTS, seeds: int = 5, lrs=(1e-3, 3e-3), wds=(0.0, 1e-2), *,
+def run_toy_grid(variants=TOY_VARIANTS, seeds: int = 5, lrs=(3e-3, 1e-2), wds=(0.0, 0.1), *,
                  cfg: ToyConfig | None = None, workers: int | None = None, progress=None):
     """Train every (variant, seed, lr, wd) run. Returns (runs, traces) DataFrames.
 
@@ -265,7 +263,7 @@ def plot_toy(runs, traces, path) -> None:
     plt.close(fig)
 
 
-def toy_experiment(out, variants=TOY_VARIANTS, seeds: int = 5, lrs=(1e-3, 3e-3), wds=(0.0, 1e-2), *,
+def toy_experiment(out, variants=TOY_VARIANTS, seeds: int = 5, lrs=(3e-3, 1e-2), wds=(0.0, 0.1), *,
                    cfg: ToyConfig | None = None, workers: int | None = None, progress=None) -> dict:
     """Run the grid and write OUT/toy_runs.csv, OUT/toy_trace.csv, OUT/toy_success.csv and OUT/toy.png.
 
