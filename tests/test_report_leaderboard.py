@@ -129,3 +129,14 @@ def test_cli_leaderboard(store, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["leaderboard", str(tmp_path / "nothing")])
     assert e.value.code == 2 and "robench: error: no results store" in capsys.readouterr().err
+
+
+def test_several_stores(store, tmp_path):
+    synthetic_store(tmp_path / "more", {"vit-qk": {"variant": "qknorm", "cells": [(clean(), 0.5)]},
+                                        "vit-std": {"cells": [(clean(), 0.91)]}}, n=100)
+    df = leaderboard([store, tmp_path / "more"], sort="clean_acc").set_index("model")
+    assert list(df.index) == ["vit-std", "vit-quest", "vit-qk"]
+    # the same model and cell in two stores: the later store wins; its other cells stay
+    assert df.loc["vit-std", "clean_acc"] == pytest.approx(0.91)
+    assert df.loc["vit-std", "pgd_linf_acc@4/255"] == pytest.approx(0.30)
+    assert pd.isna(df.loc["vit-qk", "pgd_linf_acc@4/255"])
