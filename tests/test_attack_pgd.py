@@ -14,6 +14,15 @@ from robench.errors import RobenchError
 from robench.zoo.registry import create_model
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models are fastest single-threaded (and 2 OpenMP threads crawl on a busy 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_deit(variant="standard", seed=0):
     torch.manual_seed(seed)
     return create_model(f"deit-tiny-{variant}", num_classes=10, depth=2, embed_dim=32, num_heads=2, img_size=32,
