@@ -19,7 +19,7 @@ import pandas as pd
 
 from robench.errors import RobenchError
 from robench.report.compare import _pp, difference, fmt_p
-from robench.report.results import KEY, cell_label, cell_sort_key, index_rows, normalize
+from robench.report.results import cell_label, cell_sort_key, index_rows, normalize
 
 REQUIRED_COLUMNS = ("model", "dataset", "threat", "attack", "norm", "eps", "corruption", "severity", "protocol",
                     "adaptive", "n", "value")

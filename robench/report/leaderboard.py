@@ -236,7 +236,8 @@ def format_leaderboard(df: pd.DataFrame, fmt: str = "md") -> str:
     """The leaderboard as md (GitHub table, %), csv (fractions), json (records, fractions, null = missing) or
     latex (booktabs tabular, %)."""
     if fmt not in FORMATS:
-        raise RobenchError(f"unknown leaderboard format '{fmt}'" + suggest(fmt, FORMATS) + f"; use {', '.join(FORMATS)}")
+        raise RobenchError(f"unknown leaderboard format '{fmt}'" + suggest(fmt, FORMATS)
+                           + f"; use {', '.join(FORMATS)}")
     notes = df.attrs.get("notes", [])
     if fmt == "csv":
         return df.to_csv(index=False)

@@ -12,6 +12,7 @@ import base64
 import datetime as dt
 import html
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -51,6 +52,7 @@ class Doc:
     def figure(self, name: str, png: bytes | None, caption: str) -> bool:
         if png is None:
             return False
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
         self.blocks.append(("fig", name, png, caption))
         self.figures.append(name)
         return True
@@ -108,7 +110,8 @@ class Doc:
 CSS = """
 body{font-family:-apple-system,BlinkMacSystemFont,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:#1f2328;
  max-width:1240px;margin:0 auto;padding:24px 32px 64px;line-height:1.45;background:#fff}
-h1{font-size:28px;margin:0 0 4px}h2{font-size:21px;margin:36px 0 10px;padding-bottom:6px;border-bottom:1px solid #d8dee4}
+h1{font-size:28px;margin:0 0 4px}
+h2{font-size:21px;margin:36px 0 10px;padding-bottom:6px;border-bottom:1px solid #d8dee4}
 h3{font-size:16px;margin:22px 0 8px}p{margin:6px 0 10px}p.note{color:#59636e;font-style:italic}
 .tw{overflow-x:auto;margin:8px 0 14px}table{border-collapse:collapse;font-size:13px;font-variant-numeric:tabular-nums}
 th,td{border:1px solid #d8dee4;padding:4px 8px;white-space:nowrap;text-align:left}th{background:#f6f8fa;font-weight:600}
@@ -197,9 +200,10 @@ def report(stores, out_dir, baseline: str | None = None, alexnet=_DEFAULT, title
     doc.h(2, "Adversarial robustness")
     shown = False
     for d in datasets:
+        on = f" on {d}" if multi else ""
         shown |= doc.figure(f"robust-vs-eps-{d}", plots.robust_vs_eps(table, colors, d),
-                            f"Robust accuracy vs ε{' on ' + d if multi else ''}: one panel per attack and norm, one line "
-                            "per model; ε = 0 is clean accuracy; shading = Wilson 95% interval.")
+                            f"Robust accuracy vs ε{on}: one panel per attack and norm, one line per model; ε = 0 is "
+                            "clean accuracy; shading = Wilson 95% interval.")
     if not shown:
         doc.note("No attack cells in these results.")
 
@@ -227,8 +231,8 @@ def report(stores, out_dir, baseline: str | None = None, alexnet=_DEFAULT, title
             err = (100 * (1 - cor.groupby(["model", "corruption"], sort=False)["value"].mean())).unstack()
             err = err.reindex(index=[m for m in models if m in err.index],
                               columns=_corruptions(table, d))
-            doc.figure(f"error-heatmap-{d}", plots.heatmap(err, f"Mean error per corruption{' on ' + d if multi else ''}",
-                                                           "error (%, mean over severities)"),
+            title = f"Mean error per corruption{' on ' + d if multi else ''}"
+            doc.figure(f"error-heatmap-{d}", plots.heatmap(err, title, "error (%, mean over severities)"),
                        "Top-1 error per model and corruption, averaged over the severities present (CE needs all 5 "
                        "severities and an AlexNet figure, which these cells lack; lower is better).")
     if not shown:
@@ -354,8 +358,8 @@ def _paired_section(doc: Doc, comp: pd.DataFrame, baseline: str, colors: dict):
         doc.details(f"All {len(comp)} paired cells (corruptions included)")
         doc.table(hdr, _paired_rows(comp), right={2, 3, 4, 5, 6, 7})
         doc.details(None)
-    doc.note("Δ = model − baseline; p per cell, not adjusted for multiple comparisons; unpaired two-proportion tests "
-             "where the two cells share no samples.")
+    doc.note("Δ = model − baseline; p per cell, not adjusted for multiple comparisons; unpaired two-proportion "
+             "tests where the two cells share no samples.")
 
 
 def screenshot(html_path, png_path, width: int = 1280, height: int = 2400, browser: str | None = None) -> Path:

@@ -107,8 +107,8 @@ def cell_sort_key(row) -> tuple:
     attack = v("attack", "")
     attack_rank = ATTACK_ORDER.index(attack) if attack in ATTACK_ORDER else len(ATTACK_ORDER)
     return (v("dataset", ""), v("protocol", "standard") != "standard", int(v("adaptive", 0)), threat_rank,
-            corruption_rank(v("corruption", ""), v("category", None)), int(v("severity", 0)), attack_rank, attack, v("norm", ""),
-            float(v("eps", 0.0)))
+            corruption_rank(v("corruption", ""), v("category", None)), int(v("severity", 0)), attack_rank, attack,
+            v("norm", ""), float(v("eps", 0.0)))
 
 
 class Results:

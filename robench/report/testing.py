@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from robench.report.results import fmt_eps  # noqa: F401  (handy in tests)
 from robench.run.store import Store
 
 
