@@ -278,3 +278,21 @@ def test_config_file_supplies_data_and_checkpoints(tmp_path, run_cli, monkeypatc
     assert rows[0]["n"] == 16
     models = Store(tmp_path / "res").models()
     assert models.checkpoint.iloc[0].endswith("q.safetensors")
+
+
+def test_attack_cells_independent_of_batch_size(tmp_path):
+    """PGD (per-sample random starts) and AutoAttack (fixed 32-sample blocks) give the same per-sample outcomes
+    whatever the batch size; the sanity probe and flags are recorded."""
+    kw = dict(limit=40, corruptions=[], attacks=["pgd", "autoattack-fast"], eps=[2 / 255, 8 / 255], steps=3,
+              chunk_size=64)
+    res = run_plan(plan(tmp_path / "a", batch_size=40, **kw))
+    run_plan(plan(tmp_path / "b", batch_size=9, **kw))
+    pd.testing.assert_frame_equal(outcomes(tmp_path / "a"), outcomes(tmp_path / "b"))
+    att = res[res.threat == "attack"]
+    assert set(att.attack) == {"pgd", "autoattack-fast", "probe-large-eps"}
+    clean = res[res.threat == "clean"].value.iloc[0]
+    assert (att.value <= clean + 1e-9).all()  # an attack never raises accuracy above clean
+    pgd = att[att.attack == "pgd"].sort_values("eps").value.tolist()
+    assert pgd[0] >= pgd[1]
+    s = Store(tmp_path / "a")
+    assert isinstance(s.flags(), pd.DataFrame)

@@ -6,6 +6,7 @@ image seeds numpy's global generator (and the `seed` argument of glass_blur / im
 
 from __future__ import annotations
 
+import contextlib
 import os
 from concurrent.futures import ProcessPoolExecutor
 
@@ -60,3 +61,55 @@ def corrupt_reference(x: torch.Tensor, corruption: str, severity: int, seeds, wo
     out = [o for chunk in pool.map(_chunk, jobs) for o in chunk]
     y = torch.as_tensor(np.stack(out)).permute(0, 3, 1, 2).to(x.device, x.dtype) / 255
     return y
+
+
+# ---------------------------------------------------------------- noise injection (fidelity tests, benchmarks)
+
+@contextlib.contextmanager
+def record_numpy_draws():
+    """Record every np.random.<normal|uniform|poisson|randint> draw made inside the block (list of arrays)."""
+    rec, orig = [], {}
+    for name in ("normal", "uniform", "poisson", "randint"):
+        orig[name] = getattr(np.random, name)
+
+        def wrapped(*a, _f=orig[name], **k):
+            r = _f(*a, **k)
+            rec.append(np.array(r))
+            return r
+        setattr(np.random, name, wrapped)
+    try:
+        yield rec
+    finally:
+        for name, f in orig.items():
+            setattr(np.random, name, f)
+
+
+# Corruptions whose reference noise can be handed to the torch backend (ops.Replay) to compare like for like.
+REPLAYABLE = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "glass_blur", "motion_blur",
+              "snow", "fog", "spatter")
+
+
+def reference_with_draws(imgs: list[np.ndarray], corruption: str, severity: int, seeds: list[int]):
+    """Run the reference in this process on HxWx3 uint8 images and return (outputs, draws): draws is the list of
+    per-draw arrays (B, ...) in the torch backend's layout, for ops.Replay."""
+    outs, draws = [], []
+    for img, seed in zip(imgs, seeds):
+        if corruption in SEEDED:  # not drawn through np.random.<fn> (numba would not compile a patched one)
+            outs.append(corrupt_one(img, corruption, severity, seed))
+        else:
+            with record_numpy_draws() as rec:
+                outs.append(corrupt_one(img, corruption, severity, seed))
+        seed = seed % 2 ** 32
+        if corruption == "impulse_noise":  # skimage s&p: default_rng(seed).random(shape) twice (flipped, salted)
+            rng = np.random.default_rng(seed)
+            rec = [rng.random(img.shape), rng.random(img.shape)]
+        elif corruption == "glass_blur":  # drawn inside numba, whose legacy generator reproduces numpy's;
+            # imagecorruptions' glass_blur parameters
+            _, d, iters = [(0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)][severity - 1]
+            h, w = img.shape[:2]
+            state = np.random.get_state()
+            np.random.seed(seed)
+            rec = [np.random.randint(-d, d, size=(iters, h - 2 * d, w - 2 * d, 2))]
+            np.random.set_state(state)
+        draws.append([r.transpose(2, 0, 1) if r.ndim == 3 and r.shape[-1] == 3 else r for r in rec])
+    return outs, [np.stack([d[k] for d in draws]) for k in range(len(draws[0]))]

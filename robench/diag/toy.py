@@ -109,11 +109,12 @@ class ToyModel(nn.Module):
 def train_toy(variant: str, seed: int, lr: float, wd: float, cfg: ToyConfig | None = None) -> dict:
     """Train one run on CPU. Returns a dict: accuracies, success flag and the key-norm trace over training."""
     cfg = cfg or ToyConfig()
-    torch.manual_seed(derive_seed("toy-init", seed))
     train = make_toy_data(cfg.n_train, cfg, seed=derive_seed("toy-train", cfg.task_seed, seed))
     test = make_toy_data(cfg.n_test, cfg, seed=derive_seed("toy-test", cfg.task_seed, seed), p_biased=0.0)
     probe = make_toy_data(512, cfg, seed=derive_seed("toy-probe", cfg.task_seed), p_biased=0.5)
-    model = ToyModel(variant, cfg)
+    with torch.random.fork_rng():  # seeded init without touching the caller's global RNG
+        torch.manual_seed(derive_seed("toy-init", seed))
+        model = ToyModel(variant, cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
     order = generator(derive_seed("toy-order", seed))
     trace = []

@@ -4,9 +4,16 @@
     results = run_plan(Plan(models=[ModelEntry("demo-quest")], data="digits", attacks=["pgd"], out="results/x"))
 """
 
-from robench.run.engine import run_plan  # noqa: F401
 from robench.run.plan import ModelEntry, Plan, load_config, load_plan, resolve_data  # noqa: F401
 from robench.run.store import Store, export  # noqa: F401
+
+
+def __getattr__(name):  # the engine imports torch and timm: load it only when a sweep runs
+    if name == "run_plan":
+        from robench.run.engine import run_plan
+
+        return run_plan
+    raise AttributeError(name)
 
 
 def summarize(results):

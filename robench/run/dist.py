@@ -45,14 +45,16 @@ def initialized():
             tdist.destroy_process_group()
 
 
-def shard(lo: int, hi: int) -> tuple[int, int]:
-    """This rank's contiguous part of [lo, hi) (ranks get sizes differing by at most one)."""
+def shard(lo: int, hi: int, align: int = 1) -> tuple[int, int]:
+    """This rank's contiguous part of [lo, hi); boundaries fall on multiples of `align` counted from lo."""
     w, r = world_size(), rank()
     if w == 1:
         return lo, hi
-    n = hi - lo
-    start = lo + (n * r) // w
-    return start, lo + (n * (r + 1)) // w
+    blocks = -(-(hi - lo) // align)
+
+    def edge(k):
+        return min(hi, lo + ((blocks * k) // w) * align)
+    return edge(r), edge(r + 1)
 
 
 def broadcast(obj):

@@ -9,6 +9,8 @@ torchrun each chunk is split into contiguous per-rank shards; rank 0 gathers and
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import platform
@@ -30,6 +32,9 @@ from robench.run.store import Store, params_hash
 from robench.seeding import sample_seeds
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+ATTACK_BLOCK = 32  # samples per AutoAttack / torchattacks call (their random draws are per call, not per sample)
+BATCH_RANDOM_KINDS = ("autoattack", "torchattacks")
+PROBE_SAMPLES = 128  # samples attacked by the large-eps sanity probe
 
 
 class Interrupted(RobenchError):
@@ -99,16 +104,19 @@ def plan_jobs(plan: Plan, model, data: EvalData | None) -> list[Job]:
                                            "category": suite.category(c), "suite": suite.name,
                                            "params_set": suite.params, "backend": plan.corruption_backend,
                                            "protocol": "standard"}, "corruption"))
-        for suite_name in plan.attacks:
-            from robench.attack import load_attack_suite
+        from robench.attack import large_eps_probe, load_attack_suite
 
-            for spec in load_attack_suite(suite_name, eps=plan.eps, steps=plan.steps):
-                n_att = min(len(data), plan.attack_limit) if plan.attack_limit else len(data)
-                for i, eps in enumerate(spec.eps):
-                    p = {**base, **dset, "n": n_att, "threat": "attack", "attack": spec.name, "norm": spec.norm,
-                         "eps": float(eps), "protocol": spec.protocol, "adaptive": bool(spec.adaptive),
-                         "attack_params": {k: v for k, v in spec.params_dict().items() if k != "eps"}}
-                    job.cells.append(Cell(p, "attack", attack_spec=spec, eps_index=i))
+        specs = [spec for name in plan.attacks for spec in load_attack_suite(name, eps=plan.eps, steps=plan.steps)]
+        n_att = min(len(data), plan.attack_limit) if plan.attack_limit else len(data)
+        probe_norms = sorted({s.norm for s in specs if s.protocol == "standard"}) if plan.sanity_probe else []
+        specs += [large_eps_probe(norm) for norm in probe_norms]  # every real model fails it: masking check
+        for spec in specs:
+            n_spec = min(n_att, PROBE_SAMPLES) if spec.name == "probe-large-eps" else n_att
+            for i, eps in enumerate(spec.eps):
+                p = {**base, **dset, "n": n_spec, "threat": "attack", "attack": spec.name, "norm": spec.norm,
+                     "eps": float(eps), "protocol": spec.protocol, "adaptive": bool(spec.adaptive),
+                     "attack_params": {k: v for k, v in spec.params_dict().items() if k != "eps"}}
+                job.cells.append(Cell(p, "attack", attack_spec=spec, eps_index=i))
         jobs.append(job)
     else:  # pre-rendered corruption set: one job per (corruption, severity)
         for suite_name in plan.corruptions or [kind]:
@@ -282,21 +290,24 @@ class Runner:
                 raise Interrupted("interrupted: every finished chunk is saved; rerun the same command to resume")
             cells = [by_id[c] for c in pending[ch]]
             lo, hi = ch * plan.chunk_size, min(n, (ch + 1) * plan.chunk_size)
-            my_lo, my_hi = dist.shard(lo, hi)
-            part = self.compute_chunk(model, forward, job, cells, my_lo, my_hi)
+            my_lo, my_hi = dist.shard(lo, hi, align=ATTACK_BLOCK)
+            part = self.compute_chunk(model, forward, job, cells, my_lo, my_hi, lo)
             parts = dist.gather(part)
             if self.rank0:
                 merged = {cid: ([], [], []) for cid in parts[0][0]}
-                skipped = 0
-                for res, sk in parts:
+                skipped, extras = 0, {}
+                for res, sk, ex in parts:
                     skipped += sk
                     for cid, (s, c, p) in res.items():
                         merged[cid][0].extend(s)
                         merged[cid][1].extend(c)
                         merged[cid][2].extend(p)
+                    for cid, d in ex.items():
+                        for key, v in d.items():
+                            _add(extras.setdefault(cid, {}), key, v)
                 self._chunk_writes += 1
-                fault = self._fault_cb()
-                self.store.write_chunk(ch, merged, self.run_id, skipped=skipped, _fault=fault)
+                self.store.write_chunk(ch, merged, self.run_id, skipped=skipped, extras=extras,
+                                       _fault=self._fault_cb())
                 done_samples += hi - lo
                 if task is not None:
                     self.progress.update(task, advance=hi - lo)
@@ -323,12 +334,15 @@ class Runner:
         return die
 
     # ---- one chunk: clean forward, corruptions, attacks ----------------------------------------------------------
-    def compute_chunk(self, model, forward, job: Job, cells: list[Cell], lo: int, hi: int):
+    def compute_chunk(self, model, forward, job: Job, cells: list[Cell], lo: int, hi: int, chunk_lo: int):
         res = {c.cell_id: ([], [], []) for c in cells}
+        self._extras = {}
         skipped = 0
         if hi <= lo:
-            return res, skipped
+            return res, skipped, {}
         loader = self._loader(job.data.dataset, lo, hi)
+        blocked = bool(_attack_groups(cells, per_sample=False))
+        xs, ys, idxs = [], [], []
         for x, y, idx in loader:
             valid = y >= 0
             skipped += int((~valid).sum())
@@ -339,7 +353,10 @@ class Runner:
             x = x.to(self.device, non_blocking=True).float()
             y = y.to(self.device)
             self._process_batch(model, forward, job, cells, x, y, idx, res)
-        return res, skipped
+            if blocked:
+                xs.append(x), ys.append(y), idxs.append(idx)
+        self._attack_blocks(model, cells, xs, ys, idxs, chunk_lo, res)
+        return res, skipped, self._extras
 
     def _process_batch(self, model, forward, job, cells, x, y, idx, res):
         """Run every cell on one batch; on CUDA OOM halve the batch and retry the same samples."""
@@ -387,25 +404,43 @@ class Runner:
                                backend=c.params["backend"])
             pred = self._logits(forward, xc, name).argmax(1)
             self._record(res, c.cell_id, idx, pred == y, pred.cpu())
-        # attacks: one run per spec over all its pending eps (batched sweep)
-        groups: dict[int, list[Cell]] = {}
-        for c in cells:
-            if c.kind == "attack":
-                groups.setdefault(id(c.attack_spec), []).append(c)
-        for group in groups.values():
-            keep = idx < group[0].params["n"]
-            if not keep.any():
-                continue
-            xa, ya, ia = x[keep.to(x.device)], y[keep.to(y.device)], idx[keep]
-            spec = group[0].attack_spec
-            eps = tuple(spec.eps[c.eps_index] for c in group)
-            spec_sub = spec.with_eps(eps) if hasattr(spec, "with_eps") else spec
-            from robench.attack import run_attack
+        # attacks with per-sample randomness: one run per spec over all its pending eps (batched sweep)
+        for group in _attack_groups(cells, per_sample=True):
+            self._attack_group(model, group, x, y, idx, res)
 
-            seeds = sample_seeds(plan.seed, ia, "attack", spec.name, params_hash(group[0].params["attack_params"]))
-            out = run_attack(model, xa, ya, spec_sub, seeds, amp_dtype=self.amp)
-            for j, c in enumerate(group):
-                self._record(res, c.cell_id, ia, out.robust[j].cpu(), out.adv_pred[j].cpu())
+    def _attack_group(self, model, group: list[Cell], x, y, idx, res):
+        keep = idx < group[0].params["n"]  # --attack-limit
+        if not keep.any():
+            return
+        xa, ya, ia = x[keep.to(x.device)], y[keep.to(y.device)], idx[keep]
+        spec = group[0].attack_spec
+        spec = dataclasses.replace(spec, eps=tuple(spec.eps[c.eps_index] for c in group))
+        from robench.attack import run_attack
+
+        seeds = sample_seeds(self.plan.seed, ia, "attack", spec.name, params_hash(group[0].params["attack_params"]))
+        out = run_attack(model, xa, ya, spec, seeds, amp_dtype=self.amp)
+        for j, c in enumerate(group):
+            self._record(res, c.cell_id, ia, out.robust[j].cpu(), out.adv_pred[j].cpu())
+            extra = self._extras.setdefault(c.cell_id, {})
+            _add(extra, "attacked", len(ia))
+            _add(extra, "zero_grad", int(out.zero_grad.sum()))
+            per_eps = out.info.get("per_eps")
+            if per_eps:  # AutoAttack: robust count after each of its attacks (for the square-beats-whitebox flag)
+                for a, acc in per_eps[j]["acc_after"].items():
+                    _add(extra, f"robust_after:{a}", round(acc * len(ia)))
+
+    def _attack_blocks(self, model, cells, xs, ys, idxs, lo_chunk, res):
+        """AutoAttack / torchattacks draw batched random numbers: attack fixed blocks of ATTACK_BLOCK samples
+        (aligned to the chunk start, whatever the batch size or shard) so their results stay reproducible."""
+        groups = _attack_groups(cells, per_sample=False)
+        if not groups or not xs:
+            return
+        x, y, idx = torch.cat(xs), torch.cat(ys), torch.cat(idxs)
+        block = (idx - lo_chunk) // ATTACK_BLOCK
+        for b in block.unique().tolist():
+            sel = block == b
+            for group in groups:
+                self._attack_group(model, group, x[sel.to(x.device)], y[sel.to(y.device)], idx[sel], res)
 
     def _loader(self, dataset: Dataset, lo: int, hi: int):
         from robench.data.specs import TensorData
@@ -429,9 +464,18 @@ class Runner:
         if att.empty:
             return
         clean = mine[mine["threat"] == "clean"]["value"]
-        rows = [dict(attack=r.attack, norm=r.norm, eps=r.eps, robust_acc=r.value, n=r.n, protocol=r.protocol,
-                     cell=f"{r.attack} {r.norm} eps={r.eps:.5g}", zero_grad_frac=None)
-                for r in att.itertuples()]
+        extras = dict(self.store.db.execute(
+            "SELECT cell_id, extra_json FROM aggregates WHERE cell_id IN (%s)" % ",".join("?" * len(att)),
+            [int(c) for c in att.cell_id]).fetchall())
+        rows = []
+        for r in att.itertuples():
+            ex = json.loads(extras.get(r.cell_id) or "{}")
+            n_att = ex.get("attacked") or 0
+            kind = next((c.attack_spec.kind for j in jobs for c in j.cells if c.cell_id == r.cell_id), None)
+            rows.append(dict(attack=r.attack, kind=kind, norm=r.norm, eps=r.eps, robust_acc=r.value, n=r.n,
+                             protocol=r.protocol, zero_grad_frac=ex["zero_grad"] / n_att if n_att else None,
+                             acc_after={k.split(":", 1)[1]: v / n_att for k, v in ex.items()
+                                        if k.startswith("robust_after:") and n_att} or None))
         flags = sanity_flags(rows, float(clean.iloc[0]) if len(clean) else None)
         self.store.write_flags(model_id, flags, self.run_id)
 
@@ -449,6 +493,19 @@ class Runner:
         self.store.write_diagnostics(cid, rows)
         self.store.write_chunk(0, {cid: ([], [], [])}, self.run_id)
         self.store.finish_cell(cid)
+
+
+def _add(d: dict, key: str, v):
+    d[key] = d.get(key, 0) + v
+
+
+def _attack_groups(cells: list[Cell], per_sample: bool) -> list[list[Cell]]:
+    """Attack cells grouped by spec (one run covers all its eps): per-sample-random kinds or the others."""
+    groups: dict[int, list[Cell]] = {}
+    for c in cells:
+        if c.kind == "attack" and (c.attack_spec.kind not in BATCH_RANDOM_KINDS) == per_sample:
+            groups.setdefault(id(c.attack_spec), []).append(c)
+    return list(groups.values())
 
 
 def _job_label(job: Job) -> str:

@@ -50,6 +50,7 @@ class Plan:
     strict: bool = False
     workers: int | None = None
     chunk_size: int = 256
+    sanity_probe: bool = True  # add a large-eps PGD cell (gradient-masking check) when attacks run
     diagnostics: bool = False
     diagnostics_limit: int = 64
     quiet: bool = False

@@ -30,7 +30,7 @@ import robench
 from robench.errors import RobenchError
 from robench.report.stats import wilson
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STORE_NAME = "robench.sqlite"
 
 SCHEMA = """
@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS cells (
     params_json TEXT, params_hash TEXT, n_expected INTEGER, n_chunks INTEGER, status TEXT, run_id INTEGER,
     UNIQUE(model_id, params_hash));
 CREATE TABLE IF NOT EXISTS chunks (
-    cell_id INTEGER, chunk INTEGER, n INTEGER, skipped INTEGER, run_id INTEGER, PRIMARY KEY(cell_id, chunk));
+    cell_id INTEGER, chunk INTEGER, n INTEGER, skipped INTEGER, run_id INTEGER, extra_json TEXT,
+    PRIMARY KEY(cell_id, chunk));
 CREATE TABLE IF NOT EXISTS outcomes (
     cell_id INTEGER, sample INTEGER, correct INTEGER, pred INTEGER, PRIMARY KEY(cell_id, sample)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS aggregates (
@@ -178,16 +179,19 @@ class Store:
     def cell_status(self, cell_id: int) -> str:
         return self.db.execute("SELECT status FROM cells WHERE cell_id=?", (cell_id,)).fetchone()[0]
 
-    def write_chunk(self, chunk: int, results: dict, run_id: int, skipped: int = 0, _fault=None):
-        """Atomically record one chunk for several cells: results = {cell_id: (samples, correct, pred)}."""
+    def write_chunk(self, chunk: int, results: dict, run_id: int, skipped: int = 0, extras: dict | None = None,
+                    _fault=None):
+        """Atomically record one chunk for several cells: results = {cell_id: (samples, correct, pred)};
+        extras = {cell_id: {name: count}} are summed over chunks into the cell's aggregate (e.g. zero_grad)."""
+        extras = extras or {}
         with self.transaction():
             for i, (cell_id, (samples, correct, pred)) in enumerate(results.items()):
                 self.db.execute("DELETE FROM outcomes WHERE cell_id=? AND sample IN (%s)"
                                 % ",".join("?" * len(samples)), (cell_id, *map(int, samples)))
                 self.db.executemany("INSERT INTO outcomes VALUES (?,?,?,?)",
                                     [(cell_id, int(s), int(c), int(p)) for s, c, p in zip(samples, correct, pred)])
-                self.db.execute("INSERT OR REPLACE INTO chunks VALUES (?,?,?,?,?)",
-                                (cell_id, chunk, len(samples), skipped, run_id))
+                self.db.execute("INSERT OR REPLACE INTO chunks VALUES (?,?,?,?,?,?)",
+                                (cell_id, chunk, len(samples), skipped, run_id, json.dumps(extras.get(cell_id, {}))))
                 if _fault is not None:
                     _fault(i)
 
@@ -200,10 +204,14 @@ class Store:
             return False
         n, k = self.db.execute("SELECT COUNT(*), COALESCE(SUM(correct),0) FROM outcomes WHERE cell_id=?",
                                (cell_id,)).fetchone()
+        extra = dict(extra or {})
+        for (ej,) in self.db.execute("SELECT extra_json FROM chunks WHERE cell_id=?", (cell_id,)):
+            for key, v in json.loads(ej or "{}").items():
+                extra[key] = extra.get(key, 0) + v
         lo, hi = wilson(k, n)
         with self.transaction():
             self.db.execute("INSERT OR REPLACE INTO aggregates VALUES (?,?,?,?,?,?,?,?)",
-                            (cell_id, n, k, k / n if n else None, lo, hi, skipped, json.dumps(extra or {})))
+                            (cell_id, n, k, k / n if n else None, lo, hi, skipped, json.dumps(extra)))
             self.db.execute("UPDATE cells SET status='done' WHERE cell_id=?", (cell_id,))
         return True
 
@@ -237,7 +245,7 @@ class Store:
         df = self._df("""
             SELECT c.run_id, m.label AS model, m.name AS model_name, m.variant, m.arch, m.params,
                    m.checkpoint_sha256, c.dataset, a.n, c.threat, c.attack, c.norm, c.eps, c.corruption, c.severity,
-                   c.category, a.value, a.ci_low, a.ci_high, c.protocol, c.adaptive, c.cell_id
+                   c.category, a.value, a.ci_low, a.ci_high, c.protocol, c.adaptive, c.cell_id, a.extra_json
             FROM cells c JOIN models m USING(model_id) JOIN aggregates a USING(cell_id)
             WHERE c.status='done' AND c.threat != 'diagnostics' ORDER BY m.model_id, c.cell_id""")
         df["metric"] = df["threat"].map({"attack": "robust_accuracy"}).fillna("accuracy")
