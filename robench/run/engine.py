@@ -163,6 +163,8 @@ class Runner:
         self.store = None
         self._chunk_writes = 0
         self._fault = _parse_fault(os.environ.get("ROBENCH_FAULT"))
+        # corrupted images are the same for every model: keep them (8-bit, CPU) for the next model of the plan
+        self.corrupted = CorruptionCache(plan.corruption_cache_mb if len(plan.models) > 1 else 0)
 
     # The store is opened on rank 0 only; other ranks receive cell ids and pending chunks by broadcast.
     def run(self):
@@ -399,9 +401,14 @@ class Runner:
                 continue
             from robench.corrupt import corrupt_batch
 
-            seeds = sample_seeds(plan.seed, idx, c.params["corruption"], c.params["severity"])
-            xc = corrupt_batch(x, c.params["corruption"], c.params["severity"], seeds, suite=c.params["suite"],
-                               backend=c.params["backend"])
+            key = (c.params["corruption"], c.params["severity"], c.params["suite"], c.params["backend"], plan.seed,
+                   c.params["data_fingerprint"], tuple(idx.tolist()))
+            xc = self.corrupted.get(key, x.device)
+            if xc is None:
+                seeds = sample_seeds(plan.seed, idx, c.params["corruption"], c.params["severity"])
+                xc = corrupt_batch(x, c.params["corruption"], c.params["severity"], seeds, suite=c.params["suite"],
+                                   backend=c.params["backend"])
+                self.corrupted.put(key, xc)
             pred = self._logits(forward, xc, name).argmax(1)
             self._record(res, c.cell_id, idx, pred == y, pred.cpu())
         # attacks with per-sample randomness: one run per spec over all its pending eps (batched sweep)
@@ -493,6 +500,34 @@ class Runner:
         self.store.write_diagnostics(cid, rows)
         self.store.write_chunk(0, {cid: ([], [], [])}, self.run_id)
         self.store.finish_cell(cid)
+
+
+class CorruptionCache:
+    """LRU of corrupted batches as uint8 on the CPU, within a byte budget (0 disables it). Lossless: the
+    corruption engine quantises to 8-bit levels; a batch that is not on the 8-bit grid is not cached."""
+
+    def __init__(self, budget_mb: int):
+        from collections import OrderedDict
+
+        self.budget, self.used, self.items = budget_mb * 2**20, 0, OrderedDict()
+
+    def get(self, key, device):
+        if key not in self.items:
+            return None
+        self.items.move_to_end(key)
+        return self.items[key].to(device).float().div_(255)
+
+    def put(self, key, x: torch.Tensor):
+        if self.budget <= 0 or x.numel() > self.budget:
+            return
+        q = (x * 255).round()
+        if not torch.equal(q / 255, x):
+            return
+        self.items[key] = q.to(torch.uint8).cpu()
+        self.used += x.numel()
+        while self.used > self.budget:
+            _, old = self.items.popitem(last=False)
+            self.used -= old.numel()
 
 
 def _add(d: dict, key: str, v):

@@ -50,6 +50,7 @@ class Plan:
     strict: bool = False
     workers: int | None = None
     chunk_size: int = 256
+    corruption_cache_mb: int = 1024  # corrupted images kept for the next model (CPU RAM)
     sanity_probe: bool = True  # add a large-eps PGD cell (gradient-masking check) when attacks run
     diagnostics: bool = False
     diagnostics_limit: int = 64
