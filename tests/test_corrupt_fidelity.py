@@ -2,14 +2,14 @@
 original definitions, on real photos (scikit-image samples resized to 224, ../shared ImageNet samples when present).
 
 - deterministic corruptions: mean |torch - reference| <= 1/255 at every severity;
-- stochastic ones with the reference's own noise injected (recorded numpy draws replayed): the same bound;
+- stochastic ones with the reference's own noise injected (its numpy draws recorded, or regenerated from its seed,
+  and replayed through ops.Replay): the same bound;
 - where imagecorruptions departs from the original (frost, elastic_transform, pixelate upsampling), an oracle of the
   original definition written here with numpy / OpenCV / scipy / PIL, with the same noise.
 """
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from PIL import Image  # noqa: E402
 
 from robench.corrupt import apply  # noqa: E402
 from robench.corrupt.ops import Replay  # noqa: E402
-from robench.corrupt.reference import corrupt_one  # noqa: E402
+from robench.corrupt.reference import REPLAYABLE, corrupt_one, reference_with_draws  # noqa: E402
 
 SEVERITIES = (1, 2, 3, 4, 5)
 TOL = 1.0  # mean absolute difference, in 1/255 units
@@ -67,78 +67,14 @@ def test_deterministic_match_reference(corruption):
         assert d <= TOL, f"{corruption} severity {s}: mean |torch - reference| = {d:.3f}/255"
 
 
-@contextlib.contextmanager
-def _record_numpy_draws():
-    """Record every np.random.<normal|uniform|poisson|randint> draw the reference makes."""
-    rec, orig = [], {}
-    for name in ("normal", "uniform", "poisson", "randint"):
-        orig[name] = getattr(np.random, name)
-
-        def wrapped(*a, _f=orig[name], **k):
-            r = _f(*a, **k)
-            rec.append(np.array(r))
-            return r
-        setattr(np.random, name, wrapped)
-    try:
-        yield rec
-    finally:
-        for name, f in orig.items():
-            setattr(np.random, name, f)
-
-
-def _replayed(imgs, corruption, severity, convert=lambda r: r):
-    """Reference outputs and the torch outputs with the reference's recorded draws injected."""
-    outs, draws = [], []
-    for i, im in enumerate(imgs):
-        with _record_numpy_draws() as rec:
-            outs.append(corrupt_one(im, corruption, severity, i))
-        draws.append([convert(r) for r in rec])
-    arrays = [np.stack([d[k] for d in draws]) for k in range(len(draws[0]))]
-    return apply(_tensor(imgs), corruption, severity, Replay(arrays)), _tensor(outs)
-
-
-HWC_TO_CHW = lambda r: r.transpose(2, 0, 1) if r.ndim == 3 else r  # noqa: E731
-
-
-@pytest.mark.parametrize("corruption", ["gaussian_noise", "shot_noise", "speckle_noise", "motion_blur", "snow",
-                                        "fog", "spatter"])
+@pytest.mark.parametrize("corruption", REPLAYABLE)
 def test_stochastic_match_reference_with_same_noise(corruption):
-    imgs = PHOTOS[:2]
+    # glass blur's reference is slow (numba compile + per-pixel loop): half-size photos, same algorithm
+    imgs = (SMALL if corruption == "glass_blur" else PHOTOS)[:2]
     for s in SEVERITIES:
-        y, r = _replayed(imgs, corruption, s, HWC_TO_CHW)
-        d = _mad(y, r)
+        outs, draws = reference_with_draws(imgs, corruption, s, [3, 4])
+        d = _mad(apply(_tensor(imgs), corruption, s, Replay(draws)), _tensor(outs))
         assert d <= TOL, f"{corruption} severity {s}: mean |torch - reference| = {d:.3f}/255 with the same noise"
-
-
-def test_impulse_noise_matches_reference_with_same_noise():
-    imgs = PHOTOS[:2]
-    for s in SEVERITIES:
-        # skimage's s&p draws two default_rng(seed).random(shape) arrays: flipped, then salted
-        arrays = [[], []]
-        for i, im in enumerate(imgs):
-            rng = np.random.default_rng(i)
-            for k in range(2):
-                arrays[k].append(rng.random(im.shape).transpose(2, 0, 1))
-        y = apply(_tensor(imgs), "impulse_noise", s, Replay([np.stack(a) for a in arrays]))
-        d = _mad(y, _reference(imgs, "impulse_noise", s))
-        assert d <= TOL, f"impulse_noise severity {s}: {d:.3f}/255"
-
-
-def test_glass_blur_matches_reference_with_same_noise():
-    # imagecorruptions draws the pixel offsets inside numba after np.random.seed(seed); numba's legacy generator
-    # reproduces numpy's, so the draws can be regenerated here and injected.
-    from robench.corrupt import get_suite
-
-    imgs, n = SMALL[:2], 112
-    for s in SEVERITIES:
-        _, d, iters = get_suite("imagenet-c").severity_params("glass_blur", s)
-        offsets = []
-        for i in range(len(imgs)):
-            np.random.seed(i)
-            offsets.append(np.random.randint(-d, d, size=(iters, n - 2 * d, n - 2 * d, 2)))
-        y = apply(_tensor(imgs), "glass_blur", s, Replay([np.stack(offsets)]))
-        d = _mad(y, _reference(imgs, "glass_blur", s))
-        assert d <= TOL, f"glass_blur severity {s}: {d:.3f}/255 with the same noise"
 
 
 def test_pixelate_matches_original_pil_box_box():
