@@ -448,6 +448,34 @@ def toy(
                   f"{res['paths']['plot']}")
 
 
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("results/demo"), help="Output directory (store, leaderboard, report)."),
+    quick: bool = typer.Option(False, "--quick", help="A smaller sweep (3 models, 5 corruptions), ~15 s."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Plain log lines, no progress bars."),
+):
+    """Run the built-in demo: every attention variant's tiny ViT on real handwritten digits (CPU, no download):
+    clean, 15 corruptions x 5 severities, FGSM / PGD / AutoAttack, then a leaderboard and an HTML report.
+
+    Example: `robench demo` (then open results/demo/report.html)
+    """
+    import time
+
+    from robench.demo import run_demo
+
+    t0 = time.time()
+    progress = _progress(quiet)
+    if progress is not None:
+        with progress:
+            res = run_demo(out, quick=quick, progress=progress)
+    else:
+        res = run_demo(out, quick=quick, quiet=quiet)
+    console.print(res.leaderboard_md, markup=False, highlight=False, soft_wrap=True)
+    console.print(f"\nleaderboard: {out / 'leaderboard.md'} and {out / 'leaderboard.csv'}")
+    console.print(f"report: {res.report_html}")
+    console.print(f"demo finished in {time.time() - t0:.1f} s")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every RobenchError becomes one line on stderr and exit code 2 (never a traceback)."""
     args = sys.argv[1:] if argv is None else list(argv)

@@ -227,7 +227,12 @@ def corruption_summaries(table: pd.DataFrame, alexnet=_DEFAULT) -> dict:
         clean_acc = float(clean["value"].iloc[-1]) if len(clean) else None
         acc = {(r.corruption, r.severity if r.severity is not None else 0): r.value for r in g.itertuples()}
         cats = {r.corruption: r.category for r in g.itertuples()}
-        out[(model, dataset, protocol)] = corruption_summary(acc, cats, clean_acc, alexnet)
+        # mCE is relative to AlexNet's ImageNet-C errors: only meaningful on ImageNet data
+        imagenet = str(dataset).startswith("imagenet")
+        summary = corruption_summary(acc, cats, clean_acc, alexnet if imagenet else None)
+        if not imagenet:
+            summary.note = None
+        out[(model, dataset, protocol)] = summary
     return out
 
 
