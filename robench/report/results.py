@@ -217,7 +217,8 @@ _DEFAULT = object()
 def corruption_summaries(table: pd.DataFrame, alexnet=_DEFAULT) -> dict:
     """{(model, dataset, protocol): CorruptionSummary} for every model with corruption cells (adaptive cells aside).
     alexnet: an AlexNetTable, None (no mCE), or by default the shipped ImageNet-C table."""
-    if alexnet is _DEFAULT:
+    shipped = alexnet is _DEFAULT  # the shipped table is ImageNet-C's: use it on ImageNet data only
+    if shipped:
         alexnet = alexnet_table()
     out = {}
     cor = table[(table["threat"] == "corruption") & (table["adaptive"] == 0)]
@@ -228,9 +229,9 @@ def corruption_summaries(table: pd.DataFrame, alexnet=_DEFAULT) -> dict:
         acc = {(r.corruption, r.severity if r.severity is not None else 0): r.value for r in g.itertuples()}
         cats = {r.corruption: r.category for r in g.itertuples()}
         # mCE is relative to AlexNet's ImageNet-C errors: only meaningful on ImageNet data
-        imagenet = str(dataset).startswith("imagenet")
-        summary = corruption_summary(acc, cats, clean_acc, alexnet if imagenet else None)
-        if not imagenet:
+        other = shipped and not str(dataset).startswith("imagenet")
+        summary = corruption_summary(acc, cats, clean_acc, None if other else alexnet)
+        if other:
             summary.note = None
         out[(model, dataset, protocol)] = summary
     return out
