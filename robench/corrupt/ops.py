@@ -221,7 +221,8 @@ def pil_box_resize(x: torch.Tensor, size: tuple[int, int], quantize: bool = True
     h, w = size
     Mw = torch.as_tensor(pil_box_weights(W, w), dtype=x.dtype, device=x.device)
     Mh = torch.as_tensor(pil_box_weights(H, h), dtype=x.dtype, device=x.device)
-    q = (lambda t: torch.round(t * 255) / 255) if quantize else (lambda t: t)
+    # PIL rounds half up in fixed point (ties are common: e.g. the mean of two pixels)
+    q = (lambda t: torch.floor(t * 255 + 0.5 + 1e-4) / 255) if quantize else (lambda t: t)
     return q(Mh @ q(x @ Mw.T))
 
 
