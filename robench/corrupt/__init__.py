@@ -31,7 +31,7 @@ def corrupt_batch(x: torch.Tensor, corruption: str, severity: int, seeds, *, sui
     CPU in worker processes (ImageNet-C parameters only).
     """
     check_corruption(corruption)
-    check_severity(severity)
+    severity = check_severity(severity)
     if backend not in BACKENDS:
         raise RobenchError(f"unknown corruption backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
@@ -51,6 +51,10 @@ def corrupt_batch(x: torch.Tensor, corruption: str, severity: int, seeds, *, sui
         if suite.params != "imagenet":
             raise RobenchError("the reference backend (imagecorruptions) only has ImageNet-C parameters; "
                                f"suite '{suite.name}' uses {suite.params} parameters: use backend 'torch'")
+        shipped = get_suite("imagenet-c")
+        if suite.severity_params(corruption, severity) != shipped.severity_params(corruption, severity):
+            raise RobenchError(f"suite '{suite.name}' changes the parameters of {corruption}; the reference backend "
+                               "(imagecorruptions) has the ImageNet-C ones built in: use backend 'torch'")
         return corrupt_reference(x, corruption, severity, seeds)
     return apply(x, corruption, severity, seeds, suite)
 

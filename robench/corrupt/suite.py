@@ -70,9 +70,12 @@ def check_corruption(name: str) -> str:
 
 
 def check_severity(severity) -> int:
-    if isinstance(severity, bool) or not isinstance(severity, int) or severity not in SEVERITIES:
+    """The severity as an int (numpy / torch integers accepted); anything but 1..5 -> RobenchError."""
+    import numbers
+
+    if isinstance(severity, bool) or not isinstance(severity, numbers.Integral) or int(severity) not in SEVERITIES:
         raise RobenchError(f"severity must be an integer in 1..5, got {severity!r}")
-    return severity
+    return int(severity)
 
 
 _cache: dict[str, CorruptionSuite] = {}
