@@ -48,6 +48,8 @@ def test_autoattack_flags_equal_direct_pyautoattack():
         broken_by = res.info["per_eps"][k]["broken_by"]
         assert broken_by[0] == broken_by[1] == "clean"
         assert [b is None for b in broken_by] == res.robust[k].tolist()
+        after = res.info["per_eps"][k]["robust_after"]
+        assert after["clean"] == 8 and min(after.values()) == int(res.robust[k].sum())
     # the eps sweep is not trivial: some sample survives the small eps and fewer survive the larger one
     assert res.robust[0].sum() > res.robust[1].sum()
     # robench's helper configures the same attack as the hand-made one

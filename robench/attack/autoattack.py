@@ -45,13 +45,16 @@ def make_autoattack(f, spec: AttackSpec, eps: float, seed: int, device):
 
 
 def autoattack_by_attack(aa, x0: torch.Tensor, labels: torch.Tensor):
-    """Run aa's attacks one by one on the still-robust samples. Returns (x_adv, broken_by list, acc after each)."""
+    """Run aa's attacks one by one on the still-robust samples.
+
+    Returns (x_adv, broken_by: per sample None | 'clean' | attack name, robust_after: {'clean'|attack: count}).
+    """
     n = x0.shape[0]
     with torch.no_grad():
         alive = aa.get_logits(x0).argmax(1) == labels
     broken_by = [None if a else "clean" for a in alive.tolist()]
     x_adv = x0.clone()
-    acc = {"clean": alive.float().mean().item()}
+    acc = {"clean": int(alive.sum())}
     attacks = list(aa.attacks_to_run)
     try:
         for name in attacks:
@@ -65,7 +68,7 @@ def autoattack_by_attack(aa, x0: torch.Tensor, labels: torch.Tensor):
             alive[idx[hit]] = False
             for j in idx[hit].tolist():
                 broken_by[j] = name
-            acc[name] = alive.float().mean().item()
+            acc[name] = int(alive.sum())
     finally:
         aa.attacks_to_run = attacks
     return x_adv, broken_by, acc
@@ -91,6 +94,6 @@ def run_autoattack(f, x0, y, spec: AttackSpec, seeds, clip: bool):
             p = f(x_adv).argmax(1)
         robust[k] = (p == y) & ((pred0 == y) | (spec.protocol == "paper"))
         adv_pred[k] = p
-        per_eps.append({"acc_after": acc, "broken_by": broken_by})
+        per_eps.append({"robust_after": acc, "broken_by": broken_by})
     return AttackResult(robust=robust, adv_pred=adv_pred, zero_grad=zero_grad,
                         info={"clean_correct": (pred0 == y).tolist(), "autoattack_seed": seed, "per_eps": per_eps})

@@ -2,8 +2,8 @@
 
 `sanity_flags(rows, clean_acc)` with rows = [{attack, norm, eps, robust_acc, n, zero_grad_frac}, ...] (optional
 keys: `kind` (fgsm|pgd|autoattack|torchattacks, else guessed from the attack name), `protocol`, and for AutoAttack
-`acc_after` = {attack: robust acc after it} as in `AttackResult.info['per_eps'][k]['acc_after']`, averaged over
-chunks by the caller). Flags:
+`acc_after` = {attack: robust acc after it}: sum `AttackResult.info['per_eps'][k]['robust_after']` (counts) over
+chunks and divide by n). Flags:
 
   non-monotone        robust acc rises with eps (same attack and norm) by more than the margin
   pgd-weaker-than-fgsm  PGD robust acc above FGSM's at the same norm and eps by more than the margin
