@@ -13,10 +13,11 @@ def test_parse_eps_fractions_sorted_unique():
     assert parse_eps("4/255, 2/255,4/255") == [2 / 255, 4 / 255]
     assert parse_eps(["1/255", 0.5]) == [1 / 255, 0.5]
     assert parse_eps(0.25) == [0.25]
+    assert parse_eps("0.5/255") == [0.5 / 255] and parse_eps(fmt_eps(0.5 / 255)) == [0.5 / 255]
     assert fmt_eps(4 / 255) == "4/255" and fmt_eps(0.5 / 255) == "0.5/255" and fmt_eps(0.3) == "0.3"
 
 
-@pytest.mark.parametrize("bad", ["0", "-1/255", "abc", "1/0", "", "nan", "inf", [True]])
+@pytest.mark.parametrize("bad", ["0", "-1/255", "abc", "1/0", "", "nan", "inf", [True], "1/2/3"])
 def test_bad_eps(bad):
     with pytest.raises(RobenchError, match="eps"):
         parse_eps(bad)

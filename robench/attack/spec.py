@@ -17,7 +17,6 @@ import inspect
 import math
 import re
 from dataclasses import dataclass, field
-from fractions import Fraction
 
 from robench.errors import RobenchError, suggest
 
@@ -39,7 +38,8 @@ def _number(s, what: str) -> float:
     if isinstance(s, (int, float)):
         return float(s)
     try:
-        return float(Fraction(str(s).strip()))
+        num, sep, den = str(s).strip().partition("/")
+        return float(num) / float(den) if sep else float(num)
     except (ValueError, ZeroDivisionError):
         raise RobenchError(f"{what}: cannot parse {s!r} as a number (e.g. 0.5 or 4/255)") from None
 
@@ -300,8 +300,8 @@ def _query_value(k: str, v: str):
     if re.fullmatch(r"-?\d+", v):
         return int(v)
     try:
-        return float(Fraction(v))
-    except (ValueError, ZeroDivisionError):
+        return _number(v, k)
+    except RobenchError:
         return v
 
 
