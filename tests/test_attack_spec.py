@@ -109,3 +109,11 @@ def test_missing_torchattacks_gives_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchattacks", None)  # import fails as if not installed
     with pytest.raises(RobenchError, match=r"pip install 'robench\[torchattacks\]'"):
         load_attack_suite("torchattacks:PGD")
+
+
+def test_every_shipped_suite_loads():
+    from robench.suites import suite_names
+
+    for name in suite_names("attacks"):
+        specs = load_attack_suite(name)
+        assert specs and all(s.eps and s.label for s in specs), name
