@@ -93,14 +93,14 @@ def step_size(rule: str, eps: float, steps: int) -> float:
 
 
 def fmt_eps(e: float) -> str:
-    """'4/255' for multiples of 1/255, '0.3' for short decimals, '0.5/255' for halves of 1/255, else 4 digits."""
+    """'4/255' for multiples of 1/255, '0.3' for short decimals, '0.5/255' for eighths of 1/255, else 4 digits."""
     k = e * 255
     if abs(k - round(k)) < 1e-6 and round(k) > 0:
         return f"{round(k)}/255"
     if len(repr(e)) <= 6:
         return repr(e)
-    if abs(2 * k - round(2 * k)) < 1e-6:
-        return f"{round(2 * k) / 2:g}/255"
+    if abs(8 * k - round(8 * k)) < 1e-6:
+        return f"{round(8 * k) / 8:g}/255"
     return f"{e:.4g}"
 
 
