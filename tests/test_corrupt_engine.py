@@ -64,6 +64,7 @@ def test_user_suite_by_path(tmp_path):
     y = corrupt_batch(x, "contrast", 1, [0, 1], suite=str(p))
     means = x.mean(dim=(2, 3), keepdim=True)
     assert torch.allclose(y, torch.floor(means.expand_as(x) * 255 + 1e-3) / 255, atol=1e-6)
+    assert get_suite("mine") is get_suite(str(p))  # found by name once loaded by path
     with pytest.raises(RobenchError, match="changes the parameters"):
         corrupt_batch(x, "contrast", 1, [0, 1], suite=str(p), backend="reference")
 

@@ -107,6 +107,12 @@ def get_suite(name_or_path: str | CorruptionSuite) -> CorruptionSuite:
         if "severity" not in table[c]:
             table[c] = {**_family_entry(params, c), **table[c]}
     _cache[name_or_path] = suite
+    # a suite loaded from a path can then be found by its name too (results store the name), unless it would
+    # shadow a shipped suite
+    from robench.suites import suite_names
+
+    if name not in suite_names("corruptions"):
+        _cache.setdefault(name, suite)
     return suite
 
 
