@@ -100,8 +100,8 @@ def main():
     if args.fidelity:
         return fidelity(x.cpu(), args.corruptions, args.severities)
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-    print(f"# best of {args.repeat} runs; {args.n} images 224x224, torch on {args.device} ({torch.get_num_threads()} threads), "
-          f"reference: imagecorruptions in {args.workers} processes")
+    print(f"# best of {args.repeat} runs; {args.n} images 224x224, torch on {args.device} "
+          f"({torch.get_num_threads()} threads), reference: imagecorruptions in {args.workers} processes")
     if not args.no_reference:
         get_pool(args.workers)
         corrupt_reference(x[:args.workers].cpu(), "brightness", 1, list(range(args.workers)), args.workers)
