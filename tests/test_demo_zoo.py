@@ -112,3 +112,17 @@ def test_train_demo_rejects_bad_input(tmp_path):
         train_demo(["qest"], out_dir=tmp_path)
     with pytest.raises(RobenchError, match="epochs"):
         train_demo(["quest"], out_dir=tmp_path, epochs=0)
+
+
+def test_cli_train_demo(tmp_path, capsys):
+    from robench.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train-demo", "--variants", "qnorm", "--epochs", "1", "--out", str(tmp_path)])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "demo-qnorm" in out and "%" in out
+    assert create_model("demo-qnorm", checkpoint=tmp_path / "demo-qnorm.safetensors").info.num_classes == 10
+    with pytest.raises(SystemExit) as e:
+        main(["train-demo", "--variants", "qnrom", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "did you mean" in capsys.readouterr().err
