@@ -5,6 +5,7 @@ import math
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from robench.diag.toy import (RUN_COLUMNS, ToyConfig, ToyModel, make_toy_data, toy_experiment, train_toy,
                               wilson)
@@ -41,7 +42,7 @@ def test_answer_token_statistics():
     var = robust.var(0)
     assert torch.allclose(var[: cfg.sigma_dims], torch.full((cfg.sigma_dims,), cfg.sigma_var), rtol=0.15)
     assert torch.allclose(var[cfg.sigma_dims:], torch.ones(cfg.D - cfg.sigma_dims), atol=0.12)
-    assert robust.mean(0).abs().max() < 0.1
+    assert torch.all(robust.mean(0).abs() < 4 * robust.std(0) / math.sqrt(len(robust)))
     mask = torch.ones(x.shape[:2], dtype=torch.bool)
     mask[rows, d["pos"]] = False
     others = x[mask]
@@ -55,14 +56,44 @@ def test_generator_is_deterministic_per_seed():
     assert not torch.equal(a["tokens"], c["tokens"])
 
 
-@pytest.mark.parametrize("variant", ["standard", "qnorm", "qknorm", "quest", "qknorm-hs", "elliptical"])
-def test_model_forward_equals_the_full_attention_layer(variant):
+@pytest.mark.parametrize("variant", ["standard", "qnorm", "qknorm", "quest"])
+def test_model_is_one_self_attention_layer_over_linear_maps_of_the_tokens(variant):
     torch.manual_seed(0)
-    model = ToyModel(variant, ToyConfig())
-    seq = make_toy_data(8, ToyConfig(), seed=0)["tokens"]
+    cfg = ToyConfig()
+    model = ToyModel(variant, cfg)
+    if variant == "qknorm":  # non-trivial LayerNorm affine parameters
+        for p in (*model.attn.q_norm.parameters(), *model.attn.k_norm.parameters()):
+            p.data.uniform_(0.5, 1.5)
+    d = make_toy_data(8, cfg, seed=0)
+    seq = d["tokens"]
+    q, k, v = (seq @ model.attn.qkv.weight.T + model.attn.qkv.bias).split(cfg.width, dim=-1)
+    raw_k = k
+    if variant == "standard":
+        logits = q @ k.mT / math.sqrt(cfg.width)
+    elif variant == "quest":  # unit keys, no scale
+        logits = q @ (k / k.norm(dim=-1, keepdim=True)).mT
+    elif variant == "qnorm":
+        logits = (q / q.norm(dim=-1, keepdim=True)) @ k.mT
+    else:
+        qn, kn = model.attn.q_norm, model.attn.k_norm
+        k = raw_k = F.layer_norm(k, (cfg.width,), kn.weight, kn.bias, kn.eps)  # QKNorm's key is the LN output
+        logits = F.layer_norm(q, (cfg.width,), qn.weight, qn.bias, qn.eps) @ k.mT / math.sqrt(cfg.width)
+    out = model.attn.proj(logits.softmax(dim=-1) @ v).mean(dim=1)  # mean over tokens
     with torch.no_grad():
-        full = model.head(model.attn(model.tokens(seq))[:, 0])  # robench's fused layer, all query rows
-        assert torch.allclose(model(seq), full, atol=1e-5)
+        assert torch.allclose(model(seq), model.head(out), atol=1e-5)
+        assert torch.allclose(model.answer_key_norm(seq, d["pos"]), raw_k[torch.arange(8), d["pos"]].norm(dim=-1),
+                              atol=1e-5)
+
+
+def test_robust_signal_is_learnable_without_the_shortcut():
+    cfg = ToyConfig(p_biased=0.0, steps=150, n_train=1024, n_test=512)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the grid's workers; avoids thread thrashing on a loaded machine
+    try:
+        r = train_toy("quest", 0, 1e-2, 0.0, cfg)
+    finally:
+        torch.set_num_threads(threads)
+    assert r["test_acc"] > 0.5  # chance is 1/C = 0.125
 
 
 def test_train_is_deterministic_and_reports_a_trace():
