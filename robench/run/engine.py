@@ -433,8 +433,8 @@ class Runner:
             _add(extra, "zero_grad", int(out.zero_grad.sum()))
             per_eps = out.info.get("per_eps")
             if per_eps:  # AutoAttack: robust count after each of its attacks (for the square-beats-whitebox flag)
-                for a, acc in per_eps[j]["acc_after"].items():
-                    _add(extra, f"robust_after:{a}", round(acc * len(ia)))
+                for a, count in per_eps[j]["robust_after"].items():
+                    _add(extra, f"robust_after:{a}", int(count))
 
     def _attack_blocks(self, model, cells, xs, ys, idxs, lo_chunk, res):
         """AutoAttack / torchattacks draw batched random numbers: attack fixed blocks of ATTACK_BLOCK samples
