@@ -12,23 +12,29 @@ from robench.run.plan import ModelEntry, Plan
 
 QUICK_VARIANTS = ("standard", "quest", "elliptical")
 QUICK_CORRUPTIONS = ["gaussian_noise", "defocus_blur", "fog", "contrast", "jpeg_compression"]
+IMAGENET_C_15 = ["gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+                 "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
+                 "jpeg_compression"]
 
 
 def demo_plan(out="results/demo", quick: bool = False, quiet: bool = False) -> Plan:
-    """The demo sweep. Default: every demo model on the 540 test digits; --quick: 3 models, 5 corruptions."""
+    """The demo sweep. Default: every demo model; clean accuracy on the 540 test digits; the 15 ImageNet-C
+    corruptions (CIFAR-10-C parameters) x 5 severities and the attacks on the first 64 of them (chunk order).
+    --quick: 3 models, 200 digits, 5 corruptions x 3 severities, FGSM and PGD-5."""
     from robench.zoo.demo import DEMO_VARIANTS, demo_name
 
     variants = QUICK_VARIANTS if quick else DEMO_VARIANTS
     return Plan(
         models=[ModelEntry(demo_name(v)) for v in variants],
         data="digits:test",
-        limit=200 if quick else None,
+        limit=200 if quick else None,  # clean accuracy on all 540 test digits by default
         corruptions=["cifar10-c"],
-        corruption_names=QUICK_CORRUPTIONS if quick else None,
+        corruption_names=QUICK_CORRUPTIONS if quick else IMAGENET_C_15,
         severities=[1, 3, 5] if quick else [1, 2, 3, 4, 5],
-        attacks=["demo"] if not quick else ["demo-quick"],
-        attack_limit=100 if quick else 200,
-        batch_size=256,
+        corruption_limit=64,  # corruption and attack cells on 64 of them (keeps the demo under a minute)
+        attacks=["demo-quick"] if quick else ["demo"],
+        attack_limit=64,
+        batch_size=128,
         device="cpu",
         seed=0,
         out=str(out),

@@ -96,11 +96,13 @@ def plan_jobs(plan: Plan, model, data: EvalData | None) -> list[Job]:
         dset = {"dataset": data.name, "data_fingerprint": data.fingerprint, "n": len(data)}
         job = Job(data, attack_limit=plan.attack_limit)
         job.cells.append(Cell({**base, **dset, "threat": "clean", "protocol": "standard"}, "clean"))
+        n_cor = min(len(data), plan.corruption_limit) if plan.corruption_limit else len(data)
         for suite_name in plan.corruptions:
             suite = _corruption_suite(suite_name)
             for c in _suite_corruptions(suite, plan):
                 for s in plan.severities:
-                    job.cells.append(Cell({**base, **dset, "threat": "corruption", "corruption": c, "severity": int(s),
+                    job.cells.append(Cell({**base, **dset, "n": n_cor, "threat": "corruption", "corruption": c,
+                                           "severity": int(s),
                                            "category": suite.category(c), "suite": suite.name,
                                            "params_set": suite.params, "backend": plan.corruption_backend,
                                            "protocol": "standard"}, "corruption"))
@@ -401,16 +403,20 @@ class Runner:
                 continue
             from robench.corrupt import corrupt_batch
 
+            keep = idx < c.params["n"]  # --corruption-limit
+            if not keep.any():
+                continue
+            xk, yk, ik = (x, y, idx) if keep.all() else (x[keep.to(x.device)], y[keep.to(y.device)], idx[keep])
             key = (c.params["corruption"], c.params["severity"], c.params["suite"], c.params["backend"], plan.seed,
-                   c.params["data_fingerprint"], tuple(idx.tolist()))
+                   c.params["data_fingerprint"], tuple(ik.tolist()))
             xc = self.corrupted.get(key, x.device)
             if xc is None:
-                seeds = sample_seeds(plan.seed, idx, c.params["corruption"], c.params["severity"])
-                xc = corrupt_batch(x, c.params["corruption"], c.params["severity"], seeds, suite=c.params["suite"],
+                seeds = sample_seeds(plan.seed, ik, c.params["corruption"], c.params["severity"])
+                xc = corrupt_batch(xk, c.params["corruption"], c.params["severity"], seeds, suite=c.params["suite"],
                                    backend=c.params["backend"])
                 self.corrupted.put(key, xc)
             pred = self._logits(forward, xc, name).argmax(1)
-            self._record(res, c.cell_id, idx, pred == y, pred.cpu())
+            self._record(res, c.cell_id, ik, pred == yk, pred.cpu())
         # attacks with per-sample randomness: one run per spec over all its pending eps (batched sweep)
         for group in _attack_groups(cells, per_sample=True):
             self._attack_group(model, group, x, y, idx, res)

@@ -39,6 +39,7 @@ class Plan:
     steps: int | None = None
     limit: int | None = None
     attack_limit: int | None = None  # attack only the first N samples (of the --limit selection)
+    corruption_limit: int | None = None  # corruption cells on the first N samples only
     subset: str | None = None
     batch_size: int = 64
     device: str = "auto"
