@@ -145,17 +145,17 @@ def eval_(
     corruptions: Optional[list[str]] = typer.Option(None, "--corruptions", help="Corruption suite (repeatable): imagenet-c, imagenet-c-extra, cifar10-c or a .toml path."),
     corruption: Optional[list[str]] = typer.Option(None, "--corruption", help="Only these corruptions of the suites (repeatable)."),
     severity: Optional[list[int]] = typer.Option(None, "--severity", help="Only these severities (repeatable, 1-5)."),
-    backend: str = typer.Option("torch", help="Corruption backend: torch (batched, default) or reference (imagecorruptions)."),
+    backend: Optional[str] = typer.Option(None, help="Corruption backend: torch (batched, default) or reference (imagecorruptions)."),
     eps: Optional[str] = typer.Option(None, help="Override attack eps, e.g. 2/255,4/255 (pixel units)."),
     steps: Optional[int] = typer.Option(None, help="Override attack steps."),
     limit: Optional[int] = typer.Option(None, help="Evaluate a seeded random subset of N samples."),
     attack_limit: Optional[int] = typer.Option(None, help="Attack only the first N of the evaluated samples."),
     subset: Optional[Path] = typer.Option(None, help="File of relative image paths to evaluate (e.g. RobustBench's 5000-image list)."),
-    batch_size: int = typer.Option(64, "--batch-size", "-b"),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps."),
-    precision: str = typer.Option("fp32", help="fp32, bf16 or fp16 (autocast)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Batch size (default 64)."),
+    device: Optional[str] = typer.Option(None, help="auto (default), cpu, cuda, cuda:N, mps."),
+    precision: Optional[str] = typer.Option(None, help="fp32 (default), bf16 or fp16 (autocast)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-    seed: int = typer.Option(0, help="Global seed (corruption noise, random starts, --limit subsets)."),
+    seed: Optional[int] = typer.Option(None, help="Global seed (default 0): corruption noise, random starts, --limit subsets."),
     out: Optional[Path] = typer.Option(None, help="Output directory holding the results store (default results/)."),
     force: bool = typer.Option(False, help="Recompute cells already in the store."),
     strict: bool = typer.Option(False, help="Fail on unreadable images instead of skipping them."),
@@ -180,16 +180,17 @@ def eval_(
     defaults = {k: v for k, v in cfg.items() if k in PLAN_KEYS}
     if eps:
         from robench.attack import parse_eps
-    plan = Plan(**{**defaults, "models": entries, "data": resolve_data(data, cfg),
-                   "attacks": list(attack or defaults.get("attacks", [])),
-                   "corruptions": list(corruptions or defaults.get("corruptions", [])),
-                   "corruption_names": list(corruption) if corruption else defaults.get("corruption_names"),
-                   "severities": list(severity) if severity else defaults.get("severities", [1, 2, 3, 4, 5]),
-                   "corruption_backend": backend, "eps": parse_eps(eps) if eps else None, "steps": steps,
-                   "limit": limit, "attack_limit": attack_limit, "subset": str(subset) if subset else None,
-                   "batch_size": batch_size, "device": device, "precision": precision, "compile": compile,
-                   "seed": seed, "out": str(out or defaults.get("out", "results")), "force": force, "strict": strict,
-                   "diagnostics": diagnostics, "quiet": quiet, "command": "robench " + " ".join(sys.argv[1:])})
+    given = {"data": resolve_data(data, cfg), "attacks": list(attack or []) or None,
+             "corruptions": list(corruptions or []) or None, "corruption_names": list(corruption or []) or None,
+             "severities": list(severity or []) or None, "corruption_backend": backend,
+             "eps": parse_eps(eps) if eps else None, "steps": steps, "limit": limit, "attack_limit": attack_limit,
+             "subset": str(subset) if subset else None, "batch_size": batch_size, "device": device,
+             "precision": precision, "seed": seed, "out": str(out) if out else None}
+    flags = {"compile": compile, "force": force, "strict": strict, "diagnostics": diagnostics}
+    # command-line values win; robench.toml fills what was not given; Plan's defaults the rest
+    plan = Plan(models=entries, **{**defaults, **{k: v for k, v in given.items() if v is not None},
+                                   **{k: True for k, v in flags.items() if v}},
+                quiet=quiet, command="robench " + " ".join(sys.argv[1:]))
     _run_and_print(plan, as_json)
 
 

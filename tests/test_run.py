@@ -283,8 +283,7 @@ def test_config_file_supplies_data_and_checkpoints(tmp_path, run_cli, monkeypatc
 def test_attack_cells_independent_of_batch_size(tmp_path):
     """PGD (per-sample random starts) and AutoAttack (fixed 32-sample blocks) give the same per-sample outcomes
     whatever the batch size; the sanity probe and flags are recorded."""
-    kw = dict(limit=40, corruptions=[], attacks=["pgd", "autoattack-fast"], eps=[2 / 255, 8 / 255], steps=3,
-              chunk_size=64)
+    kw = dict(limit=40, corruptions=[], attacks=["pgd", "autoattack-fast"], eps=[2 / 255, 8 / 255], chunk_size=64)
     res = run_plan(plan(tmp_path / "a", batch_size=40, **kw))
     run_plan(plan(tmp_path / "b", batch_size=9, **kw))
     pd.testing.assert_frame_equal(outcomes(tmp_path / "a"), outcomes(tmp_path / "b"))
@@ -296,3 +295,19 @@ def test_attack_cells_independent_of_batch_size(tmp_path):
     assert pgd[0] >= pgd[1]
     s = Store(tmp_path / "a")
     assert isinstance(s.flags(), pd.DataFrame)
+
+
+def test_diagnostics_recorded_and_reported(tmp_path):
+    """A sweep with diagnostics stores per-layer attention statistics (a diagnostics cell) and the report draws them."""
+    run_plan(plan(tmp_path, models=[ModelEntry("demo-quest"), ModelEntry("demo-elliptical")], corruptions=[],
+                  diagnostics=True, diagnostics_limit=16))
+    diag = Store(tmp_path).diagnostics()
+    assert set(diag.model) == {"demo-quest", "demo-elliptical"}
+    assert {"attn_entropy_mean", "collapse_cos", "k_raw_norm_mean"} <= set(diag.stat)
+    assert set(diag.layer) == {0, 1, 2, 3}  # the demo ViT has 4 blocks
+    assert "m_mean" in set(diag[diag.model == "demo-elliptical"].stat)
+    assert Store(tmp_path).results().threat.tolist() == ["clean", "clean"]  # diagnostics are not accuracy rows
+    from robench.report.render import report
+
+    html = Path(report([tmp_path], tmp_path / "rep")).read_text()
+    assert "Attention diagnostics" in html and "No attention diagnostics" not in html

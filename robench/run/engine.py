@@ -226,6 +226,7 @@ class Runner:
     def run_model(self, entry: ModelEntry):
         plan = self.plan
         model, ckpt, sha = self.load_model(entry)
+        self.label = entry.display
         kind, _ = parse_spec(plan.data)
         data = None
         if kind not in PRERENDERED:
@@ -391,7 +392,7 @@ class Runner:
 
     def _batch_cells(self, model, forward, job, cells, x, y, idx, res):
         plan = self.plan
-        name = model.info.name
+        name = self.label
         if any(c.kind == "clean" or c.params.get("backend") == "prerendered" for c in cells):
             logits = self._logits(forward, x, name)
             pred = logits.argmax(1)
