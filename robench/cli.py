@@ -223,6 +223,7 @@ def export_(
     store: Path = typer.Argument(Path("results"), help="Results directory (or .sqlite file)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output file."),
     fmt: str = typer.Option("csv", "--format", "-f", help="csv, parquet or jsonl."),
+    diagnostics: bool = typer.Option(False, "--diagnostics", help="Export the attention diagnostics table instead."),
 ):
     """Write the tidy results table (one row per model x cell) as CSV, Parquet or JSON lines.
 
@@ -230,7 +231,7 @@ def export_(
     """
     from robench.run import Store, export
 
-    path = export(Store(store), out, fmt)
+    path = export(Store(store), out, fmt, table="diagnostics" if diagnostics else "results")
     console.print(f"wrote {path}")
 
 
@@ -376,6 +377,8 @@ def inspect_(
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Query rows used for the attention maps."),
     as_json: bool = typer.Option(False, "--json", help="Print the tidy rows as JSON."),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the tidy rows (layer, head, stat, value)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also record them (and clean accuracy) in this results "
+                                                           "store, for `robench report`."),
 ):
     """Attention diagnostics per layer and head: query/key norms, attention entropy and peakedness, elliptical m,
     token collapse (mean pairwise cosine of block outputs).
@@ -384,6 +387,12 @@ def inspect_(
     """
     from robench.diag import inspect, layer_summary
 
+    if out is not None:
+        from robench.run import ModelEntry, Plan, run_plan
+
+        run_plan(Plan(models=[ModelEntry(model, str(checkpoint) if checkpoint else None)], data=data, out=str(out),
+                      limit=limit, batch_size=batch_size, diagnostics=True, diagnostics_limit=limit, quiet=True,
+                      command="robench " + " ".join(sys.argv[1:])))
     df = inspect(model, checkpoint, data, limit=limit, batch_size=batch_size, max_tokens=max_tokens)
     if csv_out is not None:
         df.to_csv(csv_out, index=False)

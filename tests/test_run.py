@@ -311,3 +311,14 @@ def test_diagnostics_recorded_and_reported(tmp_path):
 
     html = Path(report([tmp_path], tmp_path / "rep")).read_text()
     assert "Attention diagnostics" in html and "No attention diagnostics" not in html
+    from robench.run.store import export
+
+    rows = pd.read_csv(export(Store(tmp_path), tmp_path / "diag.csv", table="diagnostics"))
+    assert len(rows) == len(diag) and {"model", "layer", "head", "stat", "value"} <= set(rows.columns)
+
+
+def test_out_dir_not_writable(tmp_path, run_cli):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run_cli("eval", "--model", "demo-standard", "--data", "digits", "--out", blocker / "res", "-q")
+    assert code == 2 and "not writable" in err and len(err.strip().splitlines()) == 1

@@ -274,9 +274,9 @@ class Store:
                            USING(model_id) ORDER BY c.cell_id, d.layer, d.head""")
 
 
-def export(store: Store, dest, fmt: str = "csv") -> Path:
-    """Write the tidy long table (one row per model x cell) as csv, parquet or jsonl."""
-    df = store.results()
+def export(store: Store, dest, fmt: str = "csv", table: str = "results") -> Path:
+    """Write the tidy long table (one row per model x cell; or the diagnostics rows) as csv, parquet or jsonl."""
+    df = store.diagnostics() if table == "diagnostics" else store.results()
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".tmp")
