@@ -14,13 +14,7 @@ from robench.errors import RobenchError
 from robench.zoo.registry import create_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models are fastest single-threaded (and 2 OpenMP threads crawl on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_deit(variant="standard", seed=0):

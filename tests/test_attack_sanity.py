@@ -7,12 +7,7 @@ from torch import nn
 from robench.attack import AttackSpec, large_eps_probe, run_attack, sanity_flags
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TemplateNet(nn.Module):
