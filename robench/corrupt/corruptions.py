@@ -80,7 +80,9 @@ def _glass_permutation(offsets: np.ndarray, H: int, W: int, d: int) -> np.ndarra
     if _glass_perm is None:
         from numba import njit
 
-        @njit(cache=True)
+        # no cache=True: numba would write .nbi/.nbc files into the installed package, and a later reinstall
+        # would then find a stray robench/ namespace directory left in site-packages
+        @njit
         def perm(offsets, H, W, d):
             B, iters = offsets.shape[0], offsets.shape[1]
             out = np.empty((B, H * W), dtype=np.int64)
