@@ -379,6 +379,9 @@ def inspect_(
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the tidy rows (layer, head, stat, value)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also record them (and clean accuracy) in this results "
                                                            "store, for `robench report`."),
+    corruption: Optional[str] = typer.Option(None, "--corruption", help="Inspect under this corruption instead of clean."),
+    severity: int = typer.Option(3, "--severity", help="Severity of --corruption (1-5)."),
+    suite: str = typer.Option("imagenet-c", "--suite", help="Parameter set of --corruption (imagenet-c, cifar10-c)."),
 ):
     """Attention diagnostics per layer and head: query/key norms, attention entropy and peakedness, elliptical m,
     token collapse (mean pairwise cosine of block outputs).
@@ -393,7 +396,8 @@ def inspect_(
         run_plan(Plan(models=[ModelEntry(model, str(checkpoint) if checkpoint else None)], data=data, out=str(out),
                       limit=limit, batch_size=batch_size, diagnostics=True, diagnostics_limit=limit, quiet=True,
                       command="robench " + " ".join(sys.argv[1:])))
-    df = inspect(model, checkpoint, data, limit=limit, batch_size=batch_size, max_tokens=max_tokens)
+    df = inspect(model, checkpoint, data, limit=limit, batch_size=batch_size, max_tokens=max_tokens,
+                 corruption=corruption, severity=severity, suite=suite)
     if csv_out is not None:
         df.to_csv(csv_out, index=False)
     if as_json:

@@ -163,3 +163,15 @@ def test_bad_batches_are_clear_errors():
     with pytest.raises(RobenchError, match="expected image tensors"):
         inspect_model(model, ["not an image"])
     assert math.isfinite(stat(inspect_model(model, [torch.rand(1, 3, 32, 32)]), 1, -1, "collapse_cos"))
+
+
+def test_inspect_under_corruption_differs_from_clean():
+    from robench.diag import inspect
+
+    clean = inspect("demo-quest", data="digits", limit=16)
+    noisy = inspect("demo-quest", data="digits", limit=16, corruption="gaussian_noise", severity=5, suite="cifar10-c")
+    key = ["layer", "head", "stat"]
+    merged = clean.merge(noisy, on=key, suffixes=("_clean", "_noisy"))
+    assert len(merged) == len(clean)
+    ent = merged[merged.stat == "attn_entropy_mean"]
+    assert (ent.value_clean - ent.value_noisy).abs().max() > 1e-3

@@ -12,8 +12,10 @@ from robench.diag.stats import inspect_model, layer_summary
 
 
 def inspect(model_name: str, checkpoint=None, data: str = "digits", *, limit: int | None = 64,
-            batch_size: int = 32, max_tokens: int | None = None, seed: int = 0, device: str = "cpu"):
-    """Diagnostics of a registered model (optionally a checkpoint) on the first `limit` samples of a data spec."""
+            batch_size: int = 32, max_tokens: int | None = None, seed: int = 0, device: str = "cpu",
+            corruption: str | None = None, severity: int = 3, suite: str = "imagenet-c"):
+    """Diagnostics of a registered model (optionally a checkpoint) on `limit` samples of a data spec, clean or
+    under one corruption (rendered with the same per-sample seeds as a sweep)."""
     from torch.utils.data import DataLoader
 
     from robench.data.specs import load_dataset
@@ -21,7 +23,15 @@ def inspect(model_name: str, checkpoint=None, data: str = "digits", *, limit: in
 
     model = create_model(model_name, checkpoint=checkpoint).to(device)
     ds = load_dataset(data, model.info, limit=limit, seed=seed)
-    return inspect_model(model, DataLoader(ds.dataset, batch_size=batch_size), max_tokens=max_tokens)
+    batches = ((x.to(device), y) for x, y, _ in DataLoader(ds.dataset, batch_size=batch_size))
+    if corruption is not None:
+        from robench.corrupt import corrupt_batch
+        from robench.seeding import sample_seeds
+
+        batches = ((corrupt_batch(x.to(device), corruption, severity,
+                                  sample_seeds(seed, idx, corruption, severity), suite=suite), y)
+                   for x, y, idx in DataLoader(ds.dataset, batch_size=batch_size))
+    return inspect_model(model, batches, max_tokens=max_tokens)
 
 
 def toy_experiment(*args, **kwargs):
