@@ -12,6 +12,7 @@ Work: clean + 2 corruptions (severity 3) + PGD-10 L∞ at 2 eps, on one model.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 
@@ -21,6 +22,7 @@ from robench.attack import load_attack_suite, run_attack
 from robench.corrupt import corrupt_batch
 from robench.data.specs import load_dataset
 from robench.run import ModelEntry, Plan, run_plan
+from robench.run.store import params_hash
 from robench.seeding import sample_seeds
 from robench.zoo.registry import create_model
 
@@ -47,8 +49,10 @@ def per_cell_loops(args, suite):
                 with torch.no_grad():
                     pred = model(xc).argmax(1)
             else:
-                spec = load_attack_suite("pgd", eps=[what])[0]
-                out = run_attack(model, x, y, spec, sample_seeds(0, idx, "pgd", what))
+                spec = load_attack_suite("pgd", eps=list(EPS))[0]  # same seeds as the sweep engine derives
+                seeds = sample_seeds(0, idx, "attack", spec.name,
+                                     params_hash({k: v for k, v in spec.params_dict().items() if k != "eps"}))
+                out = run_attack(model, x, y, dataclasses.replace(spec, eps=(what,)), seeds)
                 pred = torch.where(out.robust[0], y, -1)
             correct += int((pred == y).sum())
             n += len(y)
