@@ -255,3 +255,22 @@ def test_paper_protocol_attacks_normalised_space_without_clipping():
     assert d.abs().max() <= eps + 1e-6 and d.abs().max() > 0.9 * eps  # eps in normalised units
     assert (adv < z.min() - 1e-3).any()  # below the normalised black level: no clipping to valid pixels
     assert "NON-STANDARD" in spec.label and res.info["protocol"] == "paper"
+
+
+@pytest.mark.parametrize("random_start", [True, False])
+def test_clean_pred_skips_misclassified_without_changing_results(random_start):
+    """Passing the caller's clean predictions only skips work: the per-sample outcomes are unchanged."""
+    torch.manual_seed(0)
+    model = create_model("deit-tiny-standard", num_classes=4, depth=1, embed_dim=16, num_heads=2, img_size=32,
+                         patch_size=8).double()
+    x = torch.rand(12, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    y = pred.clone()
+    y[::3] = (y[::3] + 1) % 4  # a third of the samples start misclassified
+    spec = AttackSpec(name="pgd", kind="pgd", norm="Linf", eps=(1 / 255, 4 / 255), steps=4,
+                      step_size="2.5*eps/steps", random_start=random_start)
+    a = run_attack(model, x, y, spec, list(range(12)))
+    b = run_attack(model, x, y, spec, list(range(12)), clean_pred=pred)
+    assert torch.equal(a.robust, b.robust) and torch.equal(a.adv_pred, b.adv_pred)
+    assert not b.robust[:, ::3].any()

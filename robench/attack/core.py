@@ -134,7 +134,8 @@ def _targets(seeds, labels, logits, mode):
 
 
 def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, seeds, *,
-               amp_dtype: torch.dtype | None = None, max_rows: int | None = None) -> AttackResult:
+               amp_dtype: torch.dtype | None = None, max_rows: int | None = None,
+               clean_pred: torch.Tensor | None = None) -> AttackResult:
     """Attack a batch at every eps of `spec`. x: (B,3,H,W) in [0,1]; y: true labels; seeds: one int per sample.
 
     Random draws for sample i come only from seeds[i] (FGSM/PGD), so a sample's outcome does not depend on the
@@ -142,6 +143,8 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackS
     random starts are batched), so their results depend on the chunk: keep chunk boundaries fixed.
     `amp_dtype` (bf16/fp16) runs forward passes under autocast; gradients are taken in fp32 w.r.t. the input.
     `max_rows` bounds how many (sample, eps) rows go through the model at once (memory).
+    `clean_pred`: the model's clean predictions if the caller has them (FGSM/PGD then skip misclassified samples
+    without any forward pass; their zero_grad is reported False).
     """
     if x.ndim != 4 or y.shape != (x.shape[0],) or len(seeds) != x.shape[0]:
         raise RobenchError(f"run_attack: expected x (B,C,H,W), y (B,), B seeds; got {tuple(x.shape)}, "
@@ -153,7 +156,7 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackS
         if amp_dtype is not None:
             f = _Autocast(f, amp_dtype)
         if spec.kind in ("fgsm", "pgd"):
-            res = _run_pgd(f, x0, y, spec, seeds, clip, max_rows)
+            res = _run_pgd(f, x0, y, spec, seeds, clip, max_rows, clean_pred)
         elif spec.kind == "autoattack":
             from robench.attack.autoattack import run_autoattack
 
@@ -169,23 +172,34 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackS
     return res
 
 
-def _run_pgd(f, x0, y, spec: AttackSpec, seeds, clip: bool, max_rows):
+def _run_pgd(f, x0, y, spec: AttackSpec, seeds, clip: bool, max_rows, clean_pred=None):
     B, E = x0.shape[0], len(spec.eps)
     dev, dt = x0.device, x0.dtype
     eps_t = torch.tensor(spec.eps, dtype=dt, device=dev)
     alpha_t = torch.tensor([spec.alpha(e) for e in spec.eps], dtype=dt, device=dev)
     paper = spec.protocol == "paper"
     # clean pass: predictions, attack labels/targets, and the loss gradient at x (= the first PGD gradient
-    # for every eps when there is no random start, so it is computed once)
-    xg = x0.clone().requires_grad_(True)
-    logits = f(xg)
-    pred0 = logits.detach().argmax(1)
-    labels = pred0 if paper else y
+    # for every eps when there is no random start, so it is computed once). With `clean_pred` from the caller
+    # (standard protocol), samples it already finds misclassified never enter: no forward or backward for them.
+    sub = torch.arange(B, device=dev) if clean_pred is None or paper else (clean_pred == y).nonzero().squeeze(1)
+    xg = x0[sub].clone().requires_grad_(True)
+    pred0 = clean_pred.clone() if len(sub) < B else torch.empty(B, dtype=torch.long, device=dev)
+    g_clean = torch.zeros_like(x0)
     targets = None
-    if spec.targeted:
-        targets = _targets(seeds, labels, logits.detach(), spec.params.get("target", "random"))
-    g_clean, = torch.autograd.grad(attack_loss(logits, labels, targets, spec.loss).sum(), xg)
-    zero_grad = g_clean.flatten(1).abs().amax(1) == 0
+    if len(sub):
+        logits = f(xg)
+        pred0[sub] = logits.detach().argmax(1)
+        labels_sub = pred0[sub] if paper else y[sub]
+        if spec.targeted:
+            t_sub = _targets([seeds[i] for i in sub.tolist()], labels_sub, logits.detach(),
+                             spec.params.get("target", "random"))
+            targets = torch.zeros_like(y)
+            targets[sub] = t_sub
+        g_clean[sub], = torch.autograd.grad(
+            attack_loss(logits, labels_sub, None if targets is None else targets[sub], spec.loss).sum(), xg)
+    labels = pred0 if paper else y
+    zero_grad = torch.zeros(B, dtype=torch.bool, device=dev)
+    zero_grad[sub] = g_clean[sub].flatten(1).abs().amax(1) == 0
     first_grad = None if spec.random_start else g_clean
     alive = (pred0 == y).expand(E, B).clone() if not paper else torch.ones(E, B, dtype=torch.bool, device=dev)
     adv_pred = pred0.expand(E, B).clone()

@@ -393,9 +393,10 @@ class Runner:
     def _batch_cells(self, model, forward, job, cells, x, y, idx, res):
         plan = self.plan
         name = self.label
+        clean_pred = None
         if any(c.kind == "clean" or c.params.get("backend") == "prerendered" for c in cells):
             logits = self._logits(forward, x, name)
-            pred = logits.argmax(1)
+            pred = clean_pred = logits.argmax(1)
             for c in cells:
                 if c.kind == "clean" or (c.kind == "corruption" and c.params.get("backend") == "prerendered"):
                     self._record(res, c.cell_id, idx, pred == y, pred.cpu())
@@ -420,19 +421,21 @@ class Runner:
             self._record(res, c.cell_id, ik, pred == yk, pred.cpu())
         # attacks with per-sample randomness: one run per spec over all its pending eps (batched sweep)
         for group in _attack_groups(cells, per_sample=True):
-            self._attack_group(model, group, x, y, idx, res)
+            self._attack_group(model, group, x, y, idx, res, clean_pred)
 
-    def _attack_group(self, model, group: list[Cell], x, y, idx, res):
+    def _attack_group(self, model, group: list[Cell], x, y, idx, res, clean_pred=None):
         keep = idx < group[0].params["n"]  # --attack-limit
         if not keep.any():
             return
         xa, ya, ia = x[keep.to(x.device)], y[keep.to(y.device)], idx[keep]
+        if clean_pred is not None:
+            clean_pred = clean_pred[keep.to(clean_pred.device)]
         spec = group[0].attack_spec
         spec = dataclasses.replace(spec, eps=tuple(spec.eps[c.eps_index] for c in group))
         from robench.attack import run_attack
 
         seeds = sample_seeds(self.plan.seed, ia, "attack", spec.name, params_hash(group[0].params["attack_params"]))
-        out = run_attack(model, xa, ya, spec, seeds, amp_dtype=self.amp)
+        out = run_attack(model, xa, ya, spec, seeds, amp_dtype=self.amp, clean_pred=clean_pred)
         for j, c in enumerate(group):
             self._record(res, c.cell_id, ia, out.robust[j].cpu(), out.adv_pred[j].cpu())
             extra = self._extras.setdefault(c.cell_id, {})
