@@ -52,7 +52,7 @@ def per_cell_loops(args, suite):
                 spec = load_attack_suite("pgd", eps=list(EPS))[0]  # same seeds as the sweep engine derives
                 seeds = sample_seeds(0, idx, "attack", spec.name,
                                      params_hash({k: v for k, v in spec.params_dict().items() if k != "eps"}))
-                out = run_attack(model, x, y, dataclasses.replace(spec, eps=(what,)), seeds)
+                out = run_attack(model, x, y, dataclasses.replace(spec, eps=(what,)), seeds, clean_pred=clean_pred)
                 pred = torch.where(out.robust[0], y, -1)
             correct += int((pred == y).sum())
             n += len(y)
