@@ -74,6 +74,9 @@ class Plan:
             raise RobenchError(f"severity must be in 1..5 (got {bad[0]})")
         if self.chunk_size < 1:
             raise RobenchError("chunk_size must be >= 1")
+        for key in ("limit", "attack_limit", "corruption_limit"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise RobenchError(f"{key} must be >= 1 (got {getattr(self, key)})")
         labels = [m.display for m in self.models]
         dup = {l for l in labels if labels.count(l) > 1}
         if dup:
