@@ -382,6 +382,8 @@ def inspect_(
     corruption: Optional[str] = typer.Option(None, "--corruption", help="Inspect under this corruption instead of clean."),
     severity: int = typer.Option(3, "--severity", help="Severity of --corruption (1-5)."),
     suite: str = typer.Option("imagenet-c", "--suite", help="Parameter set of --corruption (imagenet-c, cifar10-c)."),
+    attack: Optional[str] = typer.Option(None, "--attack", help="Inspect the adversarial images of this FGSM/PGD suite."),
+    eps: Optional[str] = typer.Option(None, "--eps", help="eps of --attack (default: the suite's largest), e.g. 8/255."),
 ):
     """Attention diagnostics per layer and head: query/key norms, attention entropy and peakedness, elliptical m,
     token collapse (mean pairwise cosine of block outputs).
@@ -397,7 +399,7 @@ def inspect_(
                       limit=limit, batch_size=batch_size, diagnostics=True, diagnostics_limit=limit, quiet=True,
                       command="robench " + " ".join(sys.argv[1:])))
     df = inspect(model, checkpoint, data, limit=limit, batch_size=batch_size, max_tokens=max_tokens,
-                 corruption=corruption, severity=severity, suite=suite)
+                 corruption=corruption, severity=severity, suite=suite, attack=attack, eps=eps)
     if csv_out is not None:
         df.to_csv(csv_out, index=False)
     if as_json:

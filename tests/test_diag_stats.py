@@ -175,3 +175,27 @@ def test_inspect_under_corruption_differs_from_clean():
     assert len(merged) == len(clean)
     ent = merged[merged.stat == "attn_entropy_mean"]
     assert (ent.value_clean - ent.value_noisy).abs().max() > 1e-3
+
+
+def test_inspect_under_attack_uses_adversarial_images():
+    import torch
+
+    from robench.attack import AttackSpec, run_attack
+    from robench.diag import inspect
+    from robench.zoo.registry import create_model
+
+    model = create_model("demo-quest")
+    x = torch.rand(3, 3, 32, 32)
+    spec = AttackSpec(name="pgd", kind="pgd", norm="Linf", eps=(8 / 255,), steps=3, step_size="2.5*eps/steps",
+                      random_start=True)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    out = run_attack(model, x, y, spec, [1, 2, 3], keep_adv=True)
+    xa = out.info["x_adv"][0]
+    assert xa.shape == x.shape and (xa - x).abs().max() <= 8 / 255 + 1e-6 and (xa - x).abs().max() > 0
+    with torch.no_grad():
+        assert torch.equal(model(xa).argmax(1) == y, out.robust[0])  # the kept images are the attacked ones
+    clean = inspect("demo-quest", data="digits", limit=16)
+    adv = inspect("demo-quest", data="digits", limit=16, attack="pgd", eps="8/255")
+    m = clean.merge(adv, on=["layer", "head", "stat"], suffixes=("_c", "_a"))
+    assert len(m) == len(clean) and (m.value_c - m.value_a).abs().max() > 1e-4

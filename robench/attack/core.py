@@ -135,7 +135,7 @@ def _targets(seeds, labels, logits, mode):
 
 def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, seeds, *,
                amp_dtype: torch.dtype | None = None, max_rows: int | None = None,
-               clean_pred: torch.Tensor | None = None) -> AttackResult:
+               clean_pred: torch.Tensor | None = None, keep_adv: bool = False) -> AttackResult:
     """Attack a batch at every eps of `spec`. x: (B,3,H,W) in [0,1]; y: true labels; seeds: one int per sample.
 
     Random draws for sample i come only from seeds[i] (FGSM/PGD), so a sample's outcome does not depend on the
@@ -145,6 +145,8 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackS
     `max_rows` bounds how many (sample, eps) rows go through the model at once (memory).
     `clean_pred`: the model's clean predictions if the caller has them (FGSM/PGD then skip misclassified samples
     without any forward pass; their zero_grad is reported False).
+    `keep_adv` (FGSM/PGD): info["x_adv"] holds the adversarial images [n_eps, B, C, H, W] (in the attack's space:
+    pixels for the standard protocol), x itself for rows that were not attacked.
     """
     if x.ndim != 4 or y.shape != (x.shape[0],) or len(seeds) != x.shape[0]:
         raise RobenchError(f"run_attack: expected x (B,C,H,W), y (B,), B seeds; got {tuple(x.shape)}, "
@@ -156,7 +158,7 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackS
         if amp_dtype is not None:
             f = _Autocast(f, amp_dtype)
         if spec.kind in ("fgsm", "pgd"):
-            res = _run_pgd(f, x0, y, spec, seeds, clip, max_rows, clean_pred)
+            res = _run_pgd(f, x0, y, spec, seeds, clip, max_rows, clean_pred, keep_adv)
         elif spec.kind == "autoattack":
             from robench.attack.autoattack import run_autoattack
 
@@ -172,7 +174,7 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackS
     return res
 
 
-def _run_pgd(f, x0, y, spec: AttackSpec, seeds, clip: bool, max_rows, clean_pred=None):
+def _run_pgd(f, x0, y, spec: AttackSpec, seeds, clip: bool, max_rows, clean_pred=None, keep_adv=False):
     B, E = x0.shape[0], len(spec.eps)
     dev, dt = x0.device, x0.dtype
     eps_t = torch.tensor(spec.eps, dtype=dt, device=dev)
@@ -202,6 +204,7 @@ def _run_pgd(f, x0, y, spec: AttackSpec, seeds, clip: bool, max_rows, clean_pred
     zero_grad[sub] = g_clean[sub].flatten(1).abs().amax(1) == 0
     first_grad = None if spec.random_start else g_clean
     alive = (pred0 == y).expand(E, B).clone() if not paper else torch.ones(E, B, dtype=torch.bool, device=dev)
+    adv_all = x0.detach().expand(E, *x0.shape).clone() if keep_adv else None  # unattacked rows keep x
     adv_pred = pred0.expand(E, B).clone()
     stats = {"rows_attacked": 0, "row_grad_steps": 0}
     check = lambda xa, xc, e: check_adversarial(xa, xc, e, spec.norm, clip, spec.name)  # noqa: E731
@@ -224,13 +227,17 @@ def _run_pgd(f, x0, y, spec: AttackSpec, seeds, clip: bool, max_rows, clean_pred
                 if clip:
                     start = start.clamp(0, 1)
                 check(start, xs, e)
-            broken, pred, _ = pgd_rows(
+            broken, pred, x_adv = pgd_rows(
                 f, xs, labels[i], targets[i] if targets is not None else None, e, alpha_t[k], start, spec.norm,
                 spec.steps, spec.loss, clip=clip, early_exit=not paper,
                 first_grad=first_grad[i] if first_grad is not None else None, check=check, stats=stats)
             ok = (pred == y[i]) if paper else ~broken
             alive[k, i] = ok
             adv_pred[k, i] = pred
+            if adv_all is not None:
+                adv_all[k, i] = x_adv.detach()
             stats["rows_attacked"] += int(k.numel())
-    return AttackResult(robust=alive, adv_pred=adv_pred, zero_grad=zero_grad,
-                        info={"clean_correct": (pred0 == y).tolist(), **stats})
+    info = {"clean_correct": (pred0 == y).tolist(), **stats}
+    if adv_all is not None:
+        info["x_adv"] = adv_all
+    return AttackResult(robust=alive, adv_pred=adv_pred, zero_grad=zero_grad, info=info)

@@ -13,9 +13,11 @@ from robench.diag.stats import inspect_model, layer_summary
 
 def inspect(model_name: str, checkpoint=None, data: str = "digits", *, limit: int | None = 64,
             batch_size: int = 32, max_tokens: int | None = None, seed: int = 0, device: str = "cpu",
-            corruption: str | None = None, severity: int = 3, suite: str = "imagenet-c"):
-    """Diagnostics of a registered model (optionally a checkpoint) on `limit` samples of a data spec, clean or
-    under one corruption (rendered with the same per-sample seeds as a sweep)."""
+            corruption: str | None = None, severity: int = 3, suite: str = "imagenet-c",
+            attack: str | None = None, eps=None):
+    """Diagnostics of a registered model (optionally a checkpoint) on `limit` samples of a data spec: clean, under
+    one corruption (same per-sample seeds as a sweep), or on the adversarial images of an FGSM/PGD suite's attack
+    (`attack="pgd"`, `eps` its largest eps by default; standard protocol)."""
     from torch.utils.data import DataLoader
 
     from robench.data.specs import load_dataset
@@ -31,7 +33,31 @@ def inspect(model_name: str, checkpoint=None, data: str = "digits", *, limit: in
         batches = ((corrupt_batch(x.to(device), corruption, severity,
                                   sample_seeds(seed, idx, corruption, severity), suite=suite), y)
                    for x, y, idx in DataLoader(ds.dataset, batch_size=batch_size))
+    if attack is not None:
+        batches = _adversarial_batches(model, batches, attack, eps, seed)
     return inspect_model(model, batches, max_tokens=max_tokens)
+
+
+def _adversarial_batches(model, batches, attack: str, eps, seed: int):
+    import dataclasses
+
+    import torch
+
+    from robench.attack import load_attack_suite, run_attack
+    from robench.errors import RobenchError
+    from robench.seeding import derive_seed
+
+    specs = [s for s in load_attack_suite(attack, eps=eps) if s.kind in ("fgsm", "pgd") and s.protocol == "standard"]
+    if not specs:
+        raise RobenchError(f"inspect under attack needs an FGSM/PGD suite in the standard protocol; '{attack}' has none")
+    spec = dataclasses.replace(specs[0], eps=(max(specs[0].eps),))
+    start = 0
+    for x, y in batches:
+        seeds = [derive_seed(seed, start + i, "inspect", spec.name) for i in range(len(y))]
+        start += len(y)
+        with torch.enable_grad():  # inspect_model consumes the batches under no_grad
+            out = run_attack(model, x, y.to(x.device), spec, seeds, keep_adv=True)
+        yield out.info["x_adv"][0], y
 
 
 def toy_experiment(*args, **kwargs):
