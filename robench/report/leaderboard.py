@@ -54,14 +54,17 @@ def filter_table(res: Results, variant=None, model=None, dataset=None) -> pd.Dat
     def _list(x):
         return None if x is None else ([x] if isinstance(x, str) else list(x))
 
+    def _only(t, col: str, wanted: list, what: str):
+        known = sorted(set(t[col].dropna()))
+        for w in wanted:
+            if w not in known:
+                raise RobenchError(f"no {what} '{w}' in the results" + suggest(w, known)
+                                   + f"; {col}s: {', '.join(known) or 'none'}")
+        return t[t[col].isin(wanted)]
+
     variant, model, dataset = _list(variant), _list(model), _list(dataset)
     if variant:
-        known = sorted(set(t["variant"].dropna()))
-        for v in variant:
-            if v not in known:
-                raise RobenchError(f"no model with variant '{v}' in the results" + suggest(v, known)
-                                   + f"; variants: {', '.join(known) or 'none'}")
-        t = t[t["variant"].isin(variant)]
+        t = _only(t, "variant", variant, "model with variant")
     if model:
         keep = set()
         for m in model:
@@ -75,12 +78,7 @@ def filter_table(res: Results, variant=None, model=None, dataset=None) -> pd.Dat
                 keep |= set(res.check_models([m]))
         t = t[t["model"].isin(keep)]
     if dataset:
-        known = sorted(set(t["dataset"].dropna()))
-        for d in dataset:
-            if d not in known:
-                raise RobenchError(f"no dataset '{d}' in the results" + suggest(d, known)
-                                   + f"; datasets: {', '.join(known) or 'none'}")
-        t = t[t["dataset"].isin(dataset)]
+        t = _only(t, "dataset", dataset, "dataset")
     return t
 
 
