@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import torch
 
+from robench.corrupt.registry import corruption, registered
 from robench.corrupt.suite import (CORRUPTIONS, SEVERITIES, CorruptionSuite, check_corruption, check_severity,
                                    get_suite)
 from robench.errors import RobenchError
 
-__all__ = ["corrupt_batch", "get_suite", "CorruptionSuite", "CORRUPTIONS", "SEVERITIES", "BACKENDS"]
+__all__ = ["corrupt_batch", "get_suite", "CorruptionSuite", "CORRUPTIONS", "SEVERITIES", "BACKENDS", "corruption",
+           "registered"]
 
 BACKENDS = ("torch", "reference")
 
@@ -46,7 +48,12 @@ def corrupt_batch(x: torch.Tensor, corruption: str, severity: int, seeds, *, sui
     if x.shape[0] == 0:
         return x.clone()
     if backend == "reference":
+        from robench.corrupt import registry
         from robench.corrupt.reference import corrupt_reference
+
+        if not registry.get(corruption).reference:
+            raise RobenchError(f"imagecorruptions has no '{corruption}' (a corruption registered outside it): use "
+                               "backend 'torch'")
 
         if suite.params != "imagenet":
             raise RobenchError("the reference backend (imagecorruptions) only has ImageNet-C parameters; "
@@ -61,8 +68,7 @@ def corrupt_batch(x: torch.Tensor, corruption: str, severity: int, seeds, *, sui
 
 def apply(x, corruption, severity, seeds_or_draws, suite="imagenet-c", quantize: bool = True) -> torch.Tensor:
     """The torch backend without input checks; seeds_or_draws may be an ops.Draws (to inject noise in tests)."""
-    from robench.corrupt import ops
-    from robench.corrupt.corruptions import CORRUPTION_FNS
+    from robench.corrupt import ops, registry
 
     suite = get_suite(suite)
     p = suite.severity_params(corruption, severity)
@@ -71,7 +77,7 @@ def apply(x, corruption, severity, seeds_or_draws, suite="imagenet-c", quantize:
     work = x.float() if dtype in (torch.float16, torch.bfloat16) else x
     with torch.no_grad():
         # the corruption gets a fresh clamped copy, so its result never aliases the caller's tensor
-        out = CORRUPTION_FNS[corruption](work.clamp(0, 1), p, draws, **suite.options(corruption)).clamp_(0, 1)
+        out = registry.get(corruption).fn(work.clamp(0, 1), p, draws, **suite.options(corruption)).clamp_(0, 1)
         if quantize:  # np.uint8(...) truncation of the reference, robust to float rounding just below a level
             out = out.mul_(255).add_(1e-3).floor_().div_(255)
     return out.to(dtype)

@@ -13,19 +13,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from robench.corrupt import ops
+from robench.corrupt import ops, registry
+from robench.corrupt.registry import corruption
+
+
+def _builtin(family: str, order: int, replayable: bool = False, validated: str = "imagenet"):
+    """Register one of the 19 corruptions of ImageNet-C / CIFAR-10-C (all present in imagecorruptions)."""
+    return corruption(family=family, order=order, reference=True, replayable=replayable, _builtin=True,
+                      validated="imagecorruptions" if validated == "imagenet" else validated)
 
 
 # ---------------------------------------------------------------- noise
 
+@_builtin("noise", 0, replayable=True)
 def gaussian_noise(x, p, draws, **_):
     return x + draws.normal(0.0, p, x.shape[1:])
 
 
+@_builtin("noise", 1, replayable=True)
 def shot_noise(x, p, draws, **_):
     return draws.poisson(x * p) / p
 
 
+@_builtin("noise", 2, replayable=True)
 def impulse_noise(x, p, draws, **_):
     # skimage.util.random_noise(mode="s&p", amount=p, salt_vs_pepper=0.5): flipped, then salted draws
     flipped = draws.random(x.shape[1:]) <= p
@@ -34,12 +44,14 @@ def impulse_noise(x, p, draws, **_):
     return torch.where(flipped & ~salted, torch.zeros_like(x), x)
 
 
+@_builtin("noise", 15, replayable=True)
 def speckle_noise(x, p, draws, **_):
     return x + x * draws.normal(0.0, p, x.shape[1:])
 
 
 # ---------------------------------------------------------------- blur
 
+@_builtin("blur", 16)
 def gaussian_blur(x, p, draws, **_):
     return ops.gaussian_blur(x, p)
 
@@ -63,6 +75,7 @@ def disk_kernel(radius: float, alias_blur: float) -> np.ndarray:
     return _disk_cache[key]
 
 
+@_builtin("blur", 3)
 def defocus_blur(x, p, draws, **_):
     return ops.filter2d(x, torch.as_tensor(disk_kernel(p[0], p[1]), device=x.device))
 
@@ -104,6 +117,7 @@ def _glass_permutation(offsets: np.ndarray, H: int, W: int, d: int) -> np.ndarra
     return _glass_perm(offsets, H, W, d)
 
 
+@_builtin("blur", 4, replayable=True)
 def glass_blur(x, p, draws, **_):
     sigma, d, iters = float(p[0]), int(p[1]), int(p[2])
     B, C, H, W = x.shape
@@ -115,6 +129,7 @@ def glass_blur(x, p, draws, **_):
     return ops.gaussian_blur(x, sigma)
 
 
+@_builtin("blur", 5, replayable=True)
 def motion_blur(x, p, draws, **_):
     angles = draws.uniform(-45, 45).tolist()
     return ops.motion_blur(x * 255, p[0], p[1], angles) / 255
@@ -124,6 +139,7 @@ def zoom_factors(p) -> np.ndarray:
     return np.arange(p[0], p[1], p[2])
 
 
+@_builtin("blur", 6)
 def zoom_blur(x, p, draws, **_):
     zs = zoom_factors(p)
     out = x.clone()
@@ -134,6 +150,7 @@ def zoom_blur(x, p, draws, **_):
 
 # ---------------------------------------------------------------- weather
 
+@_builtin("weather", 7, replayable=True)
 def snow(x, p, draws, **_):
     loc, scale, zoom, thr, radius, sigma, blend = p
     B, C, H, W = x.shape
@@ -173,6 +190,7 @@ def frost_textures(scale: float, device) -> list[torch.Tensor]:
     return _textures[key]
 
 
+@_builtin("weather", 8, validated="hendrycks")
 def frost(x, p, draws, texture_scale=1.0, **_):
     B, C, H, W = x.shape
     textures = frost_textures(float(texture_scale), x.device)
@@ -193,6 +211,7 @@ def frost(x, p, draws, texture_scale=1.0, **_):
     return p[0] * x + p[1] * frost
 
 
+@_builtin("weather", 9, replayable=True)
 def fog(x, p, draws, **_):
     B, C, H, W = x.shape
     mapsize = ops.next_power_of_2(max(H, W))
@@ -201,6 +220,7 @@ def fog(x, p, draws, **_):
     return (x + p[0] * plasma) * max_val / (max_val + p[0])
 
 
+@_builtin("weather", 10)
 def brightness(x, p, draws, **_):
     # skimage rgb2hsv, V += p (clipped), hsv2rgb == scale every channel by V'/V (V = 0: grey V')
     v = x.amax(dim=1, keepdim=True)
@@ -208,6 +228,7 @@ def brightness(x, p, draws, **_):
     return torch.where(v > 0, x * (v2 / v.clamp(min=1e-12)), v2.expand_as(x))
 
 
+@_builtin("digital", 18)
 def saturate(x, p, draws, **_):
     # skimage rgb2hsv, S = clip(S*a + b), hsv2rgb, in closed form: out_i = V (1 - S' (V - x_i) / (V - min));
     # grey pixels have hue 0 (red) in skimage, so they become (V, V(1-S'), V(1-S')).
@@ -221,6 +242,7 @@ def saturate(x, p, draws, **_):
     return torch.where(delta > 0, colour, grey)
 
 
+@_builtin("weather", 17, replayable=True)
 def spatter(x, p, draws, **_):
     loc, scale, sigma, thr, intensity, mud = p
     B, C, H, W = x.shape
@@ -257,11 +279,13 @@ def _water_mask(liquid: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- digital
 
+@_builtin("digital", 11)
 def contrast(x, p, draws, **_):
     means = x.mean(dim=(2, 3), keepdim=True)
     return (x - means) * p + means
 
 
+@_builtin("digital", 13)
 def pixelate(x, p, draws, **_):
     H, W = x.shape[-2:]
     small = ops.pil_box_resize(x, (int(H * p), int(W * p)))
@@ -279,6 +303,7 @@ def _jpeg_one(img: np.ndarray, quality: int) -> np.ndarray:
     return np.asarray(Image.open(buf).convert("RGB"))
 
 
+@_builtin("digital", 14)
 def jpeg_compression(x, p, draws, **_):
     # PIL/libjpeg encode + decode (exactly the original), in threads (libjpeg releases the GIL)
     global _jpeg_pool
@@ -295,6 +320,7 @@ def affine_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.linalg.solve(A, dst).T
 
 
+@_builtin("digital", 12, validated="hendrycks")
 def elastic_transform(x, p, draws, **_):
     # hendrycks' original: random affine (cv2.warpAffine, BORDER_REFLECT_101) then a smoothed random displacement
     # field (skimage gaussian mode=reflect truncate=3) applied with map_coordinates(order=1, mode=reflect).
@@ -320,9 +346,3 @@ def elastic_transform(x, p, draws, **_):
     dx = ops.gaussian_blur(dxy[0], sigma, mode="reflect", truncate=3) * alpha
     dy = ops.gaussian_blur(dxy[1], sigma, mode="reflect", truncate=3) * alpha
     return ops.sample_bilinear(warped, (yy + dy).to(x.dtype), (xx + dx).to(x.dtype), "reflect")
-
-
-CORRUPTION_FNS = {f.__name__: f for f in (
-    gaussian_noise, shot_noise, impulse_noise, defocus_blur, glass_blur, motion_blur, zoom_blur, snow, frost, fog,
-    brightness, contrast, elastic_transform, pixelate, jpeg_compression, speckle_noise, gaussian_blur, spatter,
-    saturate)}

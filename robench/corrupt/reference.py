@@ -13,6 +13,8 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import torch
 
+from robench.corrupt import registry
+
 _pool: ProcessPoolExecutor | None = None
 _pool_size = 0
 
@@ -84,9 +86,9 @@ def record_numpy_draws():
             setattr(np.random, name, f)
 
 
-# Corruptions whose reference noise can be handed to the torch backend (ops.Replay) to compare like for like.
-REPLAYABLE = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "glass_blur", "motion_blur",
-              "snow", "fog", "spatter")
+# Corruptions whose reference noise can be handed to the torch backend (ops.Replay) to compare like for like
+# (registered with replayable=True next to their functions).
+REPLAYABLE = tuple(d.name for d in registry.registered() if d.replayable)
 
 
 def reference_with_draws(imgs: list[np.ndarray], corruption: str, severity: int, seeds: list[int]):

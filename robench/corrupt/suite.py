@@ -11,15 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from robench.corrupt import registry
 from robench.errors import RobenchError, suggest
 from robench.suites import load_suite
 
-# All 19 corruptions in the canonical order of hendrycks/robustness (15 benchmark + 4 extra).
-CORRUPTIONS = (
-    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
-    "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
-    "speckle_noise", "gaussian_blur", "spatter", "saturate",
-)
+# The 19 built-in corruptions in the canonical order of hendrycks/robustness (15 benchmark + 4 extra), derived from
+# the registry (robench/corrupt/registry.py); check_corruption accepts any registered name, built in or not.
+CORRUPTIONS = registry.names(builtin_only=True)
 SEVERITIES = (1, 2, 3, 4, 5)
 # Where a corruption missing from a suite takes its parameters from, per parameter family.
 FAMILY_SUITES = {"imagenet": ("imagenet-c", "imagenet-c-extra"), "cifar": ("cifar10-c",)}
@@ -35,7 +33,9 @@ class CorruptionSuite:
     severities: list[int] = field(default_factory=lambda: list(SEVERITIES))
 
     def category(self, name: str) -> str:
-        return self._entry(name).get("category", "other")
+        """The suite file's category, else the registered family."""
+        d = registry.get(name)
+        return self._entry(name).get("category", d.family if d else "other")
 
     def alexnet_err(self, name: str) -> float | None:
         """AlexNet error for `name` averaged over severities (ImageNet-C mCE normaliser), or None (extras)."""
@@ -63,9 +63,12 @@ class CorruptionSuite:
 
 
 def check_corruption(name: str) -> str:
-    if name not in CORRUPTIONS:
-        raise RobenchError(f"unknown corruption '{name}'" + suggest(name, CORRUPTIONS)
-                           + f"; known: {', '.join(CORRUPTIONS)}")
+    """`name` if it is a registered corruption (built in or registered with @corruption), else RobenchError."""
+    if registry.get(name) is None:
+        known = registry.names()
+        raise RobenchError(f"unknown corruption '{name}'" + suggest(name, known) + f"; known: {', '.join(known)}"
+                           + ". A new corruption is registered with @robench.corrupt.corruption(name, family=...) "
+                           "before its suite is used")
     return name
 
 

@@ -19,16 +19,25 @@ CELL_KEY = ("dataset", "threat", "attack", "norm", "eps", "corruption", "severit
 KEY = ("model",) + CELL_KEY
 ATTACK_ORDER = ("fgsm", "pgd", "autoattack")
 CATEGORY_ORDER = ("noise", "blur", "weather", "digital", "extra")
-# the order of Hendrycks & Dietterich's tables (for display only)
-CORRUPTION_ORDER = (
-    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
-    "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
-    "speckle_noise", "gaussian_blur", "spatter", "saturate")
+
+
+def __getattr__(name):
+    # CORRUPTION_ORDER: the order of Hendrycks & Dietterich's tables (display only), from the corruption registry.
+    # Computed on first use, and the registry imported here: robench.corrupt imports torch (~1 s measured), which
+    # reading a store does not need.
+    if name == "CORRUPTION_ORDER":
+        from robench.corrupt import registry
+
+        return registry.names(builtin_only=True)
+    raise AttributeError(name)
 
 
 def corruption_rank(name, category=None) -> tuple:
     cat = CATEGORY_ORDER.index(category) if category in CATEGORY_ORDER else len(CATEGORY_ORDER)
-    known = CORRUPTION_ORDER.index(name) if name in CORRUPTION_ORDER else len(CORRUPTION_ORDER)
+    from robench.corrupt import registry  # local: see __getattr__
+
+    order = registry.names()  # registered corruptions (built in, then user ones) in display order
+    known = order.index(name) if name in order else len(order)
     return (cat, known, str(name or ""))
 
 
