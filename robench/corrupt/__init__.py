@@ -27,6 +27,9 @@ def corrupt_batch(x: torch.Tensor, corruption: str, severity: int, seeds, *, sui
                   backend: str = "torch") -> torch.Tensor:
     """Corrupt a batch x (B, 3, H, W) float in [0, 1] (H, W >= 32) at severity 1..5 with one seed per image.
 
+    A registered corruption fn(x, p, draws, **options) returns the corrupted batch as floats (clipped and truncated
+    to 8-bit levels here) or as uint8 levels (taken as they are).
+
     Returns a tensor of x's shape, device and dtype in [0, 1], quantised to 8-bit levels like the reference
     (np.uint8 truncation). suite selects the severity parameters ("imagenet-c", "cifar10-c" or a TOML path);
     backend "torch" runs batched torch ops on x's device, "reference" runs imagecorruptions-imaug per image on the
@@ -76,8 +79,12 @@ def apply(x, corruption, severity, seeds_or_draws, suite="imagenet-c", quantize:
     dtype = x.dtype
     work = x.float() if dtype in (torch.float16, torch.bfloat16) else x
     with torch.no_grad():
-        # the corruption gets a fresh clamped copy, so its result never aliases the caller's tensor
-        out = registry.get(corruption).fn(work.clamp(0, 1), p, draws, **suite.options(corruption)).clamp_(0, 1)
+        # the corruption gets a fresh clamped copy (float bounds: torch 2.14's clamp with int bounds is ~15x slower
+        # on CPU), so its result never aliases the caller's tensor
+        out = registry.get(corruption).fn(work.clamp(0.0, 1.0), p, draws, **suite.options(corruption))
+        if out.dtype == torch.uint8:  # an 8-bit result (a PIL / OpenCV path): already on the grid
+            return out.to(dtype).div_(255)
+        out = out.clamp_(0.0, 1.0)
         if quantize:  # np.uint8(...) truncation of the reference, robust to float rounding just below a level
             out = out.mul_(255).add_(1e-3).floor_().div_(255)
     return out.to(dtype)

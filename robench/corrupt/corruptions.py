@@ -1,13 +1,17 @@
 """The 19 corruptions of ImageNet-C / CIFAR-10-C as batched torch ops, following hendrycks/robustness
 (make_imagenet_c.py, make_cifar_c.py). Each function takes x (B, 3, H, W) float in [0, 1], the severity parameter
 `p` as written in the suite file, the per-sample random `draws` (ops.Draws) and the corruption's extra suite
-options, and returns the corrupted batch (unclipped values are clipped by the caller). See docs/corruptions.md."""
+options, and returns the corrupted batch (unclipped values are clipped by the caller), or its uint8 levels. x is the
+caller's fresh copy, which a function may overwrite.
+
+On the CPU, pixelate, jpeg_compression, defocus_blur and the Gaussian filters call the reference's own library
+(PIL, OpenCV) per image; on other devices (or inside ops.device_paths()) they run as torch code. See docs/corruptions.md."""
 
 from __future__ import annotations
 
 import importlib.resources
 import io
-from concurrent.futures import ThreadPoolExecutor
+import math
 
 import numpy as np
 import torch
@@ -40,8 +44,7 @@ def impulse_noise(x, p, draws, **_):
     # skimage.util.random_noise(mode="s&p", amount=p, salt_vs_pepper=0.5): flipped, then salted draws
     flipped = draws.random(x.shape[1:]) <= p
     salted = draws.random(x.shape[1:]) <= 0.5
-    x = torch.where(flipped & salted, torch.ones_like(x), x)
-    return torch.where(flipped & ~salted, torch.zeros_like(x), x)
+    return torch.where(flipped, salted.to(x.dtype), x)
 
 
 @_builtin("noise", 15, replayable=True)
@@ -77,7 +80,14 @@ def disk_kernel(radius: float, alias_blur: float) -> np.ndarray:
 
 @_builtin("blur", 3)
 def defocus_blur(x, p, draws, **_):
-    return ops.filter2d(x, torch.as_tensor(disk_kernel(p[0], p[1]), device=x.device))
+    k = disk_kernel(p[0], p[1])
+    if ops.cpu_path(x) and x.dtype in (torch.float32, torch.float64):  # cv2.filter2D, the reference's own call
+        cv2 = ops._cv2()
+        imgs = x.permute(0, 2, 3, 1).contiguous().numpy()
+        k = k.astype(imgs.dtype)
+        out = ops.cpu_map(lambda a: cv2.filter2D(a, -1, k, borderType=cv2.BORDER_REFLECT_101), imgs)
+        return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+    return ops.filter2d(x, torch.as_tensor(k, device=x.device))
 
 
 _glass_perm = None
@@ -117,21 +127,54 @@ def _glass_permutation(offsets: np.ndarray, H: int, W: int, d: int) -> np.ndarra
     return _glass_perm(offsets, H, W, d)
 
 
+def glass_permutation_torch(offsets: torch.Tensor, H: int, W: int, d: int) -> torch.Tensor:
+    """_glass_permutation in torch on offsets' device, in the original's order (rows bottom-up, each row right to
+    left), one row of every image at a time.
+
+    Within row h, pixel w takes the current value at (h + dy, w + dx): rows below were already rewritten in this
+    pass, rows above not yet, which the array being updated row by row gives. The one dependency inside the row is
+    a pixel reading a pixel to its right that this row already rewrote (dy = 0, 0 < dx, w + dx <= W - d): it takes
+    that pixel's new value. Those links point right only, so every pixel reaches its chain's end by pointer doubling
+    (ceil(log2 n) gathers) and takes the value read there."""
+    B, iters = offsets.shape[:2]
+    dev = offsets.device
+    idx = torch.arange(H * W, device=dev).repeat(B, 1)
+    ws = torch.arange(W - d, d, -1, device=dev)  # the row's columns in loop order
+    n = len(ws)
+    if n == 0 or H - 2 * d <= 0:
+        return idx
+    jj = torch.arange(n, device=dev).expand(B, n)
+    rounds = max(1, math.ceil(math.log2(n)))
+    for it in range(iters):
+        for i, h in enumerate(range(H - d, d, -1)):
+            dx, dy = offsets[:, it, i, :, 0], offsets[:, it, i, :, 1]
+            val = idx.gather(1, (h + dy) * W + ws + dx)
+            link = (dy == 0) & (dx > 0) & (ws + dx <= W - d)
+            ptr = torch.where(link, jj - dx, jj)  # column w + dx is loop position j - dx
+            for _ in range(rounds):
+                ptr = ptr.gather(1, ptr)
+            idx[:, h * W + ws] = val.gather(1, ptr)
+    return idx
+
+
 @_builtin("blur", 4, replayable=True)
 def glass_blur(x, p, draws, **_):
     sigma, d, iters = float(p[0]), int(p[1]), int(p[2])
     B, C, H, W = x.shape
     x = torch.floor(ops.gaussian_blur(x, sigma) * 255 + 1e-4) / 255  # np.uint8(...) truncation
     nh, nw = max(H - 2 * d, 0), max(W - 2 * d, 0)
-    offsets = draws.integers(-d, d, (iters, nh, nw, 2)).cpu().numpy()
-    perm = torch.as_tensor(_glass_permutation(offsets, H, W, d), device=x.device)
+    offsets = draws.integers(-d, d, (iters, nh, nw, 2))
+    if ops.cpu_path(x):
+        perm = torch.as_tensor(_glass_permutation(offsets.numpy(), H, W, d))
+    else:
+        perm = glass_permutation_torch(offsets.to(x.device), H, W, d)
     x = x.reshape(B, C, H * W).gather(2, perm[:, None].expand(B, C, -1)).reshape(B, C, H, W)
     return ops.gaussian_blur(x, sigma)
 
 
 @_builtin("blur", 5, replayable=True)
 def motion_blur(x, p, draws, **_):
-    angles = draws.uniform(-45, 45).tolist()
+    angles = draws.uniform(-45, 45)
     return ops.motion_blur(x * 255, p[0], p[1], angles) / 255
 
 
@@ -156,9 +199,9 @@ def snow(x, p, draws, **_):
     B, C, H, W = x.shape
     layer = draws.normal(loc, scale, (H, W)).to(x.dtype)
     layer = ops.clipped_zoom(layer, float(zoom))
-    layer = torch.where(layer < thr, torch.zeros_like(layer), layer).clamp(0, 1)
+    layer = torch.where(layer < thr, torch.zeros_like(layer), layer).clamp(0.0, 1.0)
     layer = torch.floor(layer * 255)  # PIL 'L' image (astype uint8 truncation) fed to ImageMagick
-    angles = draws.uniform(-135, -45).tolist()
+    angles = draws.uniform(-135, -45)
     layer = ops.motion_blur(layer[:, None], int(radius), float(sigma), angles)
     layer = torch.round(layer) / 255  # ImageMagick writes 8-bit PNG
     gray = ops.rgb_to_gray(x)
@@ -236,7 +279,7 @@ def saturate(x, p, draws, **_):
     v = x.amax(dim=1, keepdim=True)
     delta = v - x.amin(dim=1, keepdim=True)
     s = torch.where(delta > 0, delta / v.clamp(min=1e-12), torch.zeros_like(v))
-    s2 = (s * a + b).clamp(0, 1)
+    s2 = (s * a + b).clamp(0.0, 1.0)
     colour = v * (1 - s2 * (v - x) / delta.clamp(min=1e-12))
     grey = torch.cat([v, v * (1 - s2), v * (1 - s2)], dim=1)
     return torch.where(delta > 0, colour, grey)
@@ -287,12 +330,19 @@ def contrast(x, p, draws, **_):
 
 @_builtin("digital", 13)
 def pixelate(x, p, draws, **_):
+    # the original: PIL resize(BOX) down to p * size, then resize(BOX) back (an upscaling BOX filter picks the one
+    # source pixel under each output pixel: PIL's NEAREST, which imagecorruptions uses)
     H, W = x.shape[-2:]
-    small = ops.pil_box_resize(x, (int(H * p), int(W * p)))
-    return ops.pil_box_resize(small, (H, W))
+    h, w = int(H * p), int(W * p)
+    if ops.cpu_path(x):
+        from PIL import Image
 
-
-_jpeg_pool = None
+        imgs = ops.to_uint8(x, inplace=True).permute(0, 2, 3, 1).contiguous().numpy()
+        out = ops.cpu_map(lambda a: np.asarray(Image.fromarray(a).resize((w, h), Image.BOX)
+                                               .resize((W, H), Image.NEAREST)), imgs)
+        return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+    small = ops.pil_box_resize_taps(x, (h, w))
+    return ops.nearest_resize(small, (H, W))
 
 
 def _jpeg_one(img: np.ndarray, quality: int) -> np.ndarray:
@@ -305,13 +355,13 @@ def _jpeg_one(img: np.ndarray, quality: int) -> np.ndarray:
 
 @_builtin("digital", 14)
 def jpeg_compression(x, p, draws, **_):
-    # PIL/libjpeg encode + decode (exactly the original), in threads (libjpeg releases the GIL)
-    global _jpeg_pool
-    if _jpeg_pool is None:
-        _jpeg_pool = ThreadPoolExecutor(max(1, torch.get_num_threads()))
-    imgs = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    out = list(_jpeg_pool.map(_jpeg_one, imgs, [int(p)] * len(imgs)))
-    return torch.as_tensor(np.stack(out)).to(x.device).permute(0, 3, 1, 2).to(x.dtype) / 255
+    if ops.cpu_path(x):  # PIL / libjpeg encode + decode (exactly the original), threads (libjpeg releases the GIL)
+        imgs = ops.to_uint8(x, inplace=True).permute(0, 2, 3, 1).numpy()
+        out = ops.cpu_map(_jpeg_one, imgs, [int(p)] * len(imgs))
+        return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+    from robench.corrupt.jpeg import jpeg
+
+    return jpeg(x, int(p))  # libjpeg's pipeline in torch on x's device (robench/corrupt/jpeg.py)
 
 
 def affine_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

@@ -56,7 +56,7 @@ def get_pool(workers: int | None = None) -> ProcessPoolExecutor:
 def corrupt_reference(x: torch.Tensor, corruption: str, severity: int, seeds, workers: int | None = None
                       ) -> torch.Tensor:
     """Corrupt x (B, 3, H, W) in [0, 1] with imagecorruptions, split across worker processes."""
-    imgs = (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    imgs = (x.detach().float().clamp(0.0, 1.0) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     pool = get_pool(workers)
     n = max(1, len(imgs) // (_pool_size * 2) + (len(imgs) % (_pool_size * 2) > 0))
     jobs = [(imgs[i:i + n], corruption, severity, seeds[i:i + n]) for i in range(0, len(imgs), n)]

@@ -46,7 +46,7 @@ def save_image(x: torch.Tensor, path: Path):
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    a = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    a = (x.clamp(0.0, 1.0) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     Image.fromarray(a).save(path)
 
 
