@@ -81,7 +81,7 @@ def apply(x, corruption, severity, seeds_or_draws, suite="imagenet-c", quantize:
     with torch.no_grad():
         # the corruption gets a fresh clamped copy (float bounds: torch 2.14's clamp with int bounds is ~15x slower
         # on CPU), so its result never aliases the caller's tensor
-        out = registry.get(corruption).fn(work.clamp(0.0, 1.0), p, draws, **suite.options(corruption))
+        out = registry.get(corruption).fn(work.clamp(0.0, 1.0).contiguous(), p, draws, **suite.options(corruption))
         if out.dtype == torch.uint8:  # an 8-bit result (a PIL / OpenCV path): already on the grid
             return out.to(dtype).div_(255)
         out = out.clamp_(0.0, 1.0)

@@ -36,15 +36,23 @@ def gaussian_noise(x, p, draws, **_):
 
 @_builtin("noise", 1, replayable=True)
 def shot_noise(x, p, draws, **_):
-    return draws.poisson(x * p) / p
+    if isinstance(draws, ops.Replay):  # the reference's own Poisson draws
+        return draws.poisson(x * p) / p
+    return ops.poisson_8bit(x, float(p), draws) / p
 
 
 @_builtin("noise", 2, replayable=True)
 def impulse_noise(x, p, draws, **_):
-    # skimage.util.random_noise(mode="s&p", amount=p, salt_vs_pepper=0.5): flipped, then salted draws
-    flipped = draws.random(x.shape[1:]) <= p
-    salted = draws.random(x.shape[1:]) <= 0.5
-    return torch.where(flipped, salted.to(x.dtype), x)
+    # skimage.util.random_noise(mode="s&p", amount=p, salt_vs_pepper=0.5): a pixel is flipped with probability p,
+    # to salt or pepper with probability 1/2 each. skimage draws two uniforms per pixel (flipped, then salted), which
+    # is how the reference's noise is replayed; robench's own draws use one: u <= p/2 salt, p/2 < u <= p pepper
+    # (the same law at half the random numbers)
+    if isinstance(draws, ops.Replay):
+        flipped = draws.random(x.shape[1:]) <= p
+        salted = draws.random(x.shape[1:]) <= 0.5
+        return torch.where(flipped, salted.to(x.dtype), x)
+    u = draws.random(x.shape[1:])
+    return torch.where(u <= p, (u <= p / 2).to(x.dtype), x)
 
 
 @_builtin("noise", 15, replayable=True)
