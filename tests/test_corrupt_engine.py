@@ -117,3 +117,18 @@ def test_reference_backend_runs_and_is_deterministic():
     assert a.shape == x.shape and torch.equal(a[1:], b)
     # uint8 round trip: every value is a multiple of 1/255
     assert np.allclose((a * 255).numpy(), np.round((a * 255).numpy()), atol=1e-4)
+
+
+def test_corruption_cache_keeps_only_what_pays():
+    from robench.run.engine import CorruptionCache
+
+    x = torch.floor(_images(2, 32, 32) * 255) / 255  # on the 8-bit grid
+    cache = CorruptionCache(budget_mb=16)
+    cache.put(("fog", 3), x, corrupt_s=10.0)  # slow to compute: kept
+    assert torch.equal(cache.get(("fog", 3), "cpu"), x)
+    cache.put(("brightness", 1), x, corrupt_s=1e-9)  # cheaper to recompute than to store and read back
+    assert cache.get(("brightness", 1), "cpu") is None and "brightness" in cache.recompute
+    cache.put(("brightness", 2), x, corrupt_s=10.0)  # decided once per corruption
+    assert cache.get(("brightness", 2), "cpu") is None
+    cache.put(("zoom_blur", 1), x + 1e-4)  # off the 8-bit grid: never cached
+    assert cache.get(("zoom_blur", 1), "cpu") is None

@@ -305,8 +305,12 @@ def spatter(x, p, draws, **_):
         m = torch.where(m < 0.8, torch.zeros_like(m), m)[:, None]
         colour = torch.tensor([63, 42, 20], dtype=x.dtype, device=x.device).view(1, 3, 1, 1) / 255
         return x * (1 - m) + colour * m
-    # water: Canny edges -> distance transform -> equalised, embossed highlight, with OpenCV on the CPU per image
-    m = torch.stack([torch.as_tensor(_water_mask(l)) for l in liquid.cpu().numpy()]).to(x.device, x.dtype)
+    # water: Canny edges -> distance transform -> equalised, embossed highlight: OpenCV per image on the CPU,
+    # the same chain in torch elsewhere (ops.water_mask)
+    if ops.cpu_path(x):
+        m = torch.stack([torch.as_tensor(_water_mask(l)) for l in liquid.numpy()]).to(x.dtype)
+    else:
+        m = ops.water_mask(liquid).to(x.dtype)
     m = m[:, None] * intensity
     colour = torch.tensor([175, 238, 238], dtype=x.dtype, device=x.device).view(1, 3, 1, 1) / 255
     return x + m * colour

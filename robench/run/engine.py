@@ -412,11 +412,12 @@ class Runner:
             key = (c.params["corruption"], c.params["severity"], c.params["suite"], c.params["backend"], plan.seed,
                    c.params["data_fingerprint"], tuple(ik.tolist()))
             xc = self.corrupted.get(key, x.device)
-            if xc is None:
+            if xc is None:  # corrupted on x's device and fed straight to the model
                 seeds = sample_seeds(plan.seed, ik, c.params["corruption"], c.params["severity"])
+                t0 = time.perf_counter()
                 xc = corrupt_batch(xk, c.params["corruption"], c.params["severity"], seeds, suite=c.params["suite"],
                                    backend=c.params["backend"])
-                self.corrupted.put(key, xc)
+                self.corrupted.put(key, xc, corrupt_s=_elapsed(t0, xc.device))
             pred = self._logits(forward, xc, name).argmax(1)
             self._record(res, c.cell_id, ik, pred == yk, pred.cpu())
         # attacks with per-sample randomness: one run per spec over all its pending eps (batched sweep)
@@ -512,14 +513,25 @@ class Runner:
         self.store.finish_cell(cid)
 
 
+def _elapsed(t0: float, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
 class CorruptionCache:
     """LRU of corrupted batches as uint8 on the CPU, within a byte budget (0 disables it). Lossless: the
-    corruption engine quantises to 8-bit levels; a batch that is not on the 8-bit grid is not cached."""
+    corruption engine quantises to 8-bit levels; a batch that is not on the 8-bit grid is not cached.
+
+    Only where it pays: a corruption whose first cached batch took longer to store (quantise, copy to the host)
+    than half the time to compute it (a later read costs about as much again) is recomputed from then on, e.g. the
+    pointwise corruptions on a GPU."""
 
     def __init__(self, budget_mb: int):
         from collections import OrderedDict
 
         self.budget, self.used, self.items = budget_mb * 2**20, 0, OrderedDict()
+        self.recompute: set = set()  # corruption names not worth caching
 
     def get(self, key, device):
         if key not in self.items:
@@ -527,14 +539,19 @@ class CorruptionCache:
         self.items.move_to_end(key)
         return self.items[key].to(device).float().div_(255)
 
-    def put(self, key, x: torch.Tensor):
-        if self.budget <= 0 or x.numel() > self.budget:
+    def put(self, key, x: torch.Tensor, corrupt_s: float | None = None):
+        if self.budget <= 0 or x.numel() > self.budget or key[0] in self.recompute:
             return
+        t0 = time.perf_counter()
         q = (x * 255).round()
         if not torch.equal(q / 255, x):
             return
         self.items[key] = q.to(torch.uint8).cpu()
         self.used += x.numel()
+        if corrupt_s is not None and 2 * (time.perf_counter() - t0) > corrupt_s:
+            self.recompute.add(key[0])
+            self.used -= self.items.pop(key).numel()
+            return
         while self.used > self.budget:
             _, old = self.items.popitem(last=False)
             self.used -= old.numel()
