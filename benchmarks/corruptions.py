@@ -91,6 +91,31 @@ def fidelity(x: torch.Tensor, corruptions, severities):
         print(f"{c:18s} " + (" | ".join(cells)), flush=True)
 
 
+def jpeg_fidelity(x: torch.Tensor):
+    """The torch JPEG (robench/corrupt/jpeg.py, the device path) against PIL at the ImageNet-C and CIFAR-10-C
+    qualities, at 224x224 and on the same photos downscaled to 32x32."""
+    import io
+
+    from robench.corrupt.jpeg import jpeg
+
+    def pil(a, q):
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, "JPEG", quality=q)
+        return np.asarray(Image.open(buf).convert("RGB"))
+
+    print(f"# torch JPEG vs PIL {Image.__version__} (libjpeg-turbo), {len(x)} photos: mean |delta| in 1/255, share of "
+          "pixel values that differ, max |delta|")
+    for size in (224, 32):
+        xs = x if size == x.shape[-1] else torch.nn.functional.interpolate(x, size=(size, size), mode="area")
+        xs = (xs * 255).round() / 255
+        u8 = (xs * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        for q in (25, 18, 15, 10, 7, 80, 65, 58, 50, 40):
+            ref = torch.as_tensor(np.stack([pil(a, q) for a in u8])).permute(0, 3, 1, 2).float()
+            d = (jpeg(xs, q).float() - ref).abs()
+            print(f"{size:3d}px q={q:3d}  {d.mean().item():.3f}  {(d > 0).float().mean().item():6.1%}  "
+                  f"{d.max().item():.0f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=32, help="images per cell (one torch batch)")
@@ -113,7 +138,11 @@ def main():
 
     x = photos(args.n).to(args.device)
     if args.fidelity:
-        return fidelity(x.cpu(), args.corruptions, args.severities)
+        with device_paths() if args.device_paths else contextlib.nullcontext():
+            fidelity(x.cpu(), args.corruptions, args.severities)
+        if "jpeg_compression" in args.corruptions:
+            jpeg_fidelity(x.cpu())
+        return
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     paths = "device paths forced" if args.device_paths else "CPU library paths where they exist"
     print(f"# median of {args.repeat} interleaved runs; {args.n} images 224x224, torch on {args.device} "

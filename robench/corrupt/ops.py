@@ -142,23 +142,39 @@ class Replay(Draws):
 @lru_cache(maxsize=32)
 def poisson_alias_table(c: float, levels: int = 256):
     """Walker/Vose alias tables of Poisson(level / (levels - 1) * c) for every level: (prob (L, K) float64,
-    alias (L, K) int64), K covering each distribution up to a tail below 1e-15 (renormalised)."""
+    alias (L, K) int64), K covering each distribution up to a tail below 1e-15 (renormalised). Vose's stacks of
+    small (< 1) and large scaled probabilities are run for all levels at once (one pairing per level per step)."""
     from scipy.stats import poisson
 
     lam = np.arange(levels) / (levels - 1) * c
     K = int(lam[-1] + 12 * math.sqrt(lam[-1]) + 30)
-    k = np.arange(K)
-    prob, alias = np.ones((levels, K)), np.tile(k, (levels, 1))
-    for L, lm in enumerate(lam):
-        pmf = poisson.pmf(k, lm)
-        q = pmf / pmf.sum() * K
-        small, large = [i for i in range(K) if q[i] < 1], [i for i in range(K) if q[i] >= 1]
-        while small and large:
-            s_, l_ = small.pop(), large.pop()
-            prob[L, s_], alias[L, s_] = q[s_], l_
-            q[l_] -= 1 - q[s_]
-            (small if q[l_] < 1 else large).append(l_)
-        # leftovers have q == 1 up to rounding: prob 1 (their own index)
+    pmf = poisson.pmf(np.arange(K)[None], lam[:, None])
+    q = pmf / pmf.sum(1, keepdims=True) * K
+    R = np.arange(levels)
+    prob, alias = np.ones((levels, K)), np.tile(np.arange(K), (levels, 1))
+    # stacks as arrays with per-row sizes: small holds indices with q < 1, large the others (in index order)
+    is_small = q < 1
+    small = np.where(is_small, np.arange(K), K + np.arange(K)).argsort(1, kind="stable")
+    large = np.where(~is_small, np.arange(K), K + np.arange(K)).argsort(1, kind="stable")
+    n_small, n_large = is_small.sum(1), (~is_small).sum(1)
+    while True:
+        act = (n_small > 0) & (n_large > 0)
+        if not act.any():
+            break
+        r = R[act]
+        s_ = small[r, n_small[r] - 1]
+        g_ = large[r, n_large[r] - 1]
+        n_small[r] -= 1
+        n_large[r] -= 1
+        prob[r, s_], alias[r, s_] = q[r, s_], g_
+        q[r, g_] -= 1 - q[r, s_]
+        to_small = q[r, g_] < 1
+        rs, rl = r[to_small], r[~to_small]
+        small[rs, n_small[rs]] = g_[to_small]
+        n_small[rs] += 1
+        large[rl, n_large[rl]] = g_[~to_small]
+        n_large[rl] += 1
+    # what is left has q == 1 up to rounding: prob 1, its own index
     return torch.as_tensor(prob), torch.as_tensor(alias)
 
 
