@@ -144,11 +144,13 @@ def poisson_alias_table(c: float, levels: int = 256):
     """Walker/Vose alias tables of Poisson(level / (levels - 1) * c) for every level: (prob (L, K) float64,
     alias (L, K) int64), K covering each distribution up to a tail below 1e-15 (renormalised). Vose's stacks of
     small (< 1) and large scaled probabilities are run for all levels at once (one pairing per level per step)."""
-    from scipy.stats import poisson
-
     lam = np.arange(levels) / (levels - 1) * c
     K = int(lam[-1] + 12 * math.sqrt(lam[-1]) + 30)
-    pmf = poisson.pmf(np.arange(K)[None], lam[:, None])
+    k = np.arange(K)
+    log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, K)))])
+    with np.errstate(divide="ignore", invalid="ignore"):  # level 0: lambda = 0, all mass at k = 0
+        pmf = np.exp(k[None] * np.log(lam[:, None]) - lam[:, None] - log_fact[None])
+    pmf[0] = k == 0
     q = pmf / pmf.sum(1, keepdims=True) * K
     R = np.arange(levels)
     prob, alias = np.ones((levels, K)), np.tile(np.arange(K), (levels, 1))
