@@ -1,5 +1,7 @@
-"""Corruption engine: the 19 ImageNet-C / CIFAR-10-C corruptions as batched torch ops on any device (backend
-"torch"), or imagecorruptions-imaug per image in worker processes (backend "reference").
+"""Corruption engine: the 19 ImageNet-C / CIFAR-10-C corruptions as batched ops on the images' device (backend
+"torch": torch code on GPUs; on the CPU, PIL / OpenCV per image where the reference is one such call), or
+imagecorruptions-imaug per image in worker processes (backend "reference"). Corruptions are registered with
+@corruption (registry.py); any registered name may be used in a suite TOML.
 
     from robench.corrupt import corrupt_batch
     from robench.seeding import sample_seeds

@@ -392,19 +392,25 @@ def elastic_transform(x, p, draws, **_):
     sq = min(H, W) // 3
     pts1 = np.float32([centre + sq, [centre[0] + sq, centre[1] - sq], centre - sq])
     shift = draws.uniform(-jitter, jitter, (3, 2)).cpu().double().numpy()
-    dxy = [draws.uniform(-1.0, 1.0, (H, W)).double() for _ in range(2)]
-    yy, xx = torch.meshgrid(torch.arange(H, device=x.device, dtype=torch.float64),
-                            torch.arange(W, device=x.device, dtype=torch.float64), indexing="ij")
-    # inverse affine maps each output pixel (x, y) to its source (x', y')
-    inv = []
+    dxy = torch.stack([draws.uniform(-1.0, 1.0, (H, W)) for _ in range(2)], dim=1).to(x.dtype)  # (B, 2, H, W)
+    yy, xx = torch.meshgrid(torch.arange(H, device=x.device, dtype=x.dtype),
+                            torch.arange(W, device=x.device, dtype=x.dtype), indexing="ij")
+    # the inverse affine maps each output pixel (x, y) to its source (x', y'); folded with grid_sample's
+    # normalisation for the mirror border (align_corners=True: g = 2 s / (N - 1) - 1) into one affine map per image
+    theta = np.empty((B, 2, 3))
     for b in range(B):
         M = affine_from_points(pts1.astype(np.float64), (pts1 + shift[b].astype(np.float32)).astype(np.float64))
-        Mi = np.linalg.inv(np.vstack([M, [0, 0, 1]]))[:2]
-        inv.append(torch.as_tensor(Mi, device=x.device))
-    Mi = torch.stack(inv)  # (B, 2, 3)
-    src_x = Mi[:, 0, 0, None, None] * xx + Mi[:, 0, 1, None, None] * yy + Mi[:, 0, 2, None, None]
-    src_y = Mi[:, 1, 0, None, None] * xx + Mi[:, 1, 1, None, None] * yy + Mi[:, 1, 2, None, None]
-    warped = ops.sample_bilinear(x, src_y.to(x.dtype), src_x.to(x.dtype), "mirror")
-    dx = ops.gaussian_blur(dxy[0], sigma, mode="reflect", truncate=3) * alpha
-    dy = ops.gaussian_blur(dxy[1], sigma, mode="reflect", truncate=3) * alpha
-    return ops.sample_bilinear(warped, (yy + dy).to(x.dtype), (xx + dx).to(x.dtype), "reflect")
+        theta[b] = np.linalg.inv(np.vstack([M, [0, 0, 1]]))[:2]
+    theta[:, 0] *= 2 / max(W - 1, 1)
+    theta[:, 1] *= 2 / max(H - 1, 1)
+    theta[:, :, 2] -= 1
+    th = torch.as_tensor(theta, dtype=x.dtype, device=x.device)
+    grid = torch.empty(B, H, W, 2, dtype=x.dtype, device=x.device)
+    for k in range(2):
+        grid[..., k] = th[:, k, 0, None, None] * xx + th[:, k, 1, None, None] * yy + th[:, k, 2, None, None]
+    warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
+    # displacement field, sampled with the reflect border (align_corners=False: g = (2 s + 1) / N - 1)
+    d = ops.gaussian_blur(dxy, sigma, mode="reflect", truncate=3)
+    grid[..., 0] = (xx + alpha * d[:, 0]).mul_(2 / W).add_(1 / W - 1)
+    grid[..., 1] = (yy + alpha * d[:, 1]).mul_(2 / H).add_(1 / H - 1)
+    return F.grid_sample(warped, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
