@@ -93,3 +93,39 @@ def test_user_corruption_through_robench_eval(tmp_path, toy_corruption, run_cli)
     # severity 5 blacks every image out: the model predicts one class for all of them
     preds = Store(tmp_path / "res").outcomes(int(cor.loc["toy_darken", "cell_id"]))
     assert len(preds) == 24 and preds.filter(like="pred").nunique().max() == 1
+
+
+def test_suite_modules_register_corruptions_for_the_cli(tmp_path, run_cli):
+    (tmp_path / "my_corruptions.py").write_text(
+        "from robench.corrupt import corruption\n\n"
+        "@corruption('toy_bright', family='weather')\n"
+        "def toy_bright(x, p, draws, **_):\n"
+        "    return x + p\n")
+    suite = tmp_path / "bright.toml"
+    suite.write_text('name = "bright"\nparams = "cifar"\nmodules = ["my_corruptions.py"]\n'
+                     '[corruptions.toy_bright]\nseverity = [0.1, 0.2, 0.3, 0.4, 1.0]\n')
+    try:
+        out = tmp_path / "render"
+        code, _, err = run_cli("corrupt", _digit_png(tmp_path), "--out", out, "--suite", suite,
+                               "--corruption", "toy_bright", "--severity", "5")
+        assert code == 0, err
+        from PIL import Image
+        import numpy as np
+
+        img = np.asarray(Image.open(next(out.rglob("*.png"))))
+        assert img.min() == 255  # x + 1.0, clipped: white
+    finally:
+        registry.unregister("toy_bright")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\nmodules = ["nowhere.py"]\n[corruptions.fog]\n')
+    with pytest.raises(RobenchError, match="corruption module not found"):
+        get_suite(str(bad))
+
+
+def _digit_png(tmp_path):
+    from PIL import Image
+    import numpy as np
+
+    p = tmp_path / "img.png"
+    Image.fromarray((np.random.default_rng(0).random((40, 40, 3)) * 200).astype(np.uint8)).save(p)
+    return p

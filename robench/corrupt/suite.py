@@ -5,6 +5,9 @@ Suites are TOML files (corruptions/imagenet-c.toml, imagenet-c-extra.toml, cifar
     name = "imagenet-c"; params = "imagenet"; alexnet_clean_err = 0.435
     [corruptions.gaussian_noise]
     category = "noise"; alexnet_err = 0.886428; severity = [0.08, 0.12, 0.18, 0.26, 0.38]
+
+A user suite may list `modules = ["my_corruptions.py"]` (paths relative to the suite file, or module names): they are
+imported first, so the corruptions they register (@robench.corrupt.corruption) can be used from the command line.
 """
 
 from __future__ import annotations
@@ -95,6 +98,8 @@ def get_suite(name_or_path: str | CorruptionSuite) -> CorruptionSuite:
     params = data.get("params", "imagenet")
     if params not in FAMILY_SUITES:
         raise RobenchError(f"suite {name}: params must be 'imagenet' or 'cifar', got {params!r}")
+    for module in data.get("modules", []):  # Python files / modules registering the suite's own corruptions
+        _import_corruptions(module, name_or_path)
     table = data.get("corruptions", {})
     if not table:
         raise RobenchError(f"suite {name} defines no [corruptions.<name>] tables")
@@ -117,6 +122,30 @@ def get_suite(name_or_path: str | CorruptionSuite) -> CorruptionSuite:
     if name not in suite_names("corruptions"):
         _cache.setdefault(name, suite)
     return suite
+
+
+def _import_corruptions(module: str, suite_path: str):
+    """Import a module that registers corruptions (@robench.corrupt.corruption): a .py path (relative to the suite
+    file) or an importable module name."""
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    if module.endswith(".py"):
+        path = Path(module)
+        if not path.is_absolute():
+            path = Path(suite_path).parent / path
+        if not path.is_file():
+            raise RobenchError(f"corruption module not found: {path} (named by `modules` in {suite_path})")
+        spec = importlib.util.spec_from_file_location(f"robench_user_corruptions.{path.stem}", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        raise RobenchError(f"cannot import corruption module '{module}' (named by `modules` in {suite_path}): "
+                           f"{e}") from None
 
 
 def _family_entry(params: str, name: str) -> dict:
