@@ -60,11 +60,16 @@ def models(
 
     Example: `robench models --variant quest`
     """
-    from robench.zoo.registry import list_models
+    from robench.zoo.catalog import VARIANTS, catalog
 
-    infos = [i for i in list_models() if variant is None or i.variant == variant]
+    if variant is not None and variant not in VARIANTS:
+        from robench.errors import suggest
+
+        raise RobenchError(f"unknown variant '{variant}'" + suggest(variant, VARIANTS)
+                           + f"; variants: {', '.join(VARIANTS)}")
+    infos = [i for i in catalog() if variant is None or i["variant"] == variant]
     if as_json:
-        print(json.dumps([i.to_dict() for i in infos], indent=1))
+        print(json.dumps(infos, indent=1))
         return
     from rich.table import Table
 
@@ -72,9 +77,10 @@ def models(
     for col in ("name", "arch", "variant", "params", "input", "mean", "std"):
         t.add_column(col, justify="right" if col == "params" else "left")
     for i in infos:
-        t.add_row(i.name, i.arch, i.variant, f"{i.params / 1e6:.2f}M", "x".join(map(str, i.input_size)),
-                  ",".join(f"{m:.3f}" for m in i.mean), ",".join(f"{s:.3f}" for s in i.std))
+        t.add_row(i["name"], i["arch"], i["variant"], f"{i['params'] / 1e6:.2f}M", "x".join(map(str, i["input_size"])),
+                  ",".join(f"{m:.3f}" for m in i["mean"]), ",".join(f"{s:.3f}" for s in i["std"]))
     console.print(t)
+    console.print("Any timm model also works as timm:<name> (e.g. timm:resnet50).")
 
 
 @app.command()
