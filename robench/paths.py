@@ -20,7 +20,7 @@ def _existing_ancestor(path: Path, what: str, shown) -> Path:
             if not parent.is_dir():
                 if parent == p:
                     return parent
-                raise RobenchError(f"{what} {shown}: {parent} is a file, not a directory")
+                raise RobenchError(f"{what} {shown} is not writable: {parent} is a file, not a directory")
             return parent
     return Path(p.anchor)
 
@@ -32,7 +32,7 @@ def check_dir(path, what: str = "output directory", _shown=None) -> Path:
     shown = path if _shown is None else _shown
     base = _existing_ancestor(path, what, shown)
     if base == path.absolute() and not base.is_dir():
-        raise RobenchError(f"{what} {shown}: {path} is a file, not a directory")
+        raise RobenchError(f"{what} {shown} is not writable: {path} is a file, not a directory")
     if not os.access(base, os.W_OK | os.X_OK):
         raise RobenchError(f"{what} {shown} is not writable ({base} is read-only)")
     return path
