@@ -411,13 +411,19 @@ class Runner:
                 raise RobenchError(self._unreadable_message(job, empty))
 
     def _fault_cb(self):
-        """Test hook (ROBENCH_FAULT=kill@N): SIGKILL this process in the middle of the N-th chunk transaction."""
-        if self._fault is None or self._chunk_writes != self._fault:
+        """Test hooks: ROBENCH_FAULT=kill@N SIGKILLs this process in the middle of the N-th chunk transaction;
+        sigint2@N sends it two SIGINTs there (a user pressing Ctrl-C twice)."""
+        if self._fault is None or self._chunk_writes != self._fault[1]:
             return None
 
         def die(i):
-            if i == 0:
+            if i == 0 and self._fault[0] == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
+            elif i == 0:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
         return die
 
     # ---- one chunk: clean forward, corruptions, attacks ----------------------------------------------------------
@@ -670,8 +676,9 @@ def _job_label(job: Job) -> str:
 def _parse_fault(value):
     if not value:
         return None
-    if value.startswith("kill@"):
-        return int(value[5:])
+    kind, _, n = value.partition("@")
+    if kind in ("kill", "sigint2") and n.isdigit():
+        return kind, int(n)
     return None
 
 
