@@ -308,6 +308,7 @@ class Runner:
             if data.num_classes != model.info.num_classes:
                 raise RobenchError(f"model {entry.display} has {model.info.num_classes} classes but data "
                                    f"{plan.data} has {data.num_classes}")
+            _check_readable(data)
         elif model.info.num_classes != (1000 if kind == "imagenet-c" else 10):
             raise RobenchError(f"model {entry.display} has {model.info.num_classes} classes but {kind} has "
                                f"{1000 if kind == 'imagenet-c' else 10}")
@@ -652,6 +653,19 @@ def _attack_groups(cells: list[Cell], per_sample: bool) -> list[list[Cell]]:
         if c.kind == "attack" and (c.attack_spec.kind not in BATCH_RANDOM_KINDS) == per_sample:
             groups.setdefault(id(c.attack_spec), []).append(c)
     return list(groups.values())
+
+
+def _check_readable(data: EvalData) -> None:
+    """At least one image decodes (checked in order, so usually after one image): a dataset with no readable
+    image is an error before any store or cell exists."""
+    from robench.data.specs import TensorData
+
+    if isinstance(data.dataset, TensorData):
+        return
+    for i in range(len(data)):
+        if int(data.dataset[i][1]) >= 0:
+            return
+    raise RobenchError(f"no readable image in {data.spec}: all {len(data)} images failed to decode (check the files)")
 
 
 def _cell_name(c: Cell) -> str:
