@@ -7,7 +7,10 @@ Columns (accuracies and mCE as fractions in the DataFrame, csv and json; percent
     severities), corruptions_<category>_acc, extra_corruptions_acc,
     <attack>_<norm>_acc@<eps> per attack, norm and eps present (fgsm_linf_acc@1/255, pgd_l2_acc@0.5); AutoAttack at a
     single threat model is plain `autoattack_acc` as on RobustBench,
-    flags (number of sanity flags raised for the model).
+    skipped (unreadable images left out; only when some were), flags (number of sanity and random-init flags
+    raised for the model; the md format spells out random-init and skipped images under the table).
+The mCE columns appear only where mCE applies (ImageNet data with the AlexNet table); an earlier evaluation of a
+label with other weights is its own row, `label#<sha256 prefix>`.
 Cells run under the paper protocol carry the suffix " (paper)", adaptive attacks " (adaptive)". Missing cells are
 empty (NaN), never 0. With ci=True every single-cell column gets <col>_ci_low / <col>_ci_high (Wilson 95%).
 """
