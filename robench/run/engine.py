@@ -218,8 +218,10 @@ class Runner:
             return
         from robench.run.store import store_path
 
-        self._store_created = not store_path(self.plan.out).exists()
-        self._out_created = not Path(self.plan.out).exists()
+        path = store_path(self.plan.out)
+        self._store_created = not path.exists()
+        missing = [p for p in [path.parent.absolute(), *path.parent.absolute().parents] if not p.exists()]
+        self._created_dirs = missing  # innermost first: removed again if this run leaves nothing
         self.store = Store(self.plan.out, create=True)
         self.run_id = self.store.start_run(**provenance(self.plan, self.device))
 
@@ -230,8 +232,9 @@ class Runner:
             self.store.close()
             for suffix in ("", "-wal", "-shm", "-journal"):
                 Path(str(path) + suffix).unlink(missing_ok=True)
-            if self._out_created and path.parent.is_dir() and not any(path.parent.iterdir()):
-                path.parent.rmdir()
+            for d in self._created_dirs:
+                if d.is_dir() and not any(d.iterdir()):
+                    d.rmdir()
             self.store = None
             return
         self.store.end_run(self.run_id, status, skipped=self.n_skipped)
