@@ -403,3 +403,19 @@ def test_output_paths_checked_without_creating_anything(tmp_path):
         ro.chmod(0o500)
         with pytest.raises(RobenchError, match="not writable"):
             check_dir(ro / "x")
+
+
+def test_a_failed_first_run_leaves_no_store_and_no_directory(tmp_path, run_cli):
+    """A failure after the store was opened (here NaN logits in the first chunk) removes the store this run
+    created, and the directories it made, when no outcome was recorded."""
+    from safetensors.torch import save_file
+
+    from robench.zoo.registry import create_model
+
+    sd = {k: v.clone() for k, v in create_model("demo-standard").net.state_dict().items()}
+    sd["head.bias"][:] = float("nan")
+    save_file(sd, str(tmp_path / "nan.safetensors"))
+    code, _, err = run_cli("eval", "-m", "demo-standard", "-c", tmp_path / "nan.safetensors", "-d", "digits",
+                           "--limit", "8", "--out", tmp_path / "a" / "b", "-q")
+    assert code == 2 and "NaN/inf logits" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "a").exists()

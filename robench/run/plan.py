@@ -105,7 +105,7 @@ def _model_entry(m, where: str, config: dict) -> ModelEntry:
         raise RobenchError(f"{where}: each model needs a `name`")
     _check_keys(m, MODEL_KEYS, where)
     entry = ModelEntry(**m)
-    if entry.checkpoint is None:
+    if entry.checkpoint is None and entry.random_init is not True:
         entry.checkpoint = config.get("checkpoints", {}).get(entry.name)
     return entry
 
