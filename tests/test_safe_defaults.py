@@ -58,6 +58,13 @@ def world(tmp_path_factory):
     save_file(create_model("demo-standard").net.state_dict(), str(d / "one.safetensors"))
     (d / "existing.safetensors").write_bytes(b"precious")
     run_plan(Plan(models=[ModelEntry("demo-standard")], data="digits", limit=8, out=str(d / "store"), quiet=True))
+    import gc
+    import sqlite3
+
+    gc.collect()  # close the run's connection now, not in the middle of a case (closing checkpoints the WAL)
+    db = sqlite3.connect(d / "store" / "robench.sqlite")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
     return d
 
 

@@ -182,7 +182,7 @@ class Runner:
         preflight(plan)
         self.run_id = -1
         self._store_created = False
-        self._skipped_ids: dict[str, set] = {}  # data spec -> indices of unreadable samples (whole run)
+        self._skipped_ids: dict[tuple, set] = {}  # (data spec, fingerprint) -> unreadable sample indices
         self.cell_ids: list[int] = []  # the cells this run evaluated (its results table)
         old = signal.getsignal(signal.SIGINT)
         if self.rank0 and _is_main_thread():
