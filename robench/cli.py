@@ -60,11 +60,16 @@ def models(
 
     Example: `robench models --variant quest`
     """
-    from robench.zoo.registry import list_models
+    from robench.zoo.catalog import VARIANTS, catalog
 
-    infos = [i for i in list_models() if variant is None or i.variant == variant]
+    if variant is not None and variant not in VARIANTS:
+        from robench.errors import suggest
+
+        raise RobenchError(f"unknown variant '{variant}'" + suggest(variant, VARIANTS)
+                           + f"; variants: {', '.join(VARIANTS)}")
+    infos = [i for i in catalog() if variant is None or i["variant"] == variant]
     if as_json:
-        print(json.dumps([i.to_dict() for i in infos], indent=1))
+        print(json.dumps(infos, indent=1))
         return
     from rich.table import Table
 
@@ -72,9 +77,10 @@ def models(
     for col in ("name", "arch", "variant", "params", "input", "mean", "std"):
         t.add_column(col, justify="right" if col == "params" else "left")
     for i in infos:
-        t.add_row(i.name, i.arch, i.variant, f"{i.params / 1e6:.2f}M", "x".join(map(str, i.input_size)),
-                  ",".join(f"{m:.3f}" for m in i.mean), ",".join(f"{s:.3f}" for s in i.std))
+        t.add_row(i["name"], i["arch"], i["variant"], f"{i['params'] / 1e6:.2f}M", "x".join(map(str, i["input_size"])),
+                  ",".join(f"{m:.3f}" for m in i["mean"]), ",".join(f"{s:.3f}" for s in i["std"]))
     console.print(t)
+    console.print("Any timm model also works as timm:<name> (e.g. timm:resnet50).")
 
 
 @app.command()
@@ -83,12 +89,16 @@ def convert(
     dst: Path = typer.Argument(..., help="Output .safetensors file."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Validate against this model and record it."),
     key: Optional[str] = typer.Option(None, "--key", help="Entry holding the weights ('model', 'model_ema', ...)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite DST if it exists."),
 ):
     """Write a clean safetensors copy of a checkpoint, with metadata (arch, variant, source hash).
 
     Example: `robench convert deit_quest.pth deit_quest.safetensors --model deit-tiny-quest`
     """
+    from robench.paths import check_file
     from robench.zoo.checkpoint import convert_checkpoint
+
+    check_file(dst, "output checkpoint", overwrite=force)
 
     meta = convert_checkpoint(src, dst, model=model, key=key)
     console.print(f"wrote {dst} (variant {meta.get('variant')}, arch {meta.get('arch')})")
@@ -110,7 +120,7 @@ def _progress(quiet: bool):
 
 
 def _run_and_print(plan, as_json: bool):
-    from robench.run import run_plan, summarize
+    from robench.run import run_plan, summarize, summary_notes
 
     progress = _progress(plan.quiet)
     if progress is not None:
@@ -126,19 +136,23 @@ def _run_and_print(plan, as_json: bool):
     from rich.table import Table
 
     t = Table(title=f"robench results ({plan.out})")
-    for col in ("model", "threat", "n", "accuracy", "95% CI"):
+    for col in ("model", "weights", "threat", "n", "accuracy", "95% CI"):
         t.add_column(col, justify="right" if col in ("n", "accuracy", "95% CI") else "left")
-    for r in summarize(results).itertuples():
+    summary = summarize(results)
+    for r in summary.itertuples():
         ci = "" if r.ci_low is None or r.ci_low != r.ci_low else f"{100 * r.ci_low:.1f}–{100 * r.ci_high:.1f}"
-        t.add_row(r.model, r.threat, str(r.n), f"{100 * r.value:.2f}%", ci)
+        t.add_row(r.model, r.weights, r.threat, str(r.n), f"{100 * r.value:.2f}%", ci)
     console.print(t)
+    for line in summary_notes(summary):
+        console.print(line, markup=False, highlight=False)
     console.print(f"store: {Path(plan.out) / 'robench.sqlite'}  (robench leaderboard {plan.out} / robench report {plan.out})")
 
 
 @app.command("eval")
 def eval_(
     model: list[str] = typer.Option(..., "--model", "-m", help="Registered model name (repeatable), e.g. deit-quest."),
-    checkpoint: Optional[list[str]] = typer.Option(None, "--checkpoint", "-c", help="Checkpoint per --model (in order)."),
+    checkpoint: Optional[list[str]] = typer.Option(None, "--checkpoint", "-c", help="Checkpoint per --model: one per model in order, or NAME=PATH."),
+    random_init: bool = typer.Option(False, "--random-init", help="Evaluate models without a checkpoint with random weights, on purpose (flagged random-init everywhere)."),
     label: Optional[list[str]] = typer.Option(None, "--label", help="Display label per --model."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="imagenet:DIR, imagenet-c:DIR, cifar10:DIR, cifar10-c:DIR, folder:DIR, digits[:split]."),
     attack: Optional[list[str]] = typer.Option(None, "--attack", "-a", help="Attack suite (repeatable): fgsm, pgd, pgd-l2, autoattack, paper, a .toml path, torchattacks:Name."),
@@ -147,6 +161,7 @@ def eval_(
     severity: Optional[list[int]] = typer.Option(None, "--severity", help="Only these severities (repeatable, 1-5)."),
     backend: Optional[str] = typer.Option(None, help="Corruption backend: torch (batched, default) or reference (imagecorruptions)."),
     eps: Optional[str] = typer.Option(None, help="Override attack eps, e.g. 2/255,4/255 (pixel units)."),
+    allow_large_eps: bool = typer.Option(False, "--allow-large-eps", help="Accept L-inf eps > 1 and L2 eps beyond the image diameter."),
     steps: Optional[int] = typer.Option(None, help="Override attack steps."),
     limit: Optional[int] = typer.Option(None, help="Evaluate a seeded random subset of N samples."),
     attack_limit: Optional[int] = typer.Option(None, help="Attack only the first N of the evaluated samples."),
@@ -168,15 +183,11 @@ def eval_(
 
     Example: `robench eval --model deit-quest --checkpoint quest_tiny.pth --data imagenet:/data/val --attack pgd`
     """
-    from robench.run import ModelEntry, Plan, load_config, resolve_data
-    from robench.run.plan import PLAN_KEYS
+    from robench.run import Plan, load_config, resolve_data
+    from robench.run.plan import PLAN_KEYS, pair_checkpoints
 
     cfg = load_config(config)
-    ckpts, labels = list(checkpoint or []), list(label or [])
-    if len(ckpts) > len(model) or len(labels) > len(model):
-        raise RobenchError("give at most one --checkpoint and one --label per --model")
-    entries = [ModelEntry(name=m, checkpoint=ckpts[i] if i < len(ckpts) else cfg.get("checkpoints", {}).get(m),
-                          label=labels[i] if i < len(labels) else None) for i, m in enumerate(model)]
+    entries = pair_checkpoints(model, checkpoint, label, cfg, random_init=random_init)
     defaults = {k: v for k, v in cfg.items() if k in PLAN_KEYS}
     if eps:
         from robench.attack import parse_eps
@@ -186,7 +197,8 @@ def eval_(
              "eps": parse_eps(eps) if eps else None, "steps": steps, "limit": limit, "attack_limit": attack_limit,
              "subset": str(subset) if subset else None, "batch_size": batch_size, "device": device,
              "precision": precision, "seed": seed, "out": str(out) if out else None}
-    flags = {"compile": compile, "force": force, "strict": strict, "diagnostics": diagnostics}
+    flags = {"compile": compile, "force": force, "strict": strict, "diagnostics": diagnostics,
+             "allow_large_eps": allow_large_eps}
     # command-line values win; robench.toml fills what was not given; Plan's defaults the rest
     plan = Plan(models=entries, **{**defaults, **{k: v for k, v in given.items() if v is not None},
                                    **{k: True for k, v in flags.items() if v}},
@@ -222,15 +234,20 @@ def sweep(
 def export_(
     store: Path = typer.Argument(Path("results"), help="Results directory (or .sqlite file)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output file."),
-    fmt: str = typer.Option("csv", "--format", "-f", help="csv, parquet or jsonl."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="csv, parquet, jsonl or json (default: from --out's suffix)."),
     diagnostics: bool = typer.Option(False, "--diagnostics", help="Export the attention diagnostics table instead."),
 ):
-    """Write the tidy results table (one row per model x cell) as CSV, Parquet or JSON lines.
+    """Write the tidy results table (one row per model x cell) as CSV, Parquet, JSON lines or JSON, the format
+    taken from the file name (.csv, .parquet, .jsonl, .json).
 
     Example: `robench export results/ --out results/baseline.csv`
     """
+    from robench.paths import check_file
     from robench.run import Store, export
+    from robench.run.store import export_format
 
+    export_format(out, fmt)
+    check_file(out, "export file")
     path = export(Store(store), out, fmt, table="diagnostics" if diagnostics else "results")
     console.print(f"wrote {path}")
 
@@ -252,6 +269,10 @@ def leaderboard(
     """
     from robench.report.leaderboard import format_leaderboard, leaderboard as make_leaderboard
 
+    if out is not None:
+        from robench.paths import check_file
+
+        check_file(out, "leaderboard file")
     df = make_leaderboard(list(stores or [Path("results")]), sort=sort, variant=variant, model=model,
                           dataset=dataset, ci=ci)
     text = format_leaderboard(df, fmt)
@@ -275,9 +296,13 @@ def report(
 
     Example: `robench report results/ --out report/ --baseline demo-standard`
     """
+    from robench.paths import check_dir, check_file
     from robench.report.render import report as make_report, screenshot as take_screenshot
 
     stores = list(stores or [Path("results")])
+    check_dir(out or Path(stores[0]) / "report", "report directory")
+    if screenshot is not None:
+        check_file(screenshot, "screenshot file")
     path = make_report(stores, out or Path(stores[0]) / "report", baseline=baseline, title=title)
     console.print(f"report: {path}  (markdown: {path.with_suffix('.md')})")
     if screenshot is not None:
@@ -331,10 +356,15 @@ def check(
     """
     from robench.report.check import check as run_check, format_check
 
+    if summary is not None:
+        from robench.paths import check_file
+
+        check_file(summary, "summary file")
     df, code = run_check(baseline, store, tolerance=tolerance, alpha=alpha, allow_missing=allow_missing)
     text = format_check(df)
     sys.stdout.write(text)
     if summary is not None:
+        summary.parent.mkdir(parents=True, exist_ok=True)
         with open(summary, "a", encoding="utf-8") as f:
             f.write(text + "\n")
     if code == 2:
@@ -360,8 +390,12 @@ def corrupt(
 
     Example: `robench corrupt photo.jpg --out corrupted/ --corruption fog --corruption snow --grid grid.png`
     """
+    from robench.paths import check_dir, check_file
     from robench.corrupt.render import render
 
+    check_dir(out, "output directory")
+    if grid is not None:
+        check_file(grid, "grid image")
     written = render(images, out, suite=suite, corruptions=corruption, severities=severity, seed=seed,
                      backend=backend, grid=grid)
     print(f"wrote {len(written) - (1 if grid else 0)} images under {out}" + (f" and the grid {grid}" if grid else ""))
@@ -384,6 +418,7 @@ def inspect_(
     suite: str = typer.Option("imagenet-c", "--suite", help="Parameter set of --corruption (imagenet-c, cifar10-c)."),
     attack: Optional[str] = typer.Option(None, "--attack", help="Inspect the adversarial images of this FGSM/PGD suite."),
     eps: Optional[str] = typer.Option(None, "--eps", help="eps of --attack (default: the suite's largest), e.g. 8/255."),
+    random_init: bool = typer.Option(False, "--random-init", help="Inspect random weights on purpose (no checkpoint)."),
 ):
     """Attention diagnostics per layer and head: query/key norms, attention entropy and peakedness, elliptical m,
     token collapse (mean pairwise cosine of block outputs).
@@ -391,15 +426,24 @@ def inspect_(
     Example: `robench inspect --model demo-quest --data digits --limit 64 --csv quest_diag.csv`
     """
     from robench.diag import inspect, layer_summary
+    from robench.paths import check_file
 
+    if csv_out is not None:
+        check_file(csv_out, "CSV file")
+    from robench.run import ModelEntry
+    from robench.run.preflight import check_model
+
+    check_model(ModelEntry(model, str(checkpoint) if checkpoint else None, random_init=random_init and not checkpoint))
     if out is not None:
-        from robench.run import ModelEntry, Plan, run_plan
+        from robench.run import Plan, run_plan
 
-        run_plan(Plan(models=[ModelEntry(model, str(checkpoint) if checkpoint else None)], data=data, out=str(out),
+        run_plan(Plan(models=[ModelEntry(model, str(checkpoint) if checkpoint else None,
+                                         random_init=random_init and checkpoint is None)], data=data, out=str(out),
                       limit=limit, batch_size=batch_size, diagnostics=True, diagnostics_limit=limit, quiet=True,
                       command="robench " + " ".join(sys.argv[1:])))
     df = inspect(model, checkpoint, data, limit=limit, batch_size=batch_size, max_tokens=max_tokens,
-                 corruption=corruption, severity=severity, suite=suite, attack=attack, eps=eps)
+                 corruption=corruption, severity=severity, suite=suite, attack=attack, eps=eps,
+                 random_init=random_init and not checkpoint)
     if csv_out is not None:
         df.to_csv(csv_out, index=False)
     if as_json:
@@ -438,6 +482,9 @@ def toy(
     Example: `robench toy --variants standard,qnorm,qknorm,quest --seeds 5 --lrs 3e-3,1e-2 --wds 0,0.1 --out toy-out`
     """
     from robench.diag.toy import ToyConfig, toy_experiment
+    from robench.paths import check_dir
+
+    check_dir(out, "output directory")
 
     def floats(text, name):
         try:
@@ -478,6 +525,9 @@ def demo(
     import time
 
     from robench.demo import run_demo
+    from robench.paths import check_dir
+
+    check_dir(out, "output directory")
 
     t0 = time.time()
     progress = _progress(quiet)
@@ -510,6 +560,9 @@ def train_demo_(
 
     names = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
     out = out if out is not None else WEIGHTS_DIR
+    from robench.paths import check_dir
+
+    check_dir(out, "output directory")
     t0 = time.time()
     accs = train_demo(names, out_dir=out, epochs=epochs or EPOCHS, seed=seed,
                       log=lambda msg: print(msg, file=sys.stderr))
@@ -533,7 +586,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"robench: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        print("robench: interrupted", file=sys.stderr)
+        print("robench: interrupted (finished chunks are saved; rerun the same command to resume)", file=sys.stderr)
         sys.exit(130)
 
 

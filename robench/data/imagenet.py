@@ -7,7 +7,6 @@ sorted subfolders, so a folder holding a subset of classes still maps to the rig
 from __future__ import annotations
 
 import importlib.resources
-import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -65,7 +64,7 @@ def scan_class_folders(root: Path, class_index: dict[str, int], what: str) -> li
 class ImageFolderDataset(Dataset):
     """Images under root/<class>/ with labels from a class index. Items: (x float [3,H,W] in [0,1], label, idx).
 
-    An unreadable image yields label -1 (the sweep skips and counts it), or raises with strict=True.
+    An unreadable image yields label -1 (the sweep skips, counts and reports it), or raises with strict=True.
     """
 
     def __init__(self, root, items: list[tuple[str, int]], transform, num_classes: int, strict: bool = False):
@@ -86,7 +85,7 @@ class ImageFolderDataset(Dataset):
         except (OSError, UnidentifiedImageError, ValueError) as e:
             if self.strict:
                 raise RobenchError(f"unreadable image {self.root / rel} ({type(e).__name__})") from None
-            warnings.warn(f"skipping unreadable image {self.root / rel}")
+            # label -1: the sweep counts it and warns once (never a raw warning from a worker process)
             return torch.zeros(3, *self.transform.size), -1, i
         return self.transform(img), y, i
 

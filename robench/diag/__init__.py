@@ -14,7 +14,7 @@ from robench.diag.stats import inspect_model, layer_summary
 def inspect(model_name: str, checkpoint=None, data: str = "digits", *, limit: int | None = 64,
             batch_size: int = 32, max_tokens: int | None = None, seed: int = 0, device: str = "cpu",
             corruption: str | None = None, severity: int = 3, suite: str = "imagenet-c",
-            attack: str | None = None, eps=None):
+            attack: str | None = None, eps=None, random_init: bool = False):
     """Diagnostics of a registered model (optionally a checkpoint) on `limit` samples of a data spec: clean, under
     one corruption (same per-sample seeds as a sweep), or on the adversarial images of an FGSM/PGD suite's attack
     (`attack="pgd"`, `eps` its largest eps by default; standard protocol)."""
@@ -23,7 +23,7 @@ def inspect(model_name: str, checkpoint=None, data: str = "digits", *, limit: in
     from robench.data.specs import load_dataset
     from robench.zoo.registry import create_model
 
-    model = create_model(model_name, checkpoint=checkpoint).to(device)
+    model = create_model(model_name, checkpoint=checkpoint, random_init=random_init).to(device)
     ds = load_dataset(data, model.info, limit=limit, seed=seed)
     batches = ((x.to(device), y) for x, y, _ in DataLoader(ds.dataset, batch_size=batch_size))
     if corruption is not None:

@@ -7,7 +7,10 @@ Columns (accuracies and mCE as fractions in the DataFrame, csv and json; percent
     severities), corruptions_<category>_acc, extra_corruptions_acc,
     <attack>_<norm>_acc@<eps> per attack, norm and eps present (fgsm_linf_acc@1/255, pgd_l2_acc@0.5); AutoAttack at a
     single threat model is plain `autoattack_acc` as on RobustBench,
-    flags (number of sanity flags raised for the model).
+    skipped (unreadable images left out; only when some were), flags (number of sanity and random-init flags
+    raised for the model; the md format spells out random-init and skipped images under the table).
+The mCE columns appear only where mCE applies (ImageNet data with the AlexNet table); an earlier evaluation of a
+label with other weights is its own row, `label#<sha256 prefix>`.
 Cells run under the paper protocol carry the suffix " (paper)", adaptive attacks " (adaptive)". Missing cells are
 empty (NaN), never 0. With ci=True every single-cell column gets <col>_ci_low / <col>_ci_high (Wilson 95%).
 """
@@ -24,6 +27,7 @@ from robench.errors import RobenchError, suggest
 from robench.report.results import _DEFAULT, ATTACK_ORDER, Results, corruption_rank, corruption_summaries, fmt_eps
 
 INFO_COLUMNS = ["model", "variant", "arch", "params", "dataset"]
+COUNT_COLUMNS = ["skipped", "flags"]  # skipped: unreadable images (only shown when some were skipped)
 FORMATS = ("md", "csv", "json", "latex")
 
 
@@ -101,6 +105,13 @@ def leaderboard(stores, sort: str | None = None, variant=None, model=None, datas
     summaries = corruption_summaries(t, alexnet)
     flags = res.flags()
     n_flags = flags.groupby("model").size().to_dict() if len(flags) else {}
+    flag_names = {}  # model-level flags spelled out under the table
+    for r in flags.itertuples() if len(flags) else []:
+        if r.flag == "random-init":
+            flag_names.setdefault(r.model, []).append("RANDOM weights (random-init): not a trained model")
+    for m, g in t.groupby("model", sort=False):
+        if "skipped" in g and g["skipped"].fillna(0).max() > 0:
+            flag_names.setdefault(m, []).append(f"{int(g['skipped'].max())} unreadable image(s) skipped")
 
     rows, col_order, notes = [], {}, []
     for (mlabel, dataset_), g in t.groupby(["model", "dataset"], sort=False):
@@ -130,19 +141,24 @@ def leaderboard(stores, sort: str | None = None, variant=None, model=None, datas
                 continue
             sfx, prot = _suffix(protocol, 0), (protocol != "standard", 0)
             put("corruptions_acc", s.mean_acc, (1, *prot, 0), suffix=sfx)
-            put("corruptions_mce", s.mce, (1, *prot, 1), suffix=sfx)
-            put("corruptions_rel_mce", s.rel_mce, (1, *prot, 2), suffix=sfx)
+            if s.mce is not None or s.note:  # mCE applies (ImageNet-C's AlexNet table): a value or why not
+                put("corruptions_mce", s.mce, (1, *prot, 1), suffix=sfx)
+                put("corruptions_rel_mce", s.rel_mce, (1, *prot, 2), suffix=sfx)
             for cat, v in s.category_acc.items():
                 put(f"corruptions_{cat}_acc", v, (1, *prot, 3, corruption_rank(None, cat)[0], cat), suffix=sfx)
             if s.extra_acc:
                 put("extra_corruptions_acc", sum(s.extra_acc.values()) / len(s.extra_acc), (1, *prot, 4), suffix=sfx)
             if s.note:
                 notes.append(f"{mlabel} ({d}{sfx}): {s.note}")
+        row["skipped"] = int(g["skipped"].max()) if "skipped" in g and g["skipped"].notna().any() else 0
         row["flags"] = int(n_flags.get(mlabel, 0))
+        for f in flag_names.get(mlabel, []):
+            notes.append(f"{mlabel}: {f}")
         rows.append(row)
 
     metric_cols = sorted(col_order, key=lambda c: _rank_key(col_order[c]))
-    df = pd.DataFrame(rows).reindex(columns=INFO_COLUMNS + metric_cols + ["flags"])
+    counts = (["skipped"] if any(r["skipped"] for r in rows) else []) + ["flags"]
+    df = pd.DataFrame(rows).reindex(columns=INFO_COLUMNS + metric_cols + counts)
     for c in metric_cols:
         df[c] = pd.to_numeric(df[c], errors="coerce")
     df = sort_leaderboard(df, sort)
@@ -155,7 +171,7 @@ def _rank_key(rank: tuple) -> tuple:
 
 
 def metric_columns(df: pd.DataFrame) -> list[str]:
-    return [c for c in df.columns if c not in INFO_COLUMNS and c != "flags" and "_ci_" not in c]
+    return [c for c in df.columns if c not in INFO_COLUMNS and c not in COUNT_COLUMNS and "_ci_" not in c]
 
 
 def sort_leaderboard(df: pd.DataFrame, sort: str | None = None) -> pd.DataFrame:
@@ -196,7 +212,7 @@ def display_table(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
                 out.append(_params(v))
             elif c in INFO_COLUMNS:
                 out.append("" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
-            elif c == "flags":
+            elif c in COUNT_COLUMNS:
                 out.append(str(int(v)) if v else "0")
             else:
                 s = _pct(v)
@@ -245,7 +261,7 @@ def format_leaderboard(df: pd.DataFrame, fmt: str = "md") -> str:
     if fmt == "md":
         text = markdown_table(header, rows, right=[i for i, h in enumerate(header) if h not in
                                                    ("model", "variant", "arch", "dataset")])
-        text += "\n\nAccuracies, mCE and relative mCE in %; empty = not evaluated."
+        text += "\n\n" + _footnote(df) + "."
         if notes:
             text += "\n" + "\n".join(f"- {n}" for n in notes)
         return text + "\n"
@@ -254,4 +270,14 @@ def format_leaderboard(df: pd.DataFrame, fmt: str = "md") -> str:
              " & ".join(_latex_escape(h) for h in header) + r" \\", r"\midrule"]
     lines += [" & ".join(_latex_escape(x) for x in r) + r" \\" for r in rows]
     lines += [r"\bottomrule", r"\end{tabular}"]
-    return "% accuracies, mCE and relative mCE in %; empty = not evaluated\n" + "\n".join(lines) + "\n"
+    return f"% {_footnote(df)}\n" + "\n".join(lines) + "\n"
+
+
+def _footnote(df: pd.DataFrame) -> str:
+    mce = any("mce" in c for c in df.columns)
+    text = ("Accuracies, mCE and relative mCE in %" if mce else "Accuracies in %") + "; empty = not evaluated"
+    if "corruptions_acc" in df.columns and not mce:
+        text += " (mCE needs ImageNet-C's AlexNet errors: ImageNet data only)"
+    if "skipped" in df.columns:
+        text += "; skipped = unreadable images left out"
+    return text

@@ -137,7 +137,7 @@ class Results:
         self.stores = [s if isinstance(s, Store) else Store(s) for s in stores]
         frames = []
         for i, s in enumerate(self.stores):
-            df = s.results()
+            df = distinguish_evaluations(s.results())
             df["store"] = i
             frames.append(df)
         table = normalize(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame()
@@ -159,7 +159,15 @@ class Results:
         return pd.concat(frames, ignore_index=True)
 
     def flags(self) -> pd.DataFrame:
-        return self._concat("flags")
+        """Flags of every store, under the labels of `table` (an earlier evaluation's as `label#sha`)."""
+        df = self._concat("flags")
+        if df.empty or "checkpoint_sha256" not in df:
+            return df
+        names = {(st, sha, m): lab for st, sha, m, lab in zip(self.table["store"], self.table["checkpoint_sha256"],
+                                                               self.table["model_name_label"], self.table["model"])}
+        df["model"] = [names.get((st, sha, m), m) for st, sha, m in zip(df["store"], df["checkpoint_sha256"],
+                                                                         df["model"])]
+        return df
 
     def runs(self) -> pd.DataFrame:
         return self._concat("runs")
@@ -185,6 +193,21 @@ class Results:
                 raise RobenchError(f"no model '{n}' in the results" + suggest(n, labels)
                                    + f"; models: {', '.join(labels) or 'none'}")
         return list(dict.fromkeys(out))
+
+
+def distinguish_evaluations(df: pd.DataFrame) -> pd.DataFrame:
+    """Two evaluations of one label with different weights (the checkpoint at a path changed, or random weights)
+    never merge into one row: the latest keeps the label, earlier ones become `label#<sha256 prefix>`."""
+    if "checkpoint_sha256" not in df:
+        return df
+    df = df.copy()
+    df["model_name_label"] = df["model"]  # the label as stored (flags and runs refer to it)
+    for label, g in df.groupby("model", sort=False):
+        shas = list(dict.fromkeys(g["checkpoint_sha256"]))  # in model order: the last is the latest
+        for sha in shas[:-1]:
+            tag = "random-init" if str(sha).startswith("random-init") else str(sha)[:8]
+            df.loc[(df["model"] == label) & (df["checkpoint_sha256"] == sha), "model"] = f"{label}#{tag}"
+    return df
 
 
 def alexnet_table() -> AlexNetTable | None:

@@ -21,20 +21,45 @@ def summarize(results):
     import pandas as pd
 
     rows = []
-    for model, df in results.groupby("model", sort=False):
+    keys = ["model", "checkpoint_sha256"] if "checkpoint_sha256" in results else ["model"]
+    for key, df in results.groupby(keys, sort=False):
+        model = key[0] if isinstance(key, tuple) else key
+        info = dict(model=model, weights=weights_tag(df["checkpoint_sha256"].iloc[0]) if len(keys) > 1 else "",
+                    evaluated=str(df["evaluated"].iloc[0]) if "evaluated" in df else "",
+                    skipped=int(df["skipped"].max()) if "skipped" in df else 0)
         for r in df[df.threat == "clean"].itertuples():
-            rows.append(dict(model=model, threat="clean", n=r.n, value=r.value, ci_low=r.ci_low, ci_high=r.ci_high))
+            rows.append(dict(info, threat="clean", n=r.n, value=r.value, ci_low=r.ci_low, ci_high=r.ci_high))
         cor = df[df.threat == "corruption"]
         if len(cor):
-            rows.append(dict(model=model, threat=f"corruptions (mean of {len(cor)} cells)", n=int(cor.n.min()),
+            rows.append(dict(info, threat=f"corruptions (mean of {len(cor)} cells)", n=int(cor.n.min()),
                              value=cor.value.mean(), ci_low=None, ci_high=None))
         for r in df[df.threat == "attack"].itertuples():
             tag = " [paper protocol]" if r.protocol == "paper" else ""
-            rows.append(dict(model=model, threat=f"{r.attack} {r.norm} eps={_eps(r.eps)}{tag}", n=r.n, value=r.value,
+            rows.append(dict(info, threat=f"{r.attack} {r.norm} eps={_eps(r.eps)}{tag}", n=r.n, value=r.value,
                              ci_low=r.ci_low, ci_high=r.ci_high))
     return pd.DataFrame(rows)
+
+
+def weights_tag(sha) -> str:
+    """How tables name a model's weights: 'random-init' (flagged) or the checkpoint's sha256 prefix."""
+    if not isinstance(sha, str) or not sha:
+        return ""
+    return "RANDOM-INIT" if sha.startswith("random-init") else sha[:8]
 
 
 def _eps(e: float) -> str:
     k = e * 255
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{e:.4g}"
+
+
+def summary_notes(summary) -> list[str]:
+    """Lines under the eval table: random weights, unreadable images skipped."""
+    notes = []
+    if summary.empty:
+        return notes
+    for model, g in summary.groupby("model", sort=False):
+        if (g["weights"] == "RANDOM-INIT").any():
+            notes.append(f"warning: {model} has RANDOM weights (--random-init): flagged random-init in every table")
+        if g["skipped"].max() > 0:
+            notes.append(f"warning: {model}: {int(g['skipped'].max())} unreadable image(s) skipped (not in n)")
+    return notes

@@ -19,6 +19,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -39,6 +40,9 @@ PROBE_SAMPLES = 128  # samples attacked by the large-eps sanity probe
 
 class Interrupted(RobenchError):
     exit_code = 130
+
+
+RESUME_HINT = "interrupted: every finished chunk is saved; rerun the same command to resume"
 
 
 @dataclass
@@ -169,25 +173,32 @@ class Runner:
         self.corrupted = CorruptionCache(plan.corruption_cache_mb if len(plan.models) > 1 else 0)
 
     # The store is opened on rank 0 only; other ranks receive cell ids and pending chunks by broadcast.
+    # It is opened (created) only once the whole plan is validated and the first model and its data are loaded,
+    # so bad input never leaves a store behind; a store this run created holding no outcome is removed on failure.
     def run(self):
         plan = self.plan
-        if self.rank0:
-            self.store = Store(plan.out, create=True)
-            self.run_id = self.store.start_run(**provenance(plan, self.device))
-        else:
-            self.run_id = -1
+        from robench.run.preflight import preflight
+
+        preflight(plan)
+        self.run_id = -1
+        self._store_created = False
+        self._skipped_ids: dict[tuple, set] = {}  # (data spec, fingerprint) -> unreadable sample indices
+        self.cell_ids: list[int] = []  # the cells this run evaluated (its results table)
         old = signal.getsignal(signal.SIGINT)
         if self.rank0 and _is_main_thread():
             signal.signal(signal.SIGINT, self._on_sigint)
         model_ids = []
         try:
-            for entry in plan.models:
-                model_ids.append(self.run_model(entry))
+            try:
+                for entry in plan.models:
+                    model_ids.append(self.run_model(entry))
+            except KeyboardInterrupt:  # second Ctrl-C: stop at once, but as an interruption, with the hint
+                raise Interrupted(RESUME_HINT) from None
             if self.rank0:
-                self.store.end_run(self.run_id, "done")
+                self.store.end_run(self.run_id, "done", skipped=self.n_skipped)
         except BaseException as e:
             if self.rank0 and self.store is not None:
-                self.store.end_run(self.run_id, "interrupted" if isinstance(e, Interrupted) else "failed")
+                self._close_failed_run("interrupted" if isinstance(e, Interrupted) else "failed")
             raise
         finally:
             if _is_main_thread():
@@ -195,13 +206,75 @@ class Runner:
         if not self.rank0:
             return None
         res = self.store.results()
-        return res[res["model"].isin([m.display for m in plan.models])].reset_index(drop=True)
+        return res[res["cell_id"].isin(self.cell_ids)].reset_index(drop=True)
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(len(v) for v in self._skipped_ids.values())
+
+    def open_store(self):
+        """Create/open the store and start this run's record (rank 0), once, right before the first cell."""
+        if self.store is not None or not self.rank0:
+            return
+        from robench.run.store import store_path
+
+        path = store_path(self.plan.out)
+        self._store_created = not path.exists()
+        missing = [p for p in [path.parent.absolute(), *path.parent.absolute().parents] if not p.exists()]
+        self._created_dirs = missing  # innermost first: removed again if this run leaves nothing
+        self.store = Store(self.plan.out, create=True)
+        self.run_id = self.store.start_run(**provenance(self.plan, self.device))
+
+    def _close_failed_run(self, status: str):
+        """Record the failed/interrupted run; a store this run created that holds no outcome is deleted."""
+        if self._store_created and not self.store.has_outcomes():
+            path = self.store.path
+            self.store.close()
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(str(path) + suffix).unlink(missing_ok=True)
+            for d in self._created_dirs:
+                if d.is_dir() and not any(d.iterdir()):
+                    d.rmdir()
+            self.store = None
+            return
+        self.store.end_run(self.run_id, status, skipped=self.n_skipped)
 
     def _on_sigint(self, *_):
         if self.stop_requested:  # second Ctrl-C: stop now (committed chunks are safe anyway)
             raise KeyboardInterrupt
         self.stop_requested = True
         self.log("Ctrl-C: stopping after the current chunk (press again to stop at once)")
+
+    def warn(self, msg: str):
+        """A warning the user always sees (also with --quiet), through rich, on stderr."""
+        if not self.rank0:
+            return
+        from rich.console import Console
+        from rich.text import Text
+
+        console = self.progress.console if self.progress is not None else Console(stderr=True)
+        console.print(Text.assemble(("warning: ", "bold yellow"), msg), soft_wrap=True)
+
+    def _note_skipped(self, job: Job, sample_idx: list):
+        """Record unreadable samples of a job (per data stream: a pre-rendered set has one per corruption and
+        severity); warn once per data spec. The count goes to the run record and the results' `skipped`."""
+        if not sample_idx:
+            return
+        first = not any(k[0] == job.data.spec for k in self._skipped_ids)
+        self._skipped_ids.setdefault((job.data.spec, job.data.fingerprint), set()).update(int(i) for i in sample_idx)
+        if first:
+            ids = job.data.sample_ids
+            name = ids[int(sample_idx[0])] if int(sample_idx[0]) < len(ids) else sample_idx[0]
+            self.warn(f"skipping unreadable images in {job.data.spec} (first: {name}); they are counted in the "
+                      "run and the results' `skipped` column (--strict makes them an error)")
+
+    def _unreadable_message(self, job: Job, empty: list) -> str:
+        n = len(self._skipped_ids.get((job.data.spec, job.data.fingerprint), ()))
+        if any(c.kind == "clean" for c in empty) or len(empty) == len(job.cells):
+            return (f"no readable image in {job.data.spec}: all {n or len(job.data)} evaluated images failed to "
+                    "decode (check the files)")
+        return (f"{len(empty)} cell(s) on {job.data.spec} have no readable image among their samples (first: "
+                f"{_cell_name(empty[0])}): the images they use all failed to decode")
 
     def log(self, msg: str):
         if self.rank0 and not self.plan.quiet:
@@ -211,13 +284,16 @@ class Runner:
                 print(f"[robench] {msg}", file=sys.stderr, flush=True)
 
     def load_model(self, entry: ModelEntry):
+        from robench.run.preflight import RANDOM_INIT_SHA
         from robench.zoo.checkpoint import file_sha256
         from robench.zoo.registry import create_model
 
         model = create_model(entry.name, num_classes=entry.num_classes, checkpoint=entry.checkpoint,
-                             checkpoint_key=entry.checkpoint_key)
-        ckpt = entry.checkpoint or model.info.default_checkpoint
-        sha = file_sha256(ckpt) if ckpt else "random-init-seed0"
+                             checkpoint_key=entry.checkpoint_key, random_init=entry.random_init)
+        ckpt = entry.checkpoint or (None if entry.random_init else model.info.default_checkpoint)
+        sha = file_sha256(ckpt) if ckpt else RANDOM_INIT_SHA
+        if not ckpt:
+            self.warn(f"model {entry.display}: RANDOM weights (--random-init); its results are flagged random-init")
         model = model.to(self.device).eval()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -235,12 +311,14 @@ class Runner:
             if data.num_classes != model.info.num_classes:
                 raise RobenchError(f"model {entry.display} has {model.info.num_classes} classes but data "
                                    f"{plan.data} has {data.num_classes}")
+            _check_readable(data)
         elif model.info.num_classes != (1000 if kind == "imagenet-c" else 10):
             raise RobenchError(f"model {entry.display} has {model.info.num_classes} classes but {kind} has "
                                f"{1000 if kind == 'imagenet-c' else 10}")
         jobs = plan_jobs(plan, model, data)
         forward = torch.compile(model) if plan.compile else model
         model_id = None
+        self.open_store()
         if self.rank0:
             model_id = self.store.model_id(label=entry.display, name=entry.name, variant=model.info.variant,
                                            arch=model.info.arch, params=model.info.params, checkpoint=ckpt,
@@ -253,6 +331,7 @@ class Runner:
                                                       self.run_id)
                     if plan.force:
                         self.store.reset_cell(cell.cell_id)
+                    self.cell_ids.append(cell.cell_id)
                 assert n_job >= max(c.params["n"] for c in job.cells)
         ids = dist.broadcast([[c.cell_id for c in job.cells] for job in jobs])
         for job, job_ids in zip(jobs, ids):
@@ -262,6 +341,7 @@ class Runner:
             self.run_job(entry, model, forward, job)
         if self.rank0:
             self.write_flags(model_id, jobs)
+            self.write_model_flags(model_id, entry, sha)
             if plan.diagnostics and data is not None:
                 self.run_diagnostics(model, model_id, data)
         return model_id
@@ -292,7 +372,7 @@ class Runner:
         t0, done_samples = time.time(), 0
         for ch in sorted(pending):
             if self.stop_requested:
-                raise Interrupted("interrupted: every finished chunk is saved; rerun the same command to resume")
+                raise Interrupted(RESUME_HINT)
             cells = [by_id[c] for c in pending[ch]]
             lo, hi = ch * plan.chunk_size, min(n, (ch + 1) * plan.chunk_size)
             my_lo, my_hi = dist.shard(lo, hi, align=ATTACK_BLOCK)
@@ -302,7 +382,8 @@ class Runner:
                 merged = {cid: ([], [], []) for cid in parts[0][0]}
                 skipped, extras = 0, {}
                 for res, sk, ex in parts:
-                    skipped += sk
+                    skipped += len(sk)
+                    self._note_skipped(job, sk)
                     for cid, (s, c, p) in res.items():
                         merged[cid][0].extend(s)
                         merged[cid][1].extend(c)
@@ -323,26 +404,39 @@ class Runner:
                              f"{rate:.1f} samples/s, ETA {eta:.0f}s")
             dist.barrier()
         if self.rank0:
+            empty = []
             for cell in job.cells:
-                self.store.finish_cell(cell.cell_id)
+                n_chunks = math.ceil(cell.params["n"] / plan.chunk_size)
+                if not self.store.finish_cell(cell.cell_id) and len(self.store.done_chunks(cell.cell_id)) >= n_chunks:
+                    empty.append(cell)  # every chunk is in, yet no outcome: no readable image
             if task is not None:
                 self.progress.remove_task(task)
+            if empty:
+                raise RobenchError(self._unreadable_message(job, empty))
 
     def _fault_cb(self):
-        """Test hook (ROBENCH_FAULT=kill@N): SIGKILL this process in the middle of the N-th chunk transaction."""
-        if self._fault is None or self._chunk_writes != self._fault:
+        """Test hooks: ROBENCH_FAULT=kill@N SIGKILLs this process in the middle of the N-th chunk transaction;
+        sigint2@N sends it two SIGINTs there (a user pressing Ctrl-C twice)."""
+        if self._fault is None or self._chunk_writes != self._fault[1]:
             return None
 
         def die(i):
-            if i == 0:
+            if i == 0 and self._fault[0] == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
+            elif i == 0:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
         return die
 
     # ---- one chunk: clean forward, corruptions, attacks ----------------------------------------------------------
     def compute_chunk(self, model, forward, job: Job, cells: list[Cell], lo: int, hi: int, chunk_lo: int):
+        """Outcomes of the cells on samples lo..hi: ({cell_id: (samples, correct, pred)}, unreadable sample
+        indices, extras)."""
         res = {c.cell_id: ([], [], []) for c in cells}
         self._extras = {}
-        skipped = 0
+        skipped = []
         if hi <= lo:
             return res, skipped, {}
         loader = self._loader(job.data.dataset, lo, hi)
@@ -350,7 +444,7 @@ class Runner:
         xs, ys, idxs = [], [], []
         for x, y, idx in loader:
             valid = y >= 0
-            skipped += int((~valid).sum())
+            skipped += idx[~valid].tolist()
             if not valid.all():
                 x, y, idx = x[valid], y[valid], idx[valid]
             if len(y) == 0:
@@ -497,6 +591,17 @@ class Runner:
         flags = sanity_flags(rows, float(clean.iloc[0]) if len(clean) else None)
         self.store.write_flags(model_id, flags, self.run_id)
 
+    def write_model_flags(self, model_id, entry: ModelEntry, sha: str):
+        """Flags of the model itself, shown in every table and report: random weights. (Skipped images are in
+        the results' `skipped` column.)"""
+        from robench.run.preflight import is_random_init
+
+        flags = []
+        if is_random_init(sha):
+            flags.append({"flag": "random-init", "message": f"{entry.display} was evaluated with RANDOM weights "
+                          "(no checkpoint, --random-init): its accuracies say nothing about a trained model"})
+        self.store.add_flags(model_id, flags, self.run_id)
+
     def run_diagnostics(self, model, model_id, data: EvalData):
         from robench.diag import inspect_model
 
@@ -510,7 +615,7 @@ class Runner:
         rows = inspect_model(model, batches)
         self.store.write_diagnostics(cid, rows)
         self.store.write_chunk(0, {cid: ([], [], [])}, self.run_id)
-        self.store.finish_cell(cid)
+        self.store.finish_cell(cid, allow_empty=True)
 
 
 def _elapsed(t0: float, device: torch.device) -> float:
@@ -570,6 +675,28 @@ def _attack_groups(cells: list[Cell], per_sample: bool) -> list[list[Cell]]:
     return list(groups.values())
 
 
+def _check_readable(data: EvalData) -> None:
+    """At least one image decodes (checked in order, so usually after one image): a dataset with no readable
+    image is an error before any store or cell exists."""
+    from robench.data.specs import TensorData
+
+    if isinstance(data.dataset, TensorData):
+        return
+    for i in range(len(data)):
+        if int(data.dataset[i][1]) >= 0:
+            return
+    raise RobenchError(f"no readable image in {data.spec}: all {len(data)} images failed to decode (check the files)")
+
+
+def _cell_name(c: Cell) -> str:
+    p = c.params
+    if c.kind == "corruption":
+        return f"{p['corruption']} s{p['severity']}"
+    if c.kind == "attack":
+        return f"{p['attack']} {p['norm']} eps={p['eps']:.4g}"
+    return c.kind
+
+
 def _job_label(job: Job) -> str:
     c = job.cells[0]
     if len(job.cells) == 1 and c.kind == "corruption":
@@ -583,8 +710,9 @@ def _job_label(job: Job) -> str:
 def _parse_fault(value):
     if not value:
         return None
-    if value.startswith("kill@"):
-        return int(value[5:])
+    kind, _, n = value.partition("@")
+    if kind in ("kill", "sigint2") and n.isdigit():
+        return kind, int(n)
     return None
 
 

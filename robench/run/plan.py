@@ -20,6 +20,7 @@ class ModelEntry:
     label: str | None = None
     checkpoint_key: str | None = None
     num_classes: int | None = None
+    random_init: bool = False  # evaluate random weights on purpose (registry models without weights need it)
 
     @property
     def display(self) -> str:
@@ -55,10 +56,12 @@ class Plan:
     sanity_probe: bool = True  # add a large-eps PGD cell (gradient-masking check) when attacks run
     diagnostics: bool = False
     diagnostics_limit: int = 64
+    allow_large_eps: bool = False  # accept L-inf eps > 1 / L2 eps beyond the image diameter
     quiet: bool = False
     command: str = ""
 
     def validate(self) -> "Plan":
+        check_types(self)
         if not self.models:
             raise RobenchError("nothing to evaluate: the plan has no models")
         if not self.data:
@@ -102,7 +105,7 @@ def _model_entry(m, where: str, config: dict) -> ModelEntry:
         raise RobenchError(f"{where}: each model needs a `name`")
     _check_keys(m, MODEL_KEYS, where)
     entry = ModelEntry(**m)
-    if entry.checkpoint is None:
+    if entry.checkpoint is None and entry.random_init is not True:
         entry.checkpoint = config.get("checkpoints", {}).get(entry.name)
     return entry
 
@@ -149,9 +152,96 @@ def load_plan(path, config: dict | None = None) -> Plan:
             raw[key] = [raw[key]]
     plan = Plan(models=[_model_entry(m, f"plan {path} model {i + 1}", config) for i, m in enumerate(models)],
                 **{**defaults, **raw})
+    check_types(plan, f"plan {path}")
     plan.data = resolve_data(plan.data, config)
     if plan.eps is not None:
         from robench.attack import parse_eps
 
         plan.eps = parse_eps(plan.eps) if isinstance(plan.eps, str) else [float(parse_eps(str(e))[0]) for e in plan.eps]
     return plan.validate()
+
+
+# ---- typed values ------------------------------------------------------------------------------------------------
+def _value_ok(value, annotation: str) -> bool:
+    """Does value fit a (string) annotation of Plan/ModelEntry: int, float, str, bool, list[X], X | None."""
+    alternatives = [a.strip() for a in annotation.split("|")]
+    for a in alternatives:
+        if a == "None" and value is None:
+            return True
+        if a.startswith("list[") and isinstance(value, (list, tuple)):
+            inner = a[5:-1]
+            if inner == "ModelEntry" or all(_value_ok(v, inner) for v in value):
+                return True
+        if a == "bool" and isinstance(value, bool):
+            return True
+        if a == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if a == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if a == "str" and isinstance(value, str):
+            return True
+    return False
+
+
+def _describe(annotation: str) -> str:
+    parts = []
+    for a in (x.strip() for x in annotation.split("|")):
+        if a == "None":
+            continue
+        if a.startswith("list["):
+            inner = a[5:-1]
+            parts.append(f"a list of {dict(int='integers', float='numbers', str='strings').get(inner, inner)}")
+        else:
+            parts.append({"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+                         .get(a, a))
+    return " or ".join(parts)
+
+
+def check_types(obj, where: str = "plan") -> None:
+    """Every field of a Plan (and of its ModelEntry items) has its declared type; else a RobenchError naming
+    the key, the expected type and the value."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if f.name == "eps" and isinstance(value, (str, list, tuple)):
+            continue  # "2/255,4/255" or ["4/255", 0.1]: parse_eps checks every value
+        if not _value_ok(value, str(f.type)):
+            raise RobenchError(f"{where}: `{f.name}` must be {_describe(str(f.type))}, got {value!r} "
+                               f"({type(value).__name__})")
+    if isinstance(obj, Plan):
+        for i, m in enumerate(obj.models):
+            if not isinstance(m, ModelEntry):
+                raise RobenchError(f"{where}: model {i + 1} must be a model entry, got {m!r}")
+            check_types(m, f"{where} model {i + 1} ({m.name})" if isinstance(m.name, str) else f"{where} model {i + 1}")
+
+
+# ---- checkpoints paired with models ----------------------------------------------------------------------------
+def pair_checkpoints(models: list[str], checkpoints: list[str] | None, labels: list[str] | None = None,
+                     config: dict | None = None, random_init: bool = False) -> list[ModelEntry]:
+    """ModelEntry per --model: checkpoints by equal count (in order), or by name (`-c NAME=PATH`, or the
+    config's [checkpoints] table); any other pairing is an error. --label: one per model, in order."""
+    checkpoints, labels, config = list(checkpoints or []), list(labels or []), config or {}
+    if len(labels) > len(models):
+        raise RobenchError(f"{len(labels)} --label values for {len(models)} --model: give at most one per model")
+    by_name, positional = {}, []
+    for c in checkpoints:
+        name, sep, path = str(c).partition("=")
+        if sep and name in models:
+            if name in by_name:
+                raise RobenchError(f"two checkpoints for model '{name}' (--checkpoint {name}=...)")
+            by_name[name] = path
+        else:
+            positional.append(str(c))
+    if positional and by_name:
+        raise RobenchError("mix of --checkpoint PATH and --checkpoint NAME=PATH: pair all by name or all by order")
+    if positional and len(positional) != len(models):
+        raise RobenchError(f"{len(positional)} --checkpoint for {len(models)} --model: give one per model in "
+                           "order, or pair them by name with --checkpoint NAME=PATH")
+    if len(set(models)) != len(models) and by_name:
+        raise RobenchError("the same --model twice: pair its checkpoints by order, not by name")
+    table = config.get("checkpoints", {}) or {}
+    entries = []
+    for i, m in enumerate(models):
+        ckpt = positional[i] if positional else by_name.get(m, table.get(m))
+        entries.append(ModelEntry(name=m, checkpoint=ckpt, label=labels[i] if i < len(labels) else None,
+                                  random_init=bool(random_init) and ckpt is None))
+    return entries

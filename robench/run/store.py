@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS runs (
     run_id INTEGER PRIMARY KEY, started REAL, ended REAL, status TEXT, robench_version TEXT, torch_version TEXT,
     timm_version TEXT, python_version TEXT, device TEXT, gpu_name TEXT, precision TEXT, seed INTEGER,
-    world_size INTEGER, command TEXT, host TEXT);
+    world_size INTEGER, command TEXT, host TEXT, pid INTEGER, skipped INTEGER);
 CREATE TABLE IF NOT EXISTS models (
     model_id INTEGER PRIMARY KEY, label TEXT, name TEXT, variant TEXT, arch TEXT, params INTEGER,
     checkpoint TEXT, checkpoint_sha256 TEXT, UNIQUE(label, name, checkpoint_sha256));
@@ -65,7 +65,7 @@ CELL_COLUMNS = ("dataset", "threat", "attack", "norm", "eps", "corruption", "sev
                 "adaptive")
 EXPORT_COLUMNS = ["run_id", "model", "model_name", "variant", "arch", "params", "checkpoint_sha256", "dataset", "n",
                   "threat", "attack", "norm", "eps", "corruption", "severity", "category", "metric", "value",
-                  "ci_low", "ci_high", "protocol", "adaptive", "cell_id"]
+                  "ci_low", "ci_high", "protocol", "adaptive", "cell_id", "skipped", "evaluated"]
 
 
 def params_hash(params: dict) -> str:
@@ -110,6 +110,7 @@ class Store:
                 raise RobenchError(f"results store {self.path} has schema version {version} (made by robench "
                                    f"{made_by[0] if made_by else '?'}); this robench {robench.__version__} reads "
                                    f"version {SCHEMA_VERSION}: use a new --out directory")
+            self._upgrade()
             return
         with self.transaction():
             for statement in SCHEMA.split(";"):
@@ -117,6 +118,32 @@ class Store:
                     self.db.execute(statement)
             self.db.execute("INSERT INTO meta VALUES ('schema_version', ?), ('robench_version', ?)",
                             (str(SCHEMA_VERSION), robench.__version__))
+
+    def _upgrade(self):
+        """Columns added within schema version 2 (older stores lack them): runs.pid, runs.skipped. Then mark runs
+        whose process is gone as interrupted. A read-only store is left as it is."""
+        try:
+            cols = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
+            for col in ("pid", "skipped"):
+                if col not in cols:
+                    self.db.execute(f"ALTER TABLE runs ADD COLUMN {col} INTEGER")
+            self.mark_stale_runs()
+        except sqlite3.OperationalError:
+            pass
+
+    def mark_stale_runs(self) -> int:
+        """Runs still marked 'running' whose process (same host, recorded pid) no longer exists were killed:
+        mark them 'interrupted'. Returns how many."""
+        import platform
+
+        rows = self.db.execute("SELECT run_id, pid FROM runs WHERE status='running' AND host=? AND pid IS NOT NULL",
+                               (platform.node(),)).fetchall()
+        dead = [run_id for run_id, pid in rows if not _pid_alive(int(pid))]
+        if dead:
+            with self.transaction():
+                self.db.executemany("UPDATE runs SET status='interrupted' WHERE run_id=? AND status='running'",
+                                    [(r,) for r in dead])
+        return len(dead)
 
     @contextmanager
     def transaction(self):
@@ -133,15 +160,24 @@ class Store:
 
     # ---- runs and models -------------------------------------------------------------------------------------
     def start_run(self, **prov) -> int:
+        import os
+
+        prov = {"pid": os.getpid(), **prov}
         cols = ["started", "status", "robench_version"] + list(prov)
         vals = [time.time(), "running", robench.__version__] + list(prov.values())
         with self.transaction():
             cur = self.db.execute(f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", vals)
         return cur.lastrowid
 
-    def end_run(self, run_id: int, status: str = "done"):
+    def end_run(self, run_id: int, status: str = "done", skipped: int | None = None):
         with self.transaction():
             self.db.execute("UPDATE runs SET ended=?, status=? WHERE run_id=?", (time.time(), status, run_id))
+            if skipped is not None:
+                self.db.execute("UPDATE runs SET skipped=? WHERE run_id=?", (int(skipped), run_id))
+
+    def has_outcomes(self) -> bool:
+        """Whether any chunk was ever committed (a store without one holds no results)."""
+        return self.db.execute("SELECT 1 FROM outcomes LIMIT 1").fetchone() is not None
 
     def model_id(self, *, label, name, variant, arch, params, checkpoint, checkpoint_sha256) -> int:
         key = (label, name, checkpoint_sha256 or "")
@@ -195,7 +231,7 @@ class Store:
                 if _fault is not None:
                     _fault(i)
 
-    def finish_cell(self, cell_id: int, extra: dict | None = None) -> bool:
+    def finish_cell(self, cell_id: int, extra: dict | None = None, allow_empty: bool = False) -> bool:
         """Mark the cell done and write its aggregate if all its chunks are committed. Returns whether it is done."""
         n_chunks = self.db.execute("SELECT n_chunks FROM cells WHERE cell_id=?", (cell_id,)).fetchone()[0]
         have, skipped = self.db.execute("SELECT COUNT(*), COALESCE(SUM(skipped),0) FROM chunks WHERE cell_id=?",
@@ -204,6 +240,8 @@ class Store:
             return False
         n, k = self.db.execute("SELECT COUNT(*), COALESCE(SUM(correct),0) FROM outcomes WHERE cell_id=?",
                                (cell_id,)).fetchone()
+        if n == 0 and not allow_empty:
+            return False  # every sample unreadable: never a finished cell without outcomes
         extra = dict(extra or {})
         for (ej,) in self.db.execute("SELECT extra_json FROM chunks WHERE cell_id=?", (cell_id,)):
             for key, v in json.loads(ej or "{}").items():
@@ -229,6 +267,14 @@ class Store:
                                 [(model_id, f["flag"], f["message"], json.dumps(f.get("cells", [])), run_id)
                                  for f in flags])
 
+    def add_flags(self, model_id: int, flags: list[dict], run_id: int, kinds=("random-init",)):
+        """Replace the model's flags of these kinds (model-level flags, kept apart from the sanity flags)."""
+        with self.transaction():
+            self.db.execute("DELETE FROM flags WHERE model_id=? AND flag IN (%s)" % ",".join("?" * len(kinds)),
+                            (model_id, *kinds))
+            self.db.executemany("INSERT INTO flags (model_id, flag, message, cells_json, run_id) VALUES (?,?,?,?,?)",
+                                [(model_id, f["flag"], f["message"], "[]", run_id) for f in flags])
+
     def write_diagnostics(self, cell_id: int, rows: pd.DataFrame):
         with self.transaction():
             self.db.execute("DELETE FROM diagnostics WHERE cell_id=?", (cell_id,))
@@ -245,10 +291,13 @@ class Store:
         df = self._df("""
             SELECT c.run_id, m.label AS model, m.name AS model_name, m.variant, m.arch, m.params,
                    m.checkpoint_sha256, c.dataset, a.n, c.threat, c.attack, c.norm, c.eps, c.corruption, c.severity,
-                   c.category, a.value, a.ci_low, a.ci_high, c.protocol, c.adaptive, c.cell_id, a.extra_json
+                   c.category, a.value, a.ci_low, a.ci_high, c.protocol, c.adaptive, c.cell_id, a.extra_json,
+                   COALESCE(a.skipped, 0) AS skipped, r.started AS run_started
             FROM cells c JOIN models m USING(model_id) JOIN aggregates a USING(cell_id)
+            LEFT JOIN runs r ON r.run_id = c.run_id
             WHERE c.status='done' AND c.threat != 'diagnostics' ORDER BY m.model_id, c.cell_id""")
         df["metric"] = df["threat"].map({"attack": "robust_accuracy"}).fillna("accuracy")
+        df["evaluated"] = pd.to_datetime(df["run_started"], unit="s", utc=True).dt.strftime("%Y-%m-%d %H:%M")
         return df[EXPORT_COLUMNS]
 
     def outcomes(self, cell_id: int) -> pd.DataFrame:
@@ -265,7 +314,7 @@ class Store:
         return self._df("SELECT * FROM runs ORDER BY run_id")
 
     def flags(self) -> pd.DataFrame:
-        return self._df("SELECT m.label AS model, f.flag, f.message, f.cells_json FROM flags f "
+        return self._df("SELECT m.label AS model, f.flag, f.message, f.cells_json, m.checkpoint_sha256 FROM flags f "
                         "JOIN models m USING(model_id) ORDER BY f.flag_id")
 
     def diagnostics(self) -> pd.DataFrame:
@@ -274,22 +323,65 @@ class Store:
                            USING(model_id) ORDER BY c.cell_id, d.layer, d.head""")
 
 
-def export(store: Store, dest, fmt: str = "csv", table: str = "results") -> Path:
-    """Write the tidy long table (one row per model x cell; or the diagnostics rows) as csv, parquet or jsonl."""
+EXPORT_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "json"}
+
+
+def export_format(dest, fmt: str | None = None) -> str:
+    """The format of an export: from the file's suffix (.csv, .parquet, .jsonl, .json); an explicit fmt must agree
+    with the suffix. Unknown suffixes and formats are errors (never CSV text under another name)."""
+    dest = Path(dest)
+    known = ", ".join(EXPORT_SUFFIXES)
+    if fmt is not None and fmt not in EXPORT_SUFFIXES.values():
+        raise RobenchError(f"unknown export format '{fmt}' (csv, parquet, jsonl, json)")
+    by_suffix = EXPORT_SUFFIXES.get(dest.suffix.lower())
+    if by_suffix is None:
+        raise RobenchError(f"cannot tell the export format of {dest}: use a file name ending in {known}")
+    if fmt is not None and fmt != by_suffix:
+        raise RobenchError(f"--format {fmt} does not match the file name {dest} (a {by_suffix} file)")
+    return by_suffix
+
+
+def export(store: Store, dest, fmt: str | None = None, table: str = "results") -> Path:
+    """Write the tidy long table (one row per model x cell; or the diagnostics rows) as csv, parquet, jsonl or
+    json (records), the format taken from dest's suffix (see export_format)."""
+    fmt = export_format(dest, fmt)
     df = store.diagnostics() if table == "diagnostics" else store.results()
     dest = Path(dest)
+    from robench.paths import check_file
+
+    check_file(dest, "export file")
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise RobenchError("parquet export needs pyarrow: pip install pyarrow") from None
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".tmp")
     if fmt == "csv":
         df.to_csv(tmp, index=False)
     elif fmt == "jsonl":
         df.to_json(tmp, orient="records", lines=True)
-    elif fmt == "parquet":
-        try:
-            df.to_parquet(tmp, index=False)
-        except ImportError:
-            raise RobenchError("parquet export needs pyarrow: pip install pyarrow") from None
+    elif fmt == "json":
+        df.to_json(tmp, orient="records", indent=1)
     else:
-        raise RobenchError(f"unknown export format '{fmt}' (csv, parquet, jsonl)")
+        df.to_parquet(tmp, index=False)
     tmp.replace(dest)
     return dest
+
+
+def _pid_alive(pid: int) -> bool:
+    import os
+
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    try:  # a zombie (killed, not yet reaped by its parent) is dead too
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True

@@ -16,7 +16,7 @@ from robench.zoo.registry import ModelInfo, register_model
 
 DEMO_VARIANTS = tuple(ATTENTION_VARIANTS)  # all eight
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-DEMO_TIMM_KWARGS = dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0)
+from robench.zoo.catalog import DEMO_TIMM_KWARGS  # noqa: E402  (one definition, shared with the catalog)
 
 
 def demo_name(variant: str) -> str:

@@ -135,15 +135,16 @@ def build_net(info: ModelInfo, num_classes: int, **overrides) -> nn.Module:
 
 
 def create_model(name: str, num_classes: int | None = None, checkpoint=None, *, checkpoint_key: str | None = None,
-                 **overrides) -> RobenchModel:
+                 random_init: bool = False, **overrides) -> RobenchModel:
     """Build a registered model, optionally loading a checkpoint (num_classes is then inferred from its head).
 
     `overrides` go to timm (e.g. depth=2, embed_dim=32, num_heads=2, img_size=32, patch_size=8 for tiny tests).
-    The returned model is in eval mode.
+    The returned model is in eval mode. random_init=True ignores shipped default weights (seeded random weights).
     """
     info = model_info(name)
     state = None
-    checkpoint = checkpoint if checkpoint is not None else info.default_checkpoint
+    if checkpoint is None and not random_init:
+        checkpoint = info.default_checkpoint
     if checkpoint is not None:
         from robench.zoo.checkpoint import load_state_dict
 

@@ -1,0 +1,108 @@
+"""One validation pass before any work: a plan is checked whole before a store is created or a model is loaded.
+
+Checks (each failure is a one-line RobenchError): plan values and their types (Plan.validate), the output
+directory (creatable, writable), the data spec, the corruption suites and names, every model (known name, its
+checkpoint present, or weights shipped, or `random_init` asked for), and every attack's eps range (L∞ eps above 1,
+or L2 eps beyond the image's diameter √(C·H·W), only with `allow_large_eps`). Nothing here builds a model or
+reads an image.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from robench.errors import RobenchError
+from robench.run.plan import ModelEntry, Plan
+
+RANDOM_INIT_SHA = "random-init-seed0"  # what the store records as the checkpoint hash of random weights
+
+
+def is_random_init(sha) -> bool:
+    return isinstance(sha, str) and sha.startswith("random-init")
+
+
+def check_output(plan: Plan) -> None:
+    from robench.paths import check_dir, check_file
+    from robench.run.store import store_path
+
+    path = store_path(plan.out)
+    if path.name == Path(plan.out).name:  # --out points at the .sqlite file itself
+        check_file(path, "results store")
+    else:
+        check_dir(plan.out, "output directory")
+        if path.exists():
+            check_file(path, "results store")
+
+
+def check_model(entry: ModelEntry):
+    """The model's static info; an error when it would silently get random weights or its checkpoint is missing."""
+    from robench.zoo.registry import model_info
+
+    info = model_info(entry.name)
+    if entry.random_init and entry.checkpoint:
+        raise RobenchError(f"model {entry.display}: both a checkpoint ({entry.checkpoint}) and random_init given; "
+                           "choose one")
+    if entry.checkpoint:
+        if not Path(entry.checkpoint).is_file():
+            raise RobenchError(f"checkpoint not found: {entry.checkpoint} (for model {entry.display})")
+    elif not entry.random_init and not info.default_checkpoint:
+        raise RobenchError(f"model {entry.display} has no weights: pass --checkpoint PATH (or set it in "
+                           "robench.toml [checkpoints]), or --random-init to evaluate random weights on purpose "
+                           "(plan: random_init = true)")
+    return info
+
+
+def eps_limit(norm: str, input_size, protocol: str = "standard", std=None) -> float:
+    """The largest meaningful eps of a norm on images of input_size (C, H, W) in [0, 1]: 1 for L∞, the diameter
+    √(C·H·W) for L2; under the paper protocol (normalised units) divided by the smallest std."""
+    c, h, w = (tuple(input_size) + (1, 1, 1))[:3]
+    limit = 1.0 if norm == "Linf" else math.sqrt(c * h * w) if norm == "L2" else math.inf
+    if protocol != "standard" and std:
+        limit /= min(std)
+    return limit
+
+
+def check_eps(plan: Plan, infos) -> None:
+    """Every attack eps within the image's range, unless plan.allow_large_eps."""
+    if plan.allow_large_eps or not plan.attacks:
+        return
+    from robench.attack import load_attack_suite
+    from robench.report.results import fmt_eps
+
+    for name in plan.attacks:
+        for spec in load_attack_suite(name, eps=plan.eps, steps=plan.steps):
+            for info in infos:
+                limit = eps_limit(spec.norm, info.input_size, spec.protocol, info.std)
+                big = [e for e in spec.eps if e > limit + 1e-9]
+                if big:
+                    what = ("1 (images are in [0, 1])" if spec.norm == "Linf" else
+                            f"{limit:.4g}, the diameter of a {'x'.join(map(str, info.input_size))} image")
+                    if spec.protocol != "standard":
+                        what += " in normalised units"
+                    raise RobenchError(f"attack {spec.name}: {spec.norm} eps {fmt_eps(big[0], spec.norm)} "
+                                       f"(= {big[0]:.4g}) is larger than {what}; eps is in pixel units "
+                                       "(e.g. 8/255); pass --allow-large-eps (plan: allow_large_eps = true) to "
+                                       "run it anyway")
+
+
+def check_corruptions(plan: Plan) -> None:
+    if not plan.corruptions:
+        return
+    from robench.run.engine import _corruption_suite, _suite_corruptions
+
+    for name in plan.corruptions:
+        _suite_corruptions(_corruption_suite(name), plan)
+
+
+def preflight(plan: Plan) -> list:
+    """Validate the whole plan before any file is written or model built. Returns the models' static infos."""
+    plan.validate()
+    from robench.data.specs import parse_spec
+
+    parse_spec(plan.data)
+    check_output(plan)
+    infos = [check_model(m) for m in plan.models]
+    check_corruptions(plan)
+    check_eps(plan, infos)
+    return infos
