@@ -21,7 +21,7 @@ import math
 import pandas as pd
 
 from robench.errors import RobenchError, suggest
-from robench.report.results import _DEFAULT, ATTACK_ORDER, Results, corruption_rank, corruption_summaries, fmt_eps
+from robench.report.results import _DEFAULT, Results, attack_rank, corruption_rank, corruption_summaries, fmt_eps
 
 INFO_COLUMNS = ["model", "variant", "arch", "params", "dataset"]
 FORMATS = ("md", "csv", "json", "latex")
@@ -40,7 +40,7 @@ def _attack_base(attack: str, norm, eps, single_aa: bool) -> str:
 
 
 def _attack_rank(attack: str) -> int:
-    return ATTACK_ORDER.index(attack) if attack in ATTACK_ORDER else len(ATTACK_ORDER)
+    return attack_rank(attack)
 
 
 def _as_results(stores) -> Results:

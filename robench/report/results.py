@@ -17,13 +17,26 @@ from robench.report.stats import AlexNetTable, CorruptionSummary, corruption_sum
 # a cell is the same cell in two stores (or a store and a CSV) when these agree (the model label aside)
 CELL_KEY = ("dataset", "threat", "attack", "norm", "eps", "corruption", "severity", "protocol", "adaptive")
 KEY = ("model",) + CELL_KEY
-ATTACK_ORDER = ("fgsm", "pgd", "autoattack")
 CATEGORY_ORDER = ("noise", "blur", "weather", "digital", "extra")
 # the order of Hendrycks & Dietterich's tables (for display only)
 CORRUPTION_ORDER = (
     "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
     "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
     "speckle_noise", "gaussian_blur", "spatter", "saturate")
+
+
+def attack_order() -> tuple[str, ...]:
+    """Attack kinds in display order, from the attack-kind registry. Imported here, not at module level: importing
+    robench.attack loads torch and every kind (measured 2.3 s against 0.06 s for robench.report alone), which
+    `robench report` / `leaderboard` on a store never need otherwise."""
+    import robench.attack
+
+    return robench.attack.kind_names()
+
+
+def attack_rank(attack) -> int:
+    order = attack_order()
+    return order.index(attack) if attack in order else len(order)
 
 
 def corruption_rank(name, category=None) -> tuple:
@@ -105,9 +118,8 @@ def cell_sort_key(row) -> tuple:
 
     threat_rank = {"clean": 0, "corruption": 1, "attack": 2}.get(v("threat", ""), 3)
     attack = v("attack", "")
-    attack_rank = ATTACK_ORDER.index(attack) if attack in ATTACK_ORDER else len(ATTACK_ORDER)
     return (v("dataset", ""), v("protocol", "standard") != "standard", int(v("adaptive", 0)), threat_rank,
-            corruption_rank(v("corruption", ""), v("category", None)), int(v("severity", 0)), attack_rank, attack,
+            corruption_rank(v("corruption", ""), v("category", None)), int(v("severity", 0)), attack_rank(attack), attack,
             v("norm", ""), float(v("eps", 0.0)))
 
 
