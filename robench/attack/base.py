@@ -159,6 +159,7 @@ class Checker:
         self.worst = torch.zeros(2, dtype=x0.dtype, device=dev)  # (‖d‖, eps) of that row
         self.lo = torch.full((), math.inf, dtype=x0.dtype, device=dev)
         self.hi = torch.full((), -math.inf, dtype=x0.dtype, device=dev)
+        self._scratch = None  # reused for x_adv − x (no allocation per step)
 
     def __call__(self, x_adv: torch.Tensor, x: torch.Tensor, eps: torch.Tensor):
         if self.strict:
@@ -167,7 +168,10 @@ class Checker:
             return
         xa = x_adv.detach().flatten(1)
         mn, mx = torch.aminmax(xa, dim=1)
-        d = xa - x.detach().flatten(1)
+        if self._scratch is None or self._scratch.numel() < xa.numel() or self._scratch.dtype != xa.dtype \
+                or self._scratch.device != xa.device:
+            self._scratch = torch.empty_like(xa)
+        d = torch.sub(xa, x.detach().flatten(1), out=self._scratch.view(-1)[:xa.numel()].view(xa.shape))
         if self.norm == "Linf":
             dmn, dmx = torch.aminmax(d, dim=1)
             n = torch.maximum(dmx, -dmn)

@@ -124,7 +124,7 @@ def pgd_rows(f, x0, labels, targets, eps, alpha, start, norm, steps, loss="ce", 
     hits (`rejected` [N] long counts the rejected ones per row); `compact_every`: broken rows leave the batch every
     this many steps (0: never, fixed shapes); keep_x=False skips recording x_adv (then None is returned for it);
     `step`: a compiled `_step_measured` (else the eager in-place step); `stats['row_grad_steps']` counts row
-    forward+backward passes.
+    forward+backward passes, `stats['row_steps']` row iterations (updates; the first one reuses `first_grad`).
     """
     N = x0.shape[0]
     dev = x0.device
@@ -157,6 +157,8 @@ def pgd_rows(f, x0, labels, targets, eps, alpha, start, norm, steps, loss="ce", 
         return p
 
     for t in range(steps):
+        if stats is not None:
+            stats["row_steps"] = stats.get("row_steps", 0) + xc.shape[0]
         if t == 0 and first_grad is not None:
             g = first_grad.clone()
         else:
@@ -170,7 +172,7 @@ def pgd_rows(f, x0, labels, targets, eps, alpha, start, norm, steps, loss="ce", 
             if early_exit:
                 p = verdict(logits, xc)
                 record(p, p != labels, xc)
-                if compact_every and (t + 1) % compact_every == 0 and bool(done.any()):
+                if compact_every and (t + 1) % compact_every == 0 and _worth_compacting(done, steps - t):
                     keep = (~done).nonzero().squeeze(1)
                     idx, xc, g, x0, labels, e_v, a_v, lo, hi = (
                         a.index_select(0, keep) for a in (idx, xc, g, x0, labels, e_v, a_v, lo, hi))
@@ -203,6 +205,13 @@ def pgd_rows(f, x0, labels, targets, eps, alpha, start, norm, steps, loss="ce", 
         m = (~done).nonzero().squeeze(1)
         x_out[idx[m]] = xc[m]
     return broken, pred_out, x_out
+
+
+def _worth_compacting(done: torch.Tensor, left: int) -> bool:
+    """Compact when the broken rows' remaining work (≈ `left` steps of ~12 passes each, fwd+bwd not counted)
+    outweighs the compaction (≈ 6 row-sized copies of the survivors). One host sync."""
+    n = int(done.sum())
+    return n > 0 and n * left * 12 >= 6 * (done.numel() - n)
 
 
 def _targets(seeds_t, labels, logits, mode):
@@ -258,7 +267,7 @@ def run_pgd(f, x0, y, spec: AttackSpec, seeds, opts: AttackOptions) -> AttackRes
     adv_all = x0.detach().expand(E, *x0.shape).clone() if opts.keep_adv else None  # unattacked rows keep x
     adv_pred = pred0.expand(E, B).clone()
     rejected = torch.zeros(E, B, dtype=torch.long, device=dev)
-    stats = {"rows_attacked": 0, "row_grad_steps": 0}
+    stats = {"rows_attacked": 0, "row_grad_steps": 0, "row_steps": 0}
     check = Checker(spec.norm, clip, spec.name, x0, max(spec.eps), strict=opts.strict)
     compact = default_compaction(dev) if opts.compact_every is None else opts.compact_every
     step = compiled_step(dev.type, compact == 0) if opts.compile else None
