@@ -8,6 +8,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sam
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: slower tests (torch.compile, end-to-end); run by default")
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one); run them with pytest -m cuda")
 
 
 @pytest.fixture
