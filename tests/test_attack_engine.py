@@ -248,3 +248,22 @@ def test_no_import_cycle_inside_attack():
     for i, mod in enumerate(order):
         above = set(order[i + 1:])
         assert not imports[mod] & above, (mod, imports[mod] & above)
+
+
+def test_bf16_eval_records_rejected_hits_and_leaderboard_shows_them(tmp_path, run_cli):
+    from robench.report.leaderboard import format_leaderboard, leaderboard
+    from robench.run import Store
+
+    args = ["eval", "--model", "demo-quest", "--data", "digits", "--limit", "24", "--attack", "fgsm", "-q"]
+    code, _, err = run_cli(*args, "--precision", "bf16", "--out", tmp_path / "bf16")
+    assert code == 0, err
+    code, _, err = run_cli(*args, "--out", tmp_path / "fp32")
+    assert code == 0, err
+    import json
+
+    ex = [json.loads(e) for e in Store(tmp_path / "bf16").extras().extra_json if e and "attacked" in e]
+    assert ex and all(isinstance(e["rejected_hits"], int) and e["rejected_hits"] >= 0 for e in ex)
+    lb = leaderboard(tmp_path / "bf16")
+    assert lb["rejected_hits"].iloc[0] == sum(e["rejected_hits"] for e in ex)
+    assert "rejected_hits" in format_leaderboard(lb)
+    assert "rejected_hits" not in leaderboard(tmp_path / "fp32").columns  # fp32 runs: nothing to confirm

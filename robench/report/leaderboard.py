@@ -101,6 +101,7 @@ def leaderboard(stores, sort: str | None = None, variant=None, model=None, datas
     summaries = corruption_summaries(t, alexnet)
     flags = res.flags()
     n_flags = flags.groupby("model").size().to_dict() if len(flags) else {}
+    rejected = res.rejected_hits()
 
     rows, col_order, notes = [], {}, []
     for (mlabel, dataset_), g in t.groupby(["model", "dataset"], sort=False):
@@ -139,10 +140,15 @@ def leaderboard(stores, sort: str | None = None, variant=None, model=None, datas
             if s.note:
                 notes.append(f"{mlabel} ({d}{sfx}): {s.note}")
         row["flags"] = int(n_flags.get(mlabel, 0))
+        rej = [rejected[(int(r.store), int(r.cell_id))] for r in g.itertuples()
+               if (int(r.store), int(r.cell_id)) in rejected]
+        if rej:  # bf16/fp16 runs: low-precision hits the fp32 re-check rejected, over the model's attack cells
+            row["rejected_hits"] = sum(rej)
         rows.append(row)
 
     metric_cols = sorted(col_order, key=lambda c: _rank_key(col_order[c]))
-    df = pd.DataFrame(rows).reindex(columns=INFO_COLUMNS + metric_cols + ["flags"])
+    tail = (["rejected_hits"] if any("rejected_hits" in r for r in rows) else []) + ["flags"]
+    df = pd.DataFrame(rows).reindex(columns=INFO_COLUMNS + metric_cols + tail)
     for c in metric_cols:
         df[c] = pd.to_numeric(df[c], errors="coerce")
     df = sort_leaderboard(df, sort)
@@ -155,7 +161,7 @@ def _rank_key(rank: tuple) -> tuple:
 
 
 def metric_columns(df: pd.DataFrame) -> list[str]:
-    return [c for c in df.columns if c not in INFO_COLUMNS and c != "flags" and "_ci_" not in c]
+    return [c for c in df.columns if c not in INFO_COLUMNS and c not in ("flags", "rejected_hits") and "_ci_" not in c]
 
 
 def sort_leaderboard(df: pd.DataFrame, sort: str | None = None) -> pd.DataFrame:
@@ -196,8 +202,8 @@ def display_table(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
                 out.append(_params(v))
             elif c in INFO_COLUMNS:
                 out.append("" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
-            elif c == "flags":
-                out.append(str(int(v)) if v else "0")
+            elif c in ("flags", "rejected_hits"):
+                out.append(str(int(v)) if v and not pd.isna(v) else "0")
             else:
                 s = _pct(v)
                 lo_c, hi_c = _ci_cols(c)

@@ -192,7 +192,9 @@ def report(stores, out_dir, baseline: str | None = None, alexnet=_DEFAULT, title
     header, rows = display_table(lb.drop(columns=cat_cols + ([] if multi else ["dataset"])))
     doc.table(header, rows, right=[i for i, h in enumerate(header) if h not in ("model", "variant", "arch", "dataset")])
     doc.note("Accuracies, mCE and relative mCE in %, with Wilson 95% intervals for single cells; empty = not "
-             "evaluated. mCE is AlexNet-normalised (ImageNet-C); flags = sanity flags raised for the model.")
+             "evaluated. mCE is AlexNet-normalised (ImageNet-C); flags = sanity flags raised for the model."
+             + (" rejected_hits = attack verdicts 'misclassified' of a bf16/fp16 forward that an fp32 forward "
+                "rejected (they did not count)." if "rejected_hits" in lb.columns else ""))
     for n in lb.attrs.get("notes", []):
         doc.note(n)
 

@@ -164,6 +164,19 @@ class Results:
     def flags(self) -> pd.DataFrame:
         return self._concat("flags")
 
+    def rejected_hits(self) -> dict:
+        """{(store, cell_id): low-precision "misclassified" verdicts rejected by the fp32 re-check} for the attack
+        cells run under --precision bf16/fp16 (cells run in fp32 have no entry)."""
+        import json
+
+        out = {}
+        for i, s in enumerate(self.stores):
+            for cell_id, ej in s.extras().itertuples(index=False):
+                ex = json.loads(ej or "{}")
+                if "rejected_hits" in ex:
+                    out[(i, int(cell_id))] = int(ex["rejected_hits"])
+        return out
+
     def runs(self) -> pd.DataFrame:
         return self._concat("runs")
 
