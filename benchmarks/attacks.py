@@ -199,6 +199,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--compile", action="store_true", help="robench with compile=True (torch.compile of the step)")
     ap.add_argument("--no-torchattacks", action="store_true")
+    ap.add_argument("--no-plain", action="store_true", help="skip the plain loop (slow models: saves time)")
+    ap.add_argument("--warmup", type=int, default=None, help="samples in the warm-up call (default: all)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
@@ -219,15 +221,19 @@ def main():
           f"{time.strftime('%Y-%m-%d')}")
     starts = {"both": [True, False], "yes": [True], "no": [False]}[args.random_start]
     for rs in starts:
-        tools = {
-            "robench": lambda: robench_run(model, x, y, eps, args.steps, rs, amp, args.compile),
-            "plain": lambda: plain_loop(f, x, y, eps, args.steps, rs),
-        }
-        if not args.no_torchattacks:
-            tools["torchattacks"] = lambda: torchattacks_loop(f, x, y, eps, args.steps, rs)
+        def make(xx, yy):
+            tools = {"robench": lambda: robench_run(model, xx, yy, eps, args.steps, rs, amp, args.compile)}
+            if not args.no_plain:
+                tools["plain"] = lambda: plain_loop(f, xx, yy, eps, args.steps, rs)
+            if not args.no_torchattacks:
+                tools["torchattacks"] = lambda: torchattacks_loop(f, xx, yy, eps, args.steps, rs)
+            return tools
+
+        tools = make(x, y)
         times = {k: [] for k in tools}
         out = {}
-        for k, fn in tools.items():  # warm-up (compile, allocator, caches)
+        w = args.warmup or batch
+        for k, fn in make(x[:w], y[:w]).items():  # warm-up (compile, allocator, caches)
             fn()
         for _ in range(args.reps):
             for k, fn in tools.items():
@@ -240,8 +246,9 @@ def main():
         for k in tools:
             acc = out[k][0].float().mean(1).tolist()
             print(f"{k:13s} {med[k]:9.3f} {out[k][1]:9d} {per[k] * 1e6:11.1f}  " + " ".join(f"{a:.3f}" for a in acc))
-        print(f"robench per-row-step cost / plain loop's: {per['robench'] / per['plain']:.2f}x; "
-              f"robench wall time / plain's: {med['robench'] / med['plain']:.2f}x")
+        if "plain" in tools:
+            print(f"robench per-row-step cost / plain loop's: {per['robench'] / per['plain']:.2f}x; "
+                  f"robench wall time / plain's: {med['robench'] / med['plain']:.2f}x")
         if "torchattacks" in tools:
             print(f"speed-up robench vs torchattacks (wall): {med['torchattacks'] / med['robench']:.2f}x")
 
