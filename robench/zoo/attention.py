@@ -15,11 +15,12 @@ weights load unchanged. Each variant only decides the operands of softmax(scale 
 
 L2 normalisations take the norm in fp32 under autocast (eps 1e-6) and scale in the working dtype.
 
-Fused: every normalisation and learnable scale is folded into ONE multiplication of q or k by a per-token (and,
-for qknorm-ds, per-dimension) factor computed from small tensors, and the constant scales go into SDPA's `scale`:
-qknorm-hs multiplies q by c_h/‖q‖ (not q/‖q‖ then c_h), qknorm-ds multiplies q by (s_q ⊙ s_k)/‖q‖ and k by 1/‖k‖
-(Σ_d q_d s_qd s_kd k_d is the same sum), elliptical multiplies q by m·/√d and passes scale 1. Same math; in fp32
-the results agree with the explicit definitions to float rounding (tests/test_attention.py).
+Fused: every normalisation and learnable scale is folded into ONE multiplication of q or k by a factor computed
+in fp32 from small tensors (the norms [.., 1], c_h, s_q, s_k): qknorm-hs multiplies q by c_h/‖q‖ (not q/‖q‖ then
+c_h), qknorm-ds q by s_q/‖q‖ and k by s_k/‖k‖; no full-size fp32 copy of q or k is made under autocast, and the
+constant 1/√d stays in SDPA's `scale`. The operands (q, k, scale) themselves are unchanged — robench.diag reports
+their norms — so folding s_k into q or 1/√d into m, which would change them, is not done. Same math; in fp32 the
+results agree with the explicit definitions to float rounding (tests/test_attention.py).
 """
 
 from __future__ import annotations
@@ -138,8 +139,8 @@ class QKNormDimScaleAttention(VariantAttention):
         self.k_scale = nn.Parameter(torch.full((self.head_dim,), init))
 
     def attention_inputs(self, x):
-        q, k, v = self.qkv_heads(x)  # (q̂ ⊙ s_q)·(k̂ ⊙ s_k) = (q̂ ⊙ s_q ⊙ s_k)·k̂: both scales on the q side
-        return l2_normalize(q, self.q_scale * self.k_scale), l2_normalize(k), v, 1.0
+        q, k, v = self.qkv_heads(x)
+        return l2_normalize(q, self.q_scale), l2_normalize(k, self.k_scale), v, 1.0
 
 
 def elliptical_scale(v: torch.Tensor, v_prev: torch.Tensor, grad: bool = False) -> torch.Tensor:
@@ -195,9 +196,7 @@ class EllipticalAttention(VariantAttention):
         m = self.scale_m(v)
         if self.normalize_keys:
             return (q if m is None else q * m), l2_normalize(k), v, 1.0
-        if m is None:
-            return q, k, v, self.scale
-        return q * (m * self.scale), k, v, 1.0  # 1/√d folded into the small [B, H, 1, d] factor
+        return (q if m is None else q * m), k, v, self.scale
 
     def after_attention(self, v):
         chain = type(self).chain
