@@ -56,10 +56,10 @@ def once(mod, x, device, amp):
     return time.perf_counter() - t
 
 
-def build(variant, dim, heads, device):
+def build(variant, dim, heads, device, layer_fn=attention_layer):
     kw = {"norm_layer": torch.nn.LayerNorm} if variant == "qknorm" else {}
     torch.manual_seed(0)
-    layers = [attention_layer(variant)(dim, num_heads=heads, qkv_bias=True, **kw) for _ in range(2)]
+    layers = [layer_fn(variant)(dim, num_heads=heads, qkv_bias=True, **kw) for _ in range(2)]
     fused = torch.nn.Sequential(*layers).to(device)  # two blocks so elliptical uses its scale
     explicit = torch.nn.Sequential(*[ExplicitSoftmax(m) for m in layers]).to(device)
     return fused, explicit
@@ -84,6 +84,8 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--shapes", default="deit-tiny,deit-small,deit-base")
     ap.add_argument("--no-explicit", action="store_true")
+    ap.add_argument("--against", default=None, help="another attention.py (e.g. an older robench's, from git "
+                    "show <rev>:robench/zoo/attention.py) whose variants are timed in the same loop: column 'other'")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -97,26 +99,38 @@ def main():
             dim, heads = SHAPES[shape]
             x = torch.randn(batch, 197, dim, device=device, requires_grad=True)
             mods = {v: build(v, dim, heads, device) for v in ATTENTION_VARIANTS}
-            times = {(v, kind): [] for v in mods for kind in ("fused", "explicit")}
             kinds = ("fused",) if args.no_explicit else ("fused", "explicit")
+            if args.against:
+                import importlib.util
+
+                spec = importlib.util.spec_from_file_location("other_attention", args.against)
+                other = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(other)
+                mods = {v: (pair[0], pair[1], build(v, dim, heads, device, other.attention_layer)[0])
+                        for v, pair in mods.items()}
+                kinds = kinds + ("other",)
+            names = ("fused", "explicit", "other")
+            times = {(v, kind): [] for v in mods for kind in names}
             for v, pair in mods.items():  # warm-up
-                for kind, mod in zip(("fused", "explicit"), pair):
+                for kind, mod in zip(names, pair):
                     if kind in kinds:
                         step(mod, x, device, amp)
             for _ in range(args.reps):
                 for v, pair in mods.items():
-                    for kind, mod in zip(("fused", "explicit"), pair):
+                    for kind, mod in zip(names, pair):
                         if kind in kinds:
                             times[(v, kind)].append(once(mod, x, device, amp))
             med = {k: statistics.median(t) * 1e3 for k, t in times.items() if t}
             base = med[("standard", "fused")]
             print(f"\n{device.type} {'bf16' if amp else 'fp32'} {shape} batch {batch}: ms per fwd+bwd (2 blocks)")
-            print(f"{'variant':18s} {'fused':>9s} {'explicit':>9s} {'vs std SDPA':>12s} {'vs explicit':>12s}")
+            print(f"{'variant':18s} {'fused':>9s} {'explicit':>9s} {'vs std SDPA':>12s} {'vs explicit':>12s}"
+                  + (f" {'other':>9s} {'vs other':>9s}" if args.against else ""))
             for v in mods:
                 f = med[(v, "fused")]
                 e = med.get((v, "explicit"))
+                o = med.get((v, "other"))
                 print(f"{v:18s} {f:9.1f} {e if e else float('nan'):9.1f} {f / base:11.2f}x "
-                      f"{(f / e if e else float('nan')):11.2f}x")
+                      f"{(f / e if e else float('nan')):11.2f}x" + (f" {o:9.1f} {f / o:8.2f}x" if o else ""))
 
 
 if __name__ == "__main__":
