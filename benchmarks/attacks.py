@@ -1,159 +1,122 @@
-"""PGD-10 at 4 eps values on a deit-tiny-sized model: robench's batched eps sweep vs torchattacks PGD looped over eps.
+"""PGD over several eps: robench's batched sweep vs the plain batched loop (the floor) vs torchattacks looped over eps.
 
-    python benchmarks/attacks.py                      # CPU, batch 8, eps 1,2,4,8/255
-    python benchmarks/attacks.py --eps 0.125/255,0.25/255,0.5/255,1/255 --batch 8
-    python benchmarks/attacks.py --device cuda --amp bf16 --batch 64
+    python benchmarks/attacks.py --model linear --threads 1            # the engine's own overhead (near-free model)
+    python benchmarks/attacks.py --model deit-tiny --batch 8 --reps 3  # CPU defaults on a ViT
+    python benchmarks/attacks.py --model resnet18-cifar --device cuda --amp bf16 --batch 256
 
-Honest setup:
-- the model is a randomly initialised deit-tiny (real config: 224x224, patch 16, width 192, depth 12) whose head is
-  replaced by a nearest-centroid head on the benchmark images (so predictions are spread over 8 classes with
-  margins a few PGD steps must overcome; an untouched random head breaks at the first iterate);
-- labels = the model's own clean predictions, for BOTH tools, so every sample starts correctly classified (no
-  sample is skipped for being clean-misclassified);
-- both run PGD-10 with random start, step 2.5*eps/steps, same inputs. Random starts differ (robench: per-sample
-  seeds; torchattacks: global RNG), and robench counts a sample broken if ANY iterate is misclassified while
-  torchattacks evaluates only the final iterate, so robench's robust accuracy can be slightly lower (stronger).
-Reported: both robust accuracies per eps, wall times and their ratio, the rows x steps each tool ran, the
-achieved fraction of the fwd+bwd FLOP bound (model FLOPs from torch.utils.flop_counter; bound = measured matmul
-FLOP/s of this machine), and how often a sample broken at a smaller eps survived a larger one (why robench does
-not use that shortcut).
+Models (`--model`): `linear` (a linear classifier on 3x224x224: the model costs almost nothing, so what is left is
+the engine's own work), `resnet18-cifar` (a CIFAR-10 ResNet-18 built here: timm resnet18 with a 3x3 stem, no
+max-pool, 32x32 inputs, 10 classes) or any robench registry name (e.g. deit-tiny = deit-tiny-standard). Weights are
+random; the head is replaced by a nearest-centroid head on the benchmark images (classes spread, margins a few PGD
+steps must overcome). Labels = the model's own clean predictions, for every tool, so every sample starts correct.
+
+Three tools, same inputs, same PGD (step 2.5*eps/steps, random start or not), each warmed up, then timed `--reps`
+times INTERLEAVED (tool A, tool B, tool C, A, B, C, ...) so the machine's load hits all alike; medians reported:
+- robench: `run_attack` (early exit, per-sample counter-based random starts, invariant checks on every iterate);
+- plain: the plain batched loop over the same rows (every (sample, eps) pair in one batch, per-row eps, torch's
+  RNG, no checks, no early exit): the floor an engine can approach;
+- torchattacks: torchattacks.PGD looped over the eps.
+Per-row-step cost = time / (PGD iterations of one row actually run): robench's early exit runs fewer of them, so
+this compares the cost of a step, not how many steps each needs (robench without random start reuses the clean
+pass's gradient for every row's first iteration: that iteration is counted). robench also counts a sample broken if ANY iterate is
+misclassified (torchattacks and plain look only at the final iterate), so its robust accuracy can be lower.
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
+import statistics
 import time
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
+from torch import nn
 
-from robench.attack import AttackSpec, parse_eps, run_attack
-from robench.attack.spec import fmt_eps
-from robench.zoo.registry import create_model
+from robench.attack import AttackSpec, fmt_eps, parse_eps, run_attack
 
 
-def centroid_model(x, n_cls=8, scale=5.0, device="cpu"):
+# ---- models --------------------------------------------------------------------------------------------------------
+class Linear(nn.Module):
+    """logits = W x + b on the flattened image (no normalisation): the near-free model."""
+
+    def __init__(self, shape=(3, 224, 224), n_cls=10):
+        super().__init__()
+        self.fc = nn.Linear(int(torch.tensor(shape).prod()), n_cls)
+
+    def features(self, x):
+        return x.flatten(1)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+class Wrapped(nn.Module):
+    """features -> nearest-centroid head (a fixed linear layer)."""
+
+    def __init__(self, body, feat):
+        super().__init__()
+        self.body, self.feat = body, feat
+        self.head = None
+
+    def forward(self, x):
+        return self.head(self.feat(x))
+
+
+def build(name: str, device):
     torch.manual_seed(0)
-    m = create_model("deit-tiny-standard").to(device)
+    if name == "linear":
+        m = Linear()
+        return m, m.features, m.fc, (3, 224, 224)
+    if name == "resnet18-cifar":
+        import timm
+
+        net = timm.create_model("resnet18", num_classes=10)
+        net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()
+        return net, net.forward_features, net.fc, (3, 32, 32)
+    from robench.zoo.registry import create_model
+
+    m = create_model(name)
+    return m, (lambda x: m.net.forward_head(m.net.forward_features(m.normalize(x)), pre_logits=True)), m.net.head, \
+        tuple(m.info.input_size)
+
+
+def centroid_model(name, x, device, n_cls=8, scale=5.0):
+    model, feats, head, _ = build(name, device)
+    model = model.to(device).eval()
     with torch.no_grad():
-        f = m.net.forward_head(m.net.forward_features(m.normalize(x)), pre_logits=True)
-        n_cls = min(n_cls, len(x))
+        f = feats(x)
+        if f.ndim > 2:
+            f = f.mean((2, 3))  # resnet: pooled features
+        n_cls = min(n_cls, len(x), head.weight.shape[0])
         c = f[:n_cls] - f.mean(0)
         c = c / c.norm(dim=1, keepdim=True)
-        m.net.head.weight.zero_()
-        m.net.head.bias.fill_(-1e3)
-        m.net.head.weight[:n_cls] = c * scale
-        m.net.head.bias[:n_cls] = 0
-    return m
-
-
-def images(n, device, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return F.interpolate(torch.rand(n, 3, 14, 14, generator=g), size=224, mode="bilinear").to(device)
-
-
-def step_flops(model, x1, amp):
-    """FLOPs of one PGD step (forward + backward to the input) for one image."""
-    x1 = x1.clone().requires_grad_(True)
-    with FlopCounterMode(display=False) as fc:
-        with torch.autocast(x1.device.type, dtype=amp, enabled=amp is not None):
-            loss = model(x1).float().logsumexp(1).sum()
-        loss.backward()  # parameters are frozen: only the input gradient is computed
-    return fc.get_total_flops()
-
-
-def matmul_peak(device, dtype, n=1024, reps=10):
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    best = float("inf")
-    for _ in range(reps):
-        sync(device)
-        t = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best
-
-
-def sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--eps", default="1/255,2/255,4/255,8/255")
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--amp", choices=["bf16", "fp16"], default=None)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--no-torchattacks", action="store_true")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
-    dev = args.device
-    eps = parse_eps(args.eps)
-    x = images(args.batch, dev)
-    model = centroid_model(x, device=dev).eval()
+        if name == "linear":  # logits of a linear model: scale chosen so that the margins are a few steps wide
+            c = c * scale * 30 / f.norm(dim=1).mean()
+            head.weight.zero_()
+            head.bias.fill_(-1e3)
+            head.weight[:n_cls] = c
+            head.bias[:n_cls] = 0
+        else:
+            head.weight.zero_()
+            head.bias.fill_(-1e3)
+            head.weight[:n_cls] = c * scale
+            head.bias[:n_cls] = 0
     for p in model.parameters():
         p.requires_grad_(False)
-    with torch.no_grad():
-        y = model(x).argmax(1)  # labels = clean predictions: every sample starts correct
-    print(f"device {dev}, threads {torch.get_num_threads()}, amp {args.amp}, batch {args.batch}, "
-          f"PGD-{args.steps} at eps {', '.join(fmt_eps(e) for e in eps)}; {len(set(y.tolist()))} predicted classes")
-    spec = AttackSpec("pgd", "pgd", eps=tuple(eps), steps=args.steps, step_size="2.5*eps/steps", random_start=True)
-    seeds = list(range(args.batch))
-    run_attack(model, x[:1], y[:1], AttackSpec("pgd", "pgd", eps=(eps[0],), steps=1), seeds[:1], amp_dtype=amp)
-    sync(dev)
-    t = time.perf_counter()
-    res = run_attack(model, x, y, spec, seeds, amp_dtype=amp)
-    sync(dev)
-    t_rb = time.perf_counter() - t
-    rows_rb = res.info["row_grad_steps"]
-    fwd_rb = rows_rb + res.info["rows_attacked"] + args.batch  # + final evaluations + clean pass
-
-    flops = step_flops(model, x[:1], amp)
-    peak = matmul_peak(dev, amp or torch.float32)
-    print(f"model fwd+bwd(input) FLOPs per image-step: {flops / 1e9:.2f} GFLOP; "
-          f"matmul bound {peak / 1e9:.0f} GFLOP/s ({'fp32' if amp is None else args.amp})")
-    acc_rb = res.robust.float().mean(1).tolist()
-    print(f"robench  : {t_rb:7.1f} s, {rows_rb} image-steps (of {args.steps * len(eps) * args.batch} without early "
-          f"exit), {flops * fwd_rb / t_rb / 1e9:.1f} GFLOP/s = {flops * fwd_rb / t_rb / peak:.1%} of bound")
-    broke_then_held = 0
-    for i in range(args.batch):
-        r = res.robust[:, i].tolist()
-        broke_then_held += sum(1 for a in range(len(r)) for b in range(a + 1, len(r)) if not r[a] and r[b])
-    if args.no_torchattacks:
-        print("robust acc robench: " + ", ".join(f"{fmt_eps(e)}: {a:.3f}" for e, a in zip(eps, acc_rb)))
-        return
-    import torchattacks
-
-    acc_ta = []
-    sync(dev)
-    t = time.perf_counter()
-    for e in eps:
-        atk = torchattacks.PGD(_amp_model(model, amp), eps=e, alpha=2.5 * e / args.steps, steps=args.steps,
-                               random_start=True)
-        adv = atk(x, y)
-        with torch.no_grad():
-            acc_ta.append((model(adv).argmax(1) == y).float().mean().item())
-    sync(dev)
-    t_ta = time.perf_counter() - t
-    rows_ta = args.steps * len(eps) * args.batch
-    print(f"torchattacks: {t_ta:7.1f} s, {rows_ta} image-steps, {flops * (rows_ta + len(eps) * args.batch) / t_ta / 1e9:.1f}"
-          f" GFLOP/s = {flops * (rows_ta + len(eps) * args.batch) / t_ta / peak:.1%} of bound")
-    print("eps        robench  torchattacks")
-    for e, a, b in zip(eps, acc_rb, acc_ta):
-        print(f"{fmt_eps(e):9s}  {a:7.3f}  {b:12.3f}")
-    print(f"speed-up robench vs torchattacks looped over eps: {t_ta / t_rb:.2f}x "
-          f"(per image-step: robench {t_rb / max(rows_rb, 1) * 1e3:.1f} ms, torchattacks {t_ta / rows_ta * 1e3:.1f} ms)")
-    print(f"(sample, eps_i < eps_j) pairs broken at eps_i but robust at eps_j: {broke_then_held}")
+    return model
 
 
-class _amp_model(torch.nn.Module):
+def images(n, shape, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c, h, w = shape
+    return F.interpolate(torch.rand(n, c, max(h // 16, 4), max(w // 16, 4), generator=g), size=(h, w),
+                         mode="bilinear").clamp(0, 1).to(device)
+
+
+# ---- the three tools -------------------------------------------------------------------------------------------------
+class AmpModel(nn.Module):
     def __init__(self, model, amp):
         super().__init__()
         self.model, self.amp = model, amp
@@ -161,6 +124,133 @@ class _amp_model(torch.nn.Module):
     def forward(self, x):
         with torch.autocast(x.device.type, dtype=self.amp, enabled=self.amp is not None):
             return self.model(x).float()
+
+
+def plain_loop(f, x, y, eps, steps, random_start):
+    """The floor: all (eps, sample) rows in one batch, textbook PGD (torchattacks' update), no checks, no early exit."""
+    E, B = len(eps), len(x)
+    xs = x.repeat(E, 1, 1, 1)
+    ys = y.repeat(E)
+    e = torch.tensor(eps, device=x.device, dtype=x.dtype).repeat_interleave(B).view(-1, 1, 1, 1)
+    a = 2.5 * e / steps
+    xa = xs.clone()
+    if random_start:
+        xa = (xa + torch.empty_like(xa).uniform_(-1, 1) * e).clamp(0, 1)
+    for _ in range(steps):
+        xa.requires_grad_(True)
+        g, = torch.autograd.grad(F.cross_entropy(f(xa), ys, reduction="sum"), xa)
+        xa = xa.detach() + a * g.sign()
+        xa = (xs + torch.clamp(xa - xs, -e, e)).clamp(0, 1)
+    with torch.no_grad():
+        ok = (f(xa).argmax(1) == ys).view(E, B)
+    return ok, E * B * steps
+
+
+def torchattacks_loop(f, x, y, eps, steps, random_start):
+    import torchattacks
+
+    ok = []
+    for e in eps:
+        adv = torchattacks.PGD(f, eps=e, alpha=2.5 * e / steps, steps=steps, random_start=random_start)(x, y)
+        with torch.no_grad():
+            ok.append(f(adv).argmax(1) == y)
+    return torch.stack(ok), len(eps) * len(x) * steps
+
+
+def robench_run(model, x, y, eps, steps, random_start, amp, compile=False):
+    spec = AttackSpec("pgd", "pgd", eps=tuple(eps), steps=steps, step_size="2.5*eps/steps", random_start=random_start)
+    res = run_attack(model, x, y, spec, list(range(len(x))), amp_dtype=amp, compile=compile)
+    return res.robust, res.info["row_steps"]
+
+
+def sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device):
+    sync(device)
+    t = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t, out
+
+
+def cpu_name():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="deit-tiny-standard", help="linear | resnet18-cifar | a registry name")
+    ap.add_argument("--batch", type=int, default=None, help="samples (default: 256 linear/resnet, 8 otherwise)")
+    ap.add_argument("--eps", default="1/255,2/255,4/255,8/255")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--random-start", choices=["both", "yes", "no"], default="both")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--amp", choices=["bf16", "fp16"], default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--compile", action="store_true", help="robench with compile=True (torch.compile of the step)")
+    ap.add_argument("--no-torchattacks", action="store_true")
+    ap.add_argument("--no-plain", action="store_true", help="skip the plain loop (slow models: saves time)")
+    ap.add_argument("--warmup", type=int, default=None, help="samples in the warm-up call (default: all)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    dev = args.device
+    eps = parse_eps(args.eps)
+    name = "deit-tiny-standard" if args.model == "deit-tiny" else args.model
+    shape = build(name, dev)[3]
+    batch = args.batch or (256 if name in ("linear", "resnet18-cifar") else 8)
+    x = images(batch, shape, dev)
+    model = centroid_model(name, x, dev)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    f = AmpModel(model, amp).eval()
+    dname = torch.cuda.get_device_name() if torch.device(dev).type == "cuda" else cpu_name()
+    print(f"{name} {shape}, batch {batch}, PGD-{args.steps} at eps {', '.join(fmt_eps(e) for e in eps)}; device {dev} "
+          f"({dname}), {torch.get_num_threads()} thread(s), torch {torch.__version__}, amp {args.amp or 'fp32'}, "
+          f"{len(set(y.tolist()))} predicted classes, {args.reps} reps (median), "
+          f"{time.strftime('%Y-%m-%d')}")
+    starts = {"both": [True, False], "yes": [True], "no": [False]}[args.random_start]
+    for rs in starts:
+        def make(xx, yy):
+            tools = {"robench": lambda: robench_run(model, xx, yy, eps, args.steps, rs, amp, args.compile)}
+            if not args.no_plain:
+                tools["plain"] = lambda: plain_loop(f, xx, yy, eps, args.steps, rs)
+            if not args.no_torchattacks:
+                tools["torchattacks"] = lambda: torchattacks_loop(f, xx, yy, eps, args.steps, rs)
+            return tools
+
+        tools = make(x, y)
+        times = {k: [] for k in tools}
+        out = {}
+        w = args.warmup or batch
+        for k, fn in make(x[:w], y[:w]).items():  # warm-up (compile, allocator, caches)
+            fn()
+        for _ in range(args.reps):
+            for k, fn in tools.items():
+                t, out[k] = timed(fn, dev)
+                times[k].append(t)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        per = {k: med[k] / out[k][1] for k in tools}
+        print(f"\nrandom start {'yes' if rs else 'no'}:")
+        print(f"{'tool':13s} {'median s':>9s} {'row-steps':>9s} {'us/row-step':>11s}  robust acc per eps")
+        for k in tools:
+            acc = out[k][0].float().mean(1).tolist()
+            print(f"{k:13s} {med[k]:9.3f} {out[k][1]:9d} {per[k] * 1e6:11.1f}  " + " ".join(f"{a:.3f}" for a in acc))
+        if "plain" in tools:
+            print(f"robench per-row-step cost / plain loop's: {per['robench'] / per['plain']:.2f}x; "
+                  f"robench wall time / plain's: {med['robench'] / med['plain']:.2f}x")
+        if "torchattacks" in tools:
+            print(f"speed-up robench vs torchattacks (wall): {med['torchattacks'] / med['robench']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -169,7 +169,7 @@ def eval_(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Batch size (default 64)."),
     device: Optional[str] = typer.Option(None, help="auto (default), cpu, cuda, cuda:N, mps."),
     precision: Optional[str] = typer.Option(None, help="fp32 (default), bf16 or fp16 (autocast)."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model and the FGSM/PGD update step."),
     seed: Optional[int] = typer.Option(None, help="Global seed (default 0): corruption noise, random starts, --limit subsets."),
     out: Optional[Path] = typer.Option(None, help="Output directory holding the results store (default results/)."),
     force: bool = typer.Option(False, help="Recompute cells already in the store."),

@@ -179,14 +179,38 @@ def test_early_exit_saves_work_and_fgsm_shares_clean_gradient(model64, data64):
 
 # ---------------------------------------------------------------- invariants and options
 
-def test_invariant_violation_is_a_hard_error(monkeypatch, data64):
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_invariant_violation_is_a_hard_error(monkeypatch, data64, strict, norm):
+    """A broken projection raises, on the device (once, at the end) or strictly (float64, at once), same message."""
     import robench.attack.pgd as pgd
 
     model = tiny_deit()
     x, y = data64[0].float(), data64[1]
-    monkeypatch.setattr(pgd, "project", lambda delta, eps, norm: delta * 3)  # a broken projection
-    with pytest.raises(AttackInvariantError, match="exceeds eps"):
-        run_attack(model, x, y, AttackSpec("pgd", "pgd", eps=(4 / 255,), steps=2, random_start=False), [0] * 6)
+    if norm == "Linf":  # the L∞ step clamps to the box computed by linf_box: widen it
+        monkeypatch.setattr(pgd, "linf_box", lambda x0, e, clip: ((x0 - 3 * e).clamp(0, 1), (x0 + 3 * e).clamp(0, 1)))
+    else:
+        monkeypatch.setattr(pgd, "project", lambda delta, eps, norm: delta * 3)
+    eps = 4 / 255 if norm == "Linf" else 0.05
+    spec = AttackSpec("pgd", "pgd", norm=norm, eps=(eps,), steps=2, random_start=False)
+    with pytest.raises(AttackInvariantError, match=rf"pgd: {norm} perturbation .* exceeds eps {eps:.5g}"):
+        run_attack(model, x, y, spec, [0] * 6, strict=strict)
+
+
+def test_device_check_catches_range_and_nonfinite(monkeypatch, data64):
+    import robench.attack.pgd as pgd
+
+    model = tiny_deit()
+    x, y = data64[0].float(), data64[1]
+    spec = AttackSpec("pgd", "pgd", eps=(4 / 255,), steps=2, random_start=False)
+    monkeypatch.setattr(pgd, "linf_box", lambda x0, e, clip: (x0 - e, x0 + e))  # forgets the [0, 1] clip
+    xx = x.clone()
+    xx[:, :, 0, 0] = 0.0  # black pixels: the first step goes below 0 for some
+    with pytest.raises(AttackInvariantError, match=r"leaves \[0, 1\]"):
+        run_attack(model, xx, y, spec, [0] * 6)
+    monkeypatch.setattr(pgd, "linf_box", lambda x0, e, clip: (x0 - e, x0 + e * float("nan")))
+    with pytest.raises(AttackInvariantError, match="non-finite"):
+        run_attack(model, x, y, spec, [0] * 6)
 
 
 def test_model_guards(data64):

@@ -1,4 +1,9 @@
-"""AutoAttack through pyautoattack (the original algorithms: APGD-CE, APGD-T, FAB-T, Square; 100 iterations).
+"""AutoAttack (Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+parameter-free attacks", ICML 2020) through pyautoattack (the original algorithms: APGD-CE, APGD-T, FAB-T, Square;
+100 iterations).
+
+Distance: L∞ or L2 (in the attacked space). Shapes: x (B, C, H, W) in [0, 1] (standard protocol), y (B,) long;
+result robust / adv_pred (n_eps, B).
 
 robench runs AutoAttack's own `run_standard_evaluation`, one attack of the version's list at a time, each on the
 samples still robust (exactly what one call does internally with batch_size >= chunk, which the equivalence test
@@ -13,9 +18,15 @@ import logging
 
 import torch
 
-from robench.attack.spec import AttackSpec
+from robench.attack.base import (AttackKind, AttackOptions, AttackResult, check_adversarial, clean_pass, confirm,
+                                 register_kind)
+from robench.attack.spec import AttackSpec, choice, positive_int
 from robench.errors import RobenchError
 from robench.seeding import derive_seed
+
+AA_VERSIONS = ("standard", "plus", "rand", "custom")
+AA_ATTACKS = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
+AA_OVERRIDES = ("attacks", "n_iter", "n_restarts", "n_target_classes", "n_queries")
 
 
 def autoattack_seed(seeds) -> int:
@@ -74,26 +85,57 @@ def autoattack_by_attack(aa, x0: torch.Tensor, labels: torch.Tensor):
     return x_adv, broken_by, acc
 
 
-def run_autoattack(f, x0, y, spec: AttackSpec, seeds, clip: bool):
-    from robench.attack.core import AttackResult, check_adversarial, clean_pass
-
+def run_autoattack(f, x0, y, spec: AttackSpec, seeds, opts: AttackOptions) -> AttackResult:
     E, B = len(spec.eps), x0.shape[0]
-    pred0, zero_grad = clean_pass(f, x0, y)
+    pred0, zero_grad, rejected_clean = clean_pass(f, x0, y, f32=opts.f32)
     labels = pred0 if spec.protocol == "paper" else y
     seed = autoattack_seed(seeds)
     robust = torch.zeros(E, B, dtype=torch.bool, device=x0.device)
     adv_pred = pred0.expand(E, B).clone()
-    per_eps = []
+    per_eps, rejected = [], []
     devices = [x0.device] if x0.device.type == "cuda" else []
     for k, e in enumerate(spec.eps):
         with torch.random.fork_rng(devices=devices):
             aa = make_autoattack(f, spec, e, seed, x0.device)
             x_adv, broken_by, acc = autoattack_by_attack(aa, x0, labels)
-        check_adversarial(x_adv, x0, e, spec.norm, clip, f"AutoAttack-{spec.version}")
+        check_adversarial(x_adv, x0, e, spec.norm, opts.clip, f"AutoAttack-{spec.version}")
         with torch.no_grad():
             p = f(x_adv).argmax(1)
+        p, rej = confirm(opts.f32, x_adv, y, p)
+        rejected.append(rejected_clean + (0 if rej is None else int(rej.sum())))
         robust[k] = (p == y) & ((pred0 == y) | (spec.protocol == "paper"))
         adv_pred[k] = p
         per_eps.append({"robust_after": acc, "broken_by": broken_by})
     return AttackResult(robust=robust, adv_pred=adv_pred, zero_grad=zero_grad,
-                        info={"clean_correct": (pred0 == y).tolist(), "autoattack_seed": seed, "per_eps": per_eps})
+                        info={"clean_correct": (pred0 == y).tolist(), "autoattack_seed": seed, "per_eps": per_eps,
+                              "rejected_hits": rejected})
+
+
+def parse_autoattack(d: dict, kw: dict, params: dict, where: str) -> AttackSpec:
+    kw["version"] = choice(d.get("version", "standard"), AA_VERSIONS, "AutoAttack version")
+    for k in params:
+        choice(k, AA_OVERRIDES, "AutoAttack parameter")
+    if kw["version"] != "custom" and params:
+        raise RobenchError(f"{where}: AutoAttack '{kw['version']}' takes no overrides ({', '.join(params)}); "
+                           "use version = 'custom' for a modified AutoAttack")
+    if kw["version"] == "custom":
+        attacks = params.get("attacks")
+        if not attacks or not isinstance(attacks, list):
+            raise RobenchError(f"{where}: AutoAttack 'custom' needs params.attacks, e.g. ['apgd-ce', 'apgd-t']")
+        for a in attacks:
+            choice(a, AA_ATTACKS, "AutoAttack attack")
+        for k in ("n_iter", "n_restarts", "n_target_classes", "n_queries"):
+            if k in params:
+                params[k] = positive_int(params[k], f"params.{k}")
+    kw["steps"] = int(params.get("n_iter", 100))
+    kw.update(step_size="apgd", random_start=True, restarts=1)
+    return AttackSpec(**kw, params=params)
+
+
+def label_autoattack(s: AttackSpec) -> str:
+    extra = f": {'+'.join(s.params.get('attacks', []))}" if s.version == "custom" else ""
+    return f"AutoAttack-{s.version}{extra} {s.norm_label}"
+
+
+AUTOATTACK = register_kind(AttackKind("autoattack", parse=parse_autoattack, run=run_autoattack,
+                                      label=label_autoattack, order=2, batch_random=True))

@@ -1,20 +1,35 @@
-"""FGSM / PGD (L∞, L2) in native torch, with a batched eps sweep and exact early exit.
+"""PGD — projected gradient descent (Madry et al., "Towards Deep Learning Models Resistant to Adversarial
+Attacks", ICLR 2018), L∞ or L2, in native torch, with a batched eps sweep and exact early exit. Also the engine of
+FGSM (robench.attack.fgsm: one step of size eps from the clean input).
 
-Algorithm (one restart, per row = one (sample, eps) pair), as torchattacks' PGD / PGDL2:
+Distance: L∞ or L2, in the attacked space (pixels under the standard protocol). Shapes: x (B, C, H, W) in [0, 1],
+y (B,) long, one seed per sample; the engine works on rows = (eps, sample) pairs: x0/start (N, C, H, W),
+eps/alpha (N,). Result: robust / adv_pred (n_eps, B).
 
-    x⁰ = x                       (no random start)   or  clip(x + δ), δ uniform in the eps ball (per-sample seed)
+Algorithm (one restart, per row), as torchattacks' PGD / PGDL2:
+
+    x⁰ = x                       (no random start)   or  clip(x + eps·u), u uniform in the unit ball (per-sample seed)
     xᵗ⁺¹ = clip(x + Π_eps(xᵗ + α·s(∇ₓ L(f(xᵗ), y)) − x))   s = sign (L∞) or g/(‖g‖₂+1e-10) (L2)
 
-Π_eps clamps to [−eps, eps] (L∞) or rescales onto the L2 ball; clip is to [0, 1] (standard protocol only).
-The loss is summed over rows, so each row's gradient is independent of the batch.
+Π_eps clamps to [−eps, eps] (L∞) or rescales onto the L2 ball; clip is to [0, 1] (standard protocol only). For L∞
+the two are applied at once: xᵗ⁺¹ = clamp(xᵗ + α·sign(g), max(x − eps, 0), min(x + eps, 1)) with the bounds
+computed once per row (the same set, to the last ulp). The loss is summed over rows, so each row's gradient is
+independent of the batch. Random starts are counter-based draws (robench.attack.draws) made on the model's device
+from each sample's seed: the same on CPU and GPU and whatever the batch.
 
 Success rule: a row counts as broken as soon as ANY iterate x⁰…x^T (the prediction comes for free from the
 forward pass that computes the next gradient) is misclassified; a sample is robust at an eps only if it is
-correct on the clean input and survives every restart. Early exit is therefore exact: a clean-misclassified
-sample never enters, a row leaves the batch at the step where it breaks, later restarts only see survivors —
-none of this changes any per-row outcome. What is NOT done: dropping a sample at eps_j because it broke at a
-smaller eps_i. PGD at a larger eps takes larger steps along a different trajectory and can fail where the smaller
-eps succeeded, so that shortcut would make a row's result depend on which other eps were in the sweep.
+correct on the clean input and survives every restart. Under autocast (bf16/fp16) a misclassified iterate only
+counts once an fp32 forward confirms it (rejected low-precision hits are counted). Early exit is exact: a
+clean-misclassified sample never enters, a broken row stops counting at the step where it breaks and leaves the
+batch at the next compaction (every `compact_every` steps: 1 on CPU, where a host sync is free; a few on GPU),
+later restarts only see survivors — none of this changes any per-row outcome. What is NOT done: dropping a sample
+at eps_j because it broke at a smaller eps_i. PGD at a larger eps takes larger steps along a different trajectory
+and can fail where the smaller eps succeeded, so that shortcut would make a row's result depend on which other eps
+were in the sweep.
+
+Invariants: every iterate is checked on the device (robench.attack.base.Checker; strict float64 checks in strict
+mode) and a violation raises once, at the end of the attack.
 """
 
 from __future__ import annotations
@@ -22,9 +37,11 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import torch.nn.functional as F
 
-from robench.seeding import derive_seed, generator
+from robench.attack.base import (AttackKind, AttackOptions, AttackResult, Checker, attack_loss, confirm,
+                                 register_kind)
+from robench.attack.draws import random_offsets, row_keys, uniform_start
+from robench.attack.spec import LOSSES, AttackSpec, choice, flag, parse_step_size, positive_int
 
 GRAD_EPS = 1e-10  # as torchattacks PGDL2
 
@@ -47,78 +64,282 @@ def step_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
     return grad / (n + GRAD_EPS)
 
 
-def unit_noise(seed: int, shape, norm: str, restart: int, dtype, device) -> torch.Tensor:
-    """Random start of one sample for a unit eps ball: uniform in [-1,1]^d (L∞) or uniform in the unit L2 ball."""
-    g = generator(derive_seed(seed, "start", restart))
+def linf_box(x0, e_v, clip: bool):
+    """Per-element bounds of the L∞ ball ∩ [0, 1] (or the ball alone without clipping)."""
+    lo, hi = x0 - e_v, x0 + e_v
+    if clip:
+        lo.clamp_(min=0.0)
+        hi.clamp_(max=1.0)
+    return lo, hi
+
+
+def take_step(xc, g, x0, lo, hi, e_v, a_v, norm: str, clip: bool):
+    """One PGD update of the rows (xc and g are consumed: updated in place where possible)."""
     if norm == "Linf":
-        u = torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1
+        return xc.addcmul_(a_v, g.sign_()).clamp_(min=lo, max=hi)
+    xc = xc + a_v * step_direction(g, norm)
+    xc = x0 + project(xc - x0, e_v.flatten(), norm)
+    return xc.clamp_(0.0, 1.0) if clip else xc
+
+
+def _step_measured(xc, g, x0, lo, hi, e_v, a_v, norm: str, clip: bool):
+    """take_step written functionally (for torch.compile, which fuses it into one loop) plus what the invariant
+    check needs: per-row min/max of the iterate and the norm of its perturbation."""
+    if norm == "Linf":
+        xn = torch.clamp(xc + a_v * g.sign(), min=lo, max=hi)
     else:
-        z = torch.randn(shape, generator=g, dtype=torch.float64)
-        r = torch.rand((), generator=g, dtype=torch.float64) ** (1.0 / z.numel())
-        u = z / z.norm() * r
-    return u.to(dtype=dtype, device=device)
+        xn = xc + a_v * g / (g.flatten(1).norm(dim=1).view_as(a_v) + GRAD_EPS)
+        d = xn - x0
+        xn = x0 + d * torch.clamp(e_v / d.flatten(1).norm(dim=1).view_as(e_v), max=1.0)
+        if clip:
+            xn = xn.clamp(0.0, 1.0)
+    f = xn.flatten(1)
+    d = f - x0.flatten(1)
+    n = d.abs().amax(1) if norm == "Linf" else torch.linalg.vector_norm(d, dim=1)
+    return xn, f.amin(1), f.amax(1), n
 
 
-def attack_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None, loss: str) -> torch.Tensor:
-    """Per-row loss to MAXIMISE: CE(y) or DLR (untargeted); −CE(t) or targeted DLR (targeted)."""
-    logits = logits.float()
-    if loss == "ce":
-        return -F.cross_entropy(logits, targets, reduction="none") if targets is not None else \
-            F.cross_entropy(logits, labels, reduction="none")
-    # DLR (Croce & Hein 2020)
-    z, _ = logits.sort(dim=1)
-    zy = logits.gather(1, labels[:, None])[:, 0]
-    if targets is None:
-        top = logits.scatter(1, labels[:, None], float("-inf")).amax(1)
-        return -(zy - top) / (z[:, -1] - z[:, -3] + 1e-12)
-    zt = logits.gather(1, targets[:, None])[:, 0]
-    return -(zy - zt) / (z[:, -1] - 0.5 * (z[:, -3] + z[:, -4]) + 1e-12)
+_COMPILED = {}
+
+
+def compiled_step(device_type: str, fixed_shapes: bool):
+    """torch.compile of the measured step (dynamic shapes; on CUDA with fixed shapes: CUDA graphs as well)."""
+    key = (device_type, fixed_shapes)
+    if key not in _COMPILED:
+        mode = "reduce-overhead" if device_type == "cuda" and fixed_shapes else None
+        _COMPILED[key] = torch.compile(_step_measured, dynamic=not fixed_shapes, mode=mode)
+    return _COMPILED[key]
 
 
 def pgd_rows(f, x0, labels, targets, eps, alpha, start, norm, steps, loss="ce", clip=True, early_exit=True,
-             first_grad=None, check=None, amp=None, stats=None):
+             first_grad=None, check=None, amp=None, stats=None, *, f32=None, rejected=None, compact_every=1,
+             keep_x=True, step=None):
     """Run PGD on N independent rows (one restart). Returns (broken [N] bool, pred [N] long, x_adv [N,...]).
 
-    eps, alpha: [N] per row. start: first iterate. first_grad: gradient at `start` if already known (then the
-    rows are known to be correctly classified at `start`). With early_exit a row stops at the first misclassified
-    iterate (pred/x_adv are taken there); without it, pred/x_adv are those of the final iterate.
-    `check(x_adv, x0, eps)` validates every iterate; `amp` is a context-manager factory for the forward passes;
-    `stats['row_grad_steps']` counts row forward+backward passes.
+    eps, alpha: [N] per row. start: first iterate (not modified). first_grad: gradient at `start` if already known
+    (then the rows are known to be correctly classified at `start`). With early_exit a row stops counting at the
+    first misclassified iterate (pred/x_adv are taken there); without it, pred/x_adv are those of the final
+    iterate. `check(x_adv, x0, eps)` validates every iterate (a Checker or any callable that raises); `amp` is a
+    context-manager factory for the forward passes; `f32`: the full-precision model that confirms low-precision
+    hits (`rejected` [N] long counts the rejected ones per row); `compact_every`: broken rows leave the batch every
+    this many steps (0: never, fixed shapes); keep_x=False skips recording x_adv (then None is returned for it);
+    `step`: a compiled `_step_measured` (else the eager in-place step); `stats['row_grad_steps']` counts row
+    forward+backward passes, `stats['row_steps']` row iterations (updates; the first one reuses `first_grad`).
     """
     N = x0.shape[0]
+    dev = x0.device
     view = (-1,) + (1,) * (x0.ndim - 1)
-    pred_out = torch.empty(N, dtype=torch.long, device=x0.device)
-    broken = torch.zeros(N, dtype=torch.bool, device=x0.device)
-    x_out = torch.empty_like(x0)
-    idx = torch.arange(N, device=x0.device)
-    xc = start.detach()
+    pred_out = torch.empty(N, dtype=torch.long, device=dev)
+    broken = torch.zeros(N, dtype=torch.bool, device=dev)
+    x_out = torch.empty_like(x0) if keep_x else None
+    idx = torch.arange(N, device=dev)
+    e_v, a_v = eps.to(x0.dtype).view(view), alpha.to(x0.dtype).view(view)
+    lo, hi = linf_box(x0, e_v, clip) if norm == "Linf" else (x0, x0)
+    xc = start.detach().clone()
+    done = torch.zeros(N, dtype=torch.bool, device=dev)  # rows broken since the last compaction
+    amp = amp or contextlib.nullcontext
+
+    def record(p, hit, rows_x):
+        nonlocal done
+        new = hit & ~done
+        pred_out[idx] = torch.where(new, p, pred_out[idx])
+        broken[idx] = broken[idx] | new
+        if keep_x:
+            m = new.nonzero().squeeze(1)
+            x_out[idx[m]] = rows_x[m]
+        done = done | new
+
+    def verdict(logits, x):
+        p = logits.detach().argmax(1)
+        p, rej = confirm(f32, x, labels, p)
+        if rej is not None and rejected is not None:
+            rejected[idx] += (rej & ~done).long()
+        return p
+
     for t in range(steps):
+        if stats is not None:
+            stats["row_steps"] = stats.get("row_steps", 0) + xc.shape[0]
         if t == 0 and first_grad is not None:
-            g = first_grad
+            g = first_grad.clone()
         else:
             xc.requires_grad_(True)
             if stats is not None:
                 stats["row_grad_steps"] = stats.get("row_grad_steps", 0) + xc.shape[0]
-            with (amp or contextlib.nullcontext)():
+            with amp():
                 logits = f(xc)
             g, = torch.autograd.grad(attack_loss(logits, labels, targets, loss).sum(), xc)
             xc = xc.detach()
             if early_exit:
-                p = logits.detach().argmax(1)
-                hit = p != labels
-                if hit.any():
-                    pred_out[idx[hit]], broken[idx[hit]], x_out[idx[hit]] = p[hit], True, xc[hit]
-                    keep = ~hit
-                    idx, xc, g, x0, labels, eps, alpha = (a[keep] for a in (idx, xc, g, x0, labels, eps, alpha))
-                    targets = targets[keep] if targets is not None else None
+                p = verdict(logits, xc)
+                record(p, p != labels, xc)
+                if compact_every and (t + 1) % compact_every == 0 and _worth_compacting(done, steps - t):
+                    keep = (~done).nonzero().squeeze(1)
+                    idx, xc, g, x0, labels, e_v, a_v, lo, hi = (
+                        a.index_select(0, keep) for a in (idx, xc, g, x0, labels, e_v, a_v, lo, hi))
+                    eps = e_v.flatten()
+                    targets = targets.index_select(0, keep) if targets is not None else None
+                    done = done.index_select(0, keep)
                     if idx.numel() == 0:
                         return broken, pred_out, x_out
-        xc = x0 + project(xc + alpha.view(view) * step_direction(g, norm) - x0, eps, norm)
-        if clip:
-            xc = xc.clamp(0.0, 1.0)
-        if check is not None:
-            check(xc, x0, eps)
-    with torch.no_grad(), (amp or contextlib.nullcontext)():
-        p = f(xc).argmax(1)
-    pred_out[idx], broken[idx], x_out[idx] = p, p != labels, xc
+        if step is None:
+            xc = take_step(xc, g, x0, lo, hi, e_v, a_v, norm, clip)
+            if check is not None:
+                check(xc, x0, eps)
+        else:
+            xc, mn, mx, n = step(xc, g, x0, lo, hi, e_v, a_v, norm, clip)
+            if isinstance(check, Checker) and not check.strict:
+                check._update(mn, mx, n, eps.to(n.dtype))
+            elif check is not None:
+                check(xc, x0, eps)
+    with torch.no_grad(), amp():
+        logits = f(xc)
+    p = verdict(logits, xc)
+    if early_exit:
+        record(p, p != labels, xc)
+        pred_out[idx] = torch.where(done, pred_out[idx], p)
+    else:
+        pred_out[idx], broken[idx] = p, p != labels
+        if keep_x:
+            x_out[idx] = xc
+    if keep_x and early_exit:
+        m = (~done).nonzero().squeeze(1)
+        x_out[idx[m]] = xc[m]
     return broken, pred_out, x_out
+
+
+def _worth_compacting(done: torch.Tensor, left: int) -> bool:
+    """Compact when the broken rows' remaining work (≈ `left` steps of ~12 passes each, fwd+bwd not counted)
+    outweighs the compaction (≈ 6 row-sized copies of the survivors). One host sync."""
+    n = int(done.sum())
+    return n > 0 and n * left * 12 >= 6 * (done.numel() - n)
+
+
+def _targets(seeds_t, labels, logits, mode):
+    """Target class per sample: the least likely class, or a random class != label from the sample's seed."""
+    if mode == "least-likely":
+        return logits.argmin(1)
+    return (labels + random_offsets(seeds_t, logits.shape[1], labels.device)) % logits.shape[1]
+
+
+def default_compaction(device: torch.device) -> int:
+    """Steps between early-exit compactions: every step on CPU (a host sync costs nothing there, and a broken row
+    left in the batch costs a whole fwd+bwd), every 4 steps on GPU (each compaction is a host sync)."""
+    return 1 if device.type == "cpu" else 4
+
+
+def run_pgd(f, x0, y, spec: AttackSpec, seeds, opts: AttackOptions) -> AttackResult:
+    """FGSM/PGD on a batch at every eps of spec (see the module docstring)."""
+    B, E = x0.shape[0], len(spec.eps)
+    dev, dt = x0.device, x0.dtype
+    clip, f32, clean_pred = opts.clip, opts.f32, opts.clean_pred
+    eps_t = torch.tensor(spec.eps, dtype=dt, device=dev)
+    alpha_t = torch.tensor([spec.alpha(e) for e in spec.eps], dtype=dt, device=dev)
+    seeds_t = torch.tensor([int(s) for s in seeds], dtype=torch.int64, device=dev)
+    paper = spec.protocol == "paper"
+    rejected_clean = 0
+    if clean_pred is not None and f32 is not None and not paper:  # the caller's low-precision clean verdicts
+        clean_pred, rej = confirm(f32, x0, y, clean_pred)
+        rejected_clean += int(rej.sum())
+    # clean pass: predictions, attack labels/targets, and the loss gradient at x (= the first PGD gradient
+    # for every eps when there is no random start, so it is computed once). With `clean_pred` from the caller
+    # (standard protocol), samples it already finds misclassified never enter: no forward or backward for them.
+    sub = torch.arange(B, device=dev) if clean_pred is None or paper else (clean_pred == y).nonzero().squeeze(1)
+    xg = x0[sub].clone().requires_grad_(True)
+    pred0 = clean_pred.clone() if len(sub) < B else torch.empty(B, dtype=torch.long, device=dev)
+    g_clean = torch.zeros_like(x0)
+    targets = None
+    if len(sub):
+        logits = f(xg)
+        p, rej = confirm(f32, x0[sub], y[sub], logits.detach().argmax(1))
+        pred0[sub] = p
+        rejected_clean += 0 if rej is None else int(rej.sum())
+        labels_sub = pred0[sub] if paper else y[sub]
+        if spec.targeted:
+            targets = torch.zeros_like(y)
+            targets[sub] = _targets(seeds_t[sub], labels_sub, logits.detach(), spec.params.get("target", "random"))
+        g_clean[sub], = torch.autograd.grad(
+            attack_loss(logits, labels_sub, None if targets is None else targets[sub], spec.loss).sum(), xg)
+    labels = pred0 if paper else y
+    zero_grad = torch.zeros(B, dtype=torch.bool, device=dev)
+    zero_grad[sub] = g_clean[sub].flatten(1).abs().amax(1) == 0
+    first_grad = None if spec.random_start else g_clean
+    alive = (pred0 == y).expand(E, B).clone() if not paper else torch.ones(E, B, dtype=torch.bool, device=dev)
+    adv_all = x0.detach().expand(E, *x0.shape).clone() if opts.keep_adv else None  # unattacked rows keep x
+    adv_pred = pred0.expand(E, B).clone()
+    rejected = torch.zeros(E, B, dtype=torch.long, device=dev)
+    stats = {"rows_attacked": 0, "row_grad_steps": 0, "row_steps": 0}
+    check = Checker(spec.norm, clip, spec.name, x0, max(spec.eps), strict=opts.strict)
+    compact = default_compaction(dev) if opts.compact_every is None else opts.compact_every
+    step = compiled_step(dev.type, compact == 0) if opts.compile else None
+    for r in range(spec.restarts):
+        rows = alive.nonzero()  # (k, i) pairs still robust
+        if rows.numel() == 0:
+            break
+        if spec.random_start:  # one draw per sample (shared by its eps rows), batched on the device
+            uniq, inv = rows[:, 1].unique(return_inverse=True)
+            noise = uniform_start(row_keys(seeds_t[uniq], "start", r, dev), x0.shape[1:], spec.norm, dt)
+        chunk = opts.max_rows or rows.shape[0]
+        for c in range(0, rows.shape[0], chunk):
+            k, i = rows[c:c + chunk, 0], rows[c:c + chunk, 1]
+            e, xs = eps_t[k], x0[i]
+            start = xs
+            if spec.random_start:
+                start = torch.addcmul(xs, noise[inv[c:c + chunk]], e.view(-1, *([1] * (x0.ndim - 1))))
+                if clip:
+                    start.clamp_(0.0, 1.0)
+                check(start, xs, e)
+            rej = torch.zeros(len(k), dtype=torch.long, device=dev)
+            broken, pred, x_adv = pgd_rows(
+                f, xs, labels[i], targets[i] if targets is not None else None, e, alpha_t[k], start, spec.norm,
+                spec.steps, spec.loss, clip=clip, early_exit=not paper,
+                first_grad=first_grad[i] if first_grad is not None else None, check=check, stats=stats,
+                f32=f32, rejected=rej, compact_every=compact, keep_x=opts.keep_adv, step=step)
+            ok = (pred == y[i]) if paper else ~broken
+            alive[k, i] = ok
+            adv_pred[k, i] = pred
+            rejected[k, i] += rej
+            if adv_all is not None:
+                adv_all[k, i] = x_adv.detach()
+            stats["rows_attacked"] += int(k.numel())
+    check.finish()
+    info = {"clean_correct": (pred0 == y).tolist(), **stats,
+            "rejected_hits": [rejected_clean + int(v) for v in rejected.sum(1).tolist()]}
+    if adv_all is not None:
+        info["x_adv"] = adv_all
+    return AttackResult(robust=alive, adv_pred=adv_pred, zero_grad=zero_grad, info=info)
+
+
+# ---- registration ------------------------------------------------------------------------------------------------
+def parse_pgd(d: dict, kw: dict, params: dict, where: str) -> AttackSpec:
+    kw["steps"] = positive_int(d.get("steps", 10))
+    kw["step_size"] = parse_step_size(d.get("step_size", "2.5*eps/steps"))
+    kw["random_start"] = flag(d.get("random_start", True), "random_start")
+    kw["restarts"] = positive_int(d.get("restarts", 1), "restarts")
+    return gradient_attack_spec(d, kw, params, where)
+
+
+def gradient_attack_spec(d: dict, kw: dict, params: dict, where: str) -> AttackSpec:
+    """The loss / targeted keys FGSM and PGD share."""
+    kw["loss"] = choice(d.get("loss", "ce"), LOSSES, "loss")
+    kw["targeted"] = flag(d.get("targeted", False), "targeted")
+    if params.get("target", "random") not in ("random", "least-likely"):
+        from robench.errors import RobenchError
+
+        raise RobenchError(f"{where}: params.target must be 'random' or 'least-likely'")
+    return AttackSpec(**kw, params=params)
+
+
+def label_pgd(s: AttackSpec) -> str:
+    bits = [f"step {s.step_size}"]
+    if s.random_start:
+        bits.append("random start")
+    if s.restarts > 1:
+        bits.append(f"{s.restarts} restarts")
+    if s.loss != "ce":
+        bits.append(f"{s.loss.upper()} loss")
+    if s.targeted:
+        bits.append("targeted")
+    return f"PGD-{s.steps} {s.norm_label} ({', '.join(bits)})"
+
+
+PGD = register_kind(AttackKind("pgd", parse=parse_pgd, run=run_pgd, label=label_pgd, order=1, keeps_adv=True))

@@ -1,7 +1,7 @@
 """Sanity flags: the standard signs of gradient masking / a broken evaluation, computed from one model's results.
 
 `sanity_flags(rows, clean_acc)` with rows = [{attack, norm, eps, robust_acc, n, zero_grad_frac}, ...] (optional
-keys: `kind` (fgsm|pgd|autoattack|torchattacks, else guessed from the attack name), `protocol`, and for AutoAttack
+keys: `kind` (a registered kind, else guessed from the attack name), `protocol`, and for AutoAttack
 `acc_after` = {attack: robust acc after it}: sum `AttackResult.info['per_eps'][k]['robust_after']` (counts) over
 chunks and divide by n). Flags:
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from robench.attack.base import kind_names
 from robench.attack.spec import AttackSpec, fmt_eps
 
 LARGE_EPS = {"Linf": 64 / 255, "L2": 8.0}
@@ -31,10 +32,12 @@ def large_eps_probe(norm: str = "Linf", steps: int = 10) -> AttackSpec:
 
 
 def _kind(row) -> str:
+    """The row's kind, else guessed from the attack name: the longest registered kind name it contains
+    ('torchattacks:PGD' is torchattacks, not pgd)."""
     if row.get("kind"):
         return row["kind"]
     a = str(row["attack"]).lower()
-    for k in ("fgsm", "autoattack", "torchattacks", "pgd"):
+    for k in sorted(kind_names(), key=len, reverse=True):
         if k in a:
             return k
     return "aa" if a.startswith("aa") else a

@@ -43,11 +43,11 @@ def _adversarial_batches(model, batches, attack: str, eps, seed: int):
 
     import torch
 
-    from robench.attack import load_attack_suite, run_attack
+    from robench.attack import get_kind, load_attack_suite, run_attack
     from robench.errors import RobenchError
     from robench.seeding import derive_seed
 
-    specs = [s for s in load_attack_suite(attack, eps=eps) if s.kind in ("fgsm", "pgd") and s.protocol == "standard"]
+    specs = [s for s in load_attack_suite(attack, eps=eps) if get_kind(s.kind).keeps_adv and s.protocol == "standard"]
     if not specs:
         raise RobenchError(f"inspect under attack needs an FGSM/PGD suite in the standard protocol; '{attack}' has none")
     spec = dataclasses.replace(specs[0], eps=(max(specs[0].eps),))

@@ -24,10 +24,11 @@ import math
 import pandas as pd
 
 from robench.errors import RobenchError, suggest
-from robench.report.results import _DEFAULT, ATTACK_ORDER, Results, corruption_rank, corruption_summaries, fmt_eps
+from robench.report.results import _DEFAULT, Results, attack_rank, corruption_rank, corruption_summaries, fmt_eps
 
 INFO_COLUMNS = ["model", "variant", "arch", "params", "dataset"]
-COUNT_COLUMNS = ["skipped", "flags"]  # skipped: unreadable images (only shown when some were skipped)
+COUNT_COLUMNS = ["skipped", "rejected_hits", "flags"]  # skipped: unreadable images; rejected_hits: bf16/fp16 hits
+# the fp32 re-check rejected (both only shown when non-zero)
 FORMATS = ("md", "csv", "json", "latex")
 
 
@@ -44,7 +45,7 @@ def _attack_base(attack: str, norm, eps, single_aa: bool) -> str:
 
 
 def _attack_rank(attack: str) -> int:
-    return ATTACK_ORDER.index(attack) if attack in ATTACK_ORDER else len(ATTACK_ORDER)
+    return attack_rank(attack)
 
 
 def _as_results(stores) -> Results:
@@ -112,6 +113,7 @@ def leaderboard(stores, sort: str | None = None, variant=None, model=None, datas
     for m, g in t.groupby("model", sort=False):
         if "skipped" in g and g["skipped"].fillna(0).max() > 0:
             flag_names.setdefault(m, []).append(f"{int(g['skipped'].max())} unreadable image(s) skipped")
+    rejected = res.rejected_hits()
 
     rows, col_order, notes = [], {}, []
     for (mlabel, dataset_), g in t.groupby(["model", "dataset"], sort=False):
@@ -154,10 +156,15 @@ def leaderboard(stores, sort: str | None = None, variant=None, model=None, datas
         row["flags"] = int(n_flags.get(mlabel, 0))
         for f in flag_names.get(mlabel, []):
             notes.append(f"{mlabel}: {f}")
+        rej = [rejected[(int(r.store), int(r.cell_id))] for r in g.itertuples()
+               if (int(r.store), int(r.cell_id)) in rejected]
+        if rej:  # bf16/fp16 runs: low-precision hits the fp32 re-check rejected, over the model's attack cells
+            row["rejected_hits"] = sum(rej)
         rows.append(row)
 
     metric_cols = sorted(col_order, key=lambda c: _rank_key(col_order[c]))
-    counts = (["skipped"] if any(r["skipped"] for r in rows) else []) + ["flags"]
+    counts = ((["skipped"] if any(r["skipped"] for r in rows) else [])
+              + (["rejected_hits"] if any("rejected_hits" in r for r in rows) else []) + ["flags"])
     df = pd.DataFrame(rows).reindex(columns=INFO_COLUMNS + metric_cols + counts)
     for c in metric_cols:
         df[c] = pd.to_numeric(df[c], errors="coerce")
@@ -213,7 +220,7 @@ def display_table(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
             elif c in INFO_COLUMNS:
                 out.append("" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
             elif c in COUNT_COLUMNS:
-                out.append(str(int(v)) if v else "0")
+                out.append(str(int(v)) if v and not pd.isna(v) else "0")
             else:
                 s = _pct(v)
                 lo_c, hi_c = _ci_cols(c)

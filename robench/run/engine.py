@@ -33,8 +33,7 @@ from robench.run.store import Store, params_hash
 from robench.seeding import sample_seeds
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-ATTACK_BLOCK = 32  # samples per AutoAttack / torchattacks call (their random draws are per call, not per sample)
-BATCH_RANDOM_KINDS = ("autoattack", "torchattacks")
+ATTACK_BLOCK = 32  # samples per call of a batch-random attack kind (AutoAttack, torchattacks: one draw per call)
 PROBE_SAMPLES = 128  # samples attacked by the large-eps sanity probe
 
 
@@ -530,19 +529,22 @@ class Runner:
         from robench.attack import run_attack
 
         seeds = sample_seeds(self.plan.seed, ia, "attack", spec.name, params_hash(group[0].params["attack_params"]))
-        out = run_attack(model, xa, ya, spec, seeds, amp_dtype=self.amp, clean_pred=clean_pred)
+        out = run_attack(model, xa, ya, spec, seeds, amp_dtype=self.amp, clean_pred=clean_pred,
+                         compile=self.plan.compile)
         for j, c in enumerate(group):
             self._record(res, c.cell_id, ia, out.robust[j].cpu(), out.adv_pred[j].cpu())
             extra = self._extras.setdefault(c.cell_id, {})
             _add(extra, "attacked", len(ia))
             _add(extra, "zero_grad", int(out.zero_grad.sum()))
+            if self.amp is not None:  # low-precision "misclassified" verdicts that an fp32 forward rejected
+                _add(extra, "rejected_hits", int(out.info.get("rejected_hits", [0] * len(group))[j]))
             per_eps = out.info.get("per_eps")
             if per_eps:  # AutoAttack: robust count after each of its attacks (for the square-beats-whitebox flag)
                 for a, count in per_eps[j]["robust_after"].items():
                     _add(extra, f"robust_after:{a}", int(count))
 
     def _attack_blocks(self, model, cells, xs, ys, idxs, lo_chunk, res):
-        """AutoAttack / torchattacks draw batched random numbers: attack fixed blocks of ATTACK_BLOCK samples
+        """Batch-random kinds (AutoAttack, torchattacks) draw batched random numbers: attack fixed blocks of ATTACK_BLOCK samples
         (aligned to the chunk start, whatever the batch size or shard) so their results stay reproducible."""
         groups = _attack_groups(cells, per_sample=False)
         if not groups or not xs:
@@ -668,9 +670,11 @@ def _add(d: dict, key: str, v):
 
 def _attack_groups(cells: list[Cell], per_sample: bool) -> list[list[Cell]]:
     """Attack cells grouped by spec (one run covers all its eps): per-sample-random kinds or the others."""
+    from robench.attack import get_kind
+
     groups: dict[int, list[Cell]] = {}
     for c in cells:
-        if c.kind == "attack" and (c.attack_spec.kind not in BATCH_RANDOM_KINDS) == per_sample:
+        if c.kind == "attack" and (not get_kind(c.attack_spec.kind).batch_random) == per_sample:
             groups.setdefault(id(c.attack_spec), []).append(c)
     return list(groups.values())
 

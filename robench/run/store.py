@@ -304,6 +304,11 @@ class Store:
         """Per-sample outcomes of a cell: columns sample, correct, pred (sorted by sample)."""
         return self._df("SELECT sample, correct, pred FROM outcomes WHERE cell_id=? ORDER BY sample", (cell_id,))
 
+    def extras(self) -> pd.DataFrame:
+        """Per done cell the counters summed over its chunks (extra_json: attacked, zero_grad, rejected_hits, ...)."""
+        return self._df("SELECT a.cell_id, a.extra_json FROM aggregates a JOIN cells c USING(cell_id) "
+                        "WHERE c.status='done' ORDER BY a.cell_id")
+
     def cells(self) -> pd.DataFrame:
         return self._df("SELECT c.*, m.label AS model FROM cells c JOIN models m USING(model_id) ORDER BY cell_id")
 

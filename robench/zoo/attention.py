@@ -13,7 +13,14 @@ weights load unchanged. Each variant only decides the operands of softmax(scale 
     elliptical        softmax((q ⊙ m) kᵀ / √d), m from |v_l − v_{l−1}|  (block 0: m = 1)
     elliptical-quest  softmax((q ⊙ m) k̂ᵀ)
 
-L2 normalisations run in fp32 under autocast (eps 1e-6).
+L2 normalisations take the norm in fp32 under autocast (eps 1e-6) and scale in the working dtype.
+
+Fused: every normalisation and learnable scale is folded into ONE multiplication of q or k by a factor computed
+in fp32 from small tensors (the norms [.., 1], c_h, s_q, s_k): qknorm-hs multiplies q by c_h/‖q‖ (not q/‖q‖ then
+c_h), qknorm-ds q by s_q/‖q‖ and k by s_k/‖k‖; no full-size fp32 copy of q or k is made under autocast, and the
+constant 1/√d stays in SDPA's `scale`. The operands (q, k, scale) themselves are unchanged — robench.diag reports
+their norms — so folding s_k into q or 1/√d into m, which would change them, is not done. Same math; in fp32 the
+results agree with the explicit definitions to float rounding (tests/test_attention.py).
 """
 
 from __future__ import annotations
@@ -28,9 +35,18 @@ from torch import nn
 NORM_EPS = 1e-6
 
 
-def l2_normalize(t: torch.Tensor) -> torch.Tensor:
-    """t / max(‖t‖₂, 1e-6) over the head dim, computed in fp32 and cast back (safe under bf16/fp16 autocast)."""
-    return F.normalize(t.float(), dim=-1, eps=NORM_EPS).to(t.dtype)
+def inv_norm(t: torch.Tensor) -> torch.Tensor:
+    """1 / max(‖t‖₂, 1e-6) over the head dim, shape [..., 1], in fp32 (safe under bf16/fp16 autocast)."""
+    return torch.linalg.vector_norm(t, dim=-1, keepdim=True, dtype=torch.float32).clamp_min(NORM_EPS).reciprocal()
+
+
+def l2_normalize(t: torch.Tensor, factor: torch.Tensor | None = None) -> torch.Tensor:
+    """t / max(‖t‖₂, 1e-6) over the head dim (times `factor`, broadcast against [..., d]): one multiplication of t
+    in its own dtype by a factor computed in fp32 from the norms (safe under bf16/fp16 autocast)."""
+    f = inv_norm(t)
+    if factor is not None:
+        f = f * factor.float()
+    return t * f.to(t.dtype)
 
 
 class VariantAttention(TimmAttention):
@@ -108,8 +124,7 @@ class QKNormHeadScaleAttention(VariantAttention):
 
     def attention_inputs(self, x):
         q, k, v = self.qkv_heads(x)
-        q = l2_normalize(q) * self.qk_scale.to(q.dtype).view(1, -1, 1, 1)
-        return q, l2_normalize(k), v, 1.0
+        return l2_normalize(q, self.qk_scale.view(1, -1, 1, 1)), l2_normalize(k), v, 1.0
 
 
 class QKNormDimScaleAttention(VariantAttention):
@@ -125,7 +140,7 @@ class QKNormDimScaleAttention(VariantAttention):
 
     def attention_inputs(self, x):
         q, k, v = self.qkv_heads(x)
-        return l2_normalize(q) * self.q_scale.to(q.dtype), l2_normalize(k) * self.k_scale.to(k.dtype), v, 1.0
+        return l2_normalize(q, self.q_scale), l2_normalize(k, self.k_scale), v, 1.0
 
 
 def elliptical_scale(v: torch.Tensor, v_prev: torch.Tensor, grad: bool = False) -> torch.Tensor:
@@ -179,11 +194,9 @@ class EllipticalAttention(VariantAttention):
     def attention_inputs(self, x):
         q, k, v = self.qkv_heads(x)
         m = self.scale_m(v)
-        if m is not None:
-            q = q * m
         if self.normalize_keys:
-            return q, l2_normalize(k), v, 1.0
-        return q, k, v, self.scale
+            return (q if m is None else q * m), l2_normalize(k), v, 1.0
+        return (q if m is None else q * m), k, v, self.scale
 
     def after_attention(self, v):
         chain = type(self).chain

@@ -1,0 +1,251 @@
+"""The bottom of `robench.attack`: the attack-kind registry, the result type, the invariant checks, the clean pass.
+
+Every attack kind (fgsm, pgd, autoattack, torchattacks) registers itself next to its definition with
+`register_kind(AttackKind(...))`: its spec parser, its runner, its label, its display order and its traits. Every
+list of kinds elsewhere (the suite parser, the engine's batch-random grouping, the report's attack order, the
+sanity flags, the diagnostics' filter) is derived from this registry, so a new kind is one module plus its test.
+This module imports nothing from the rest of `robench.attack` (no import cycle).
+
+Invariant checks come in two forms with the same messages:
+- `check_adversarial(x_adv, x, eps, ...)`: strict, in float64, raises at once (used for AutoAttack / torchattacks
+  outputs and, in strict mode, on every FGSM/PGD iterate);
+- `Checker`: on the model's device in the working dtype with a tolerance that is sound for it; it accumulates a
+  violation record over every iterate (no host sync) and raises once, at the end of the attack (`finish()`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from robench.errors import RobenchError, suggest
+
+TOL = 1e-6
+
+
+class AttackInvariantError(AssertionError):
+    """An adversarial batch broke an invariant (perturbation too large, outside [0, 1], training mode, ...)."""
+
+
+@dataclass
+class AttackResult:
+    robust: torch.Tensor  # bool [n_eps, B]: still correctly classified after the attack at that eps
+    adv_pred: torch.Tensor  # long [n_eps, B]: prediction on the adversarial input (clean prediction if skipped)
+    zero_grad: torch.Tensor  # bool [B]: input gradient of the attack loss exactly zero at the clean input
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class AttackOptions:
+    """What a kind's runner gets besides (f, x0, y, spec, seeds).
+
+    clip: clip iterates to [0, 1] (standard protocol). f32: the model in full precision when `f` runs under
+    autocast (low-precision hits are confirmed with it), else None. strict: check every iterate in float64 and
+    raise at once. compile: torch.compile the FGSM/PGD update step. compact_every: FGSM/PGD early exit compacts
+    the rows every this many steps (None: the device's default)."""
+
+    clip: bool = True
+    max_rows: int | None = None
+    clean_pred: torch.Tensor | None = None
+    keep_adv: bool = False
+    f32: Callable | None = None
+    strict: bool = False
+    compile: bool = False
+    compact_every: int | None = None
+
+
+# ---- the registry ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AttackKind:
+    """One attack kind. parse(table, common, params, where) -> AttackSpec validates a suite's [[attack]] table
+    (`common` holds the already-validated name, kind, norm, eps, protocol, adaptive); run(f, x0, y, spec, seeds,
+    opts: AttackOptions) -> AttackResult; label(spec) -> str. order: position in tables. batch_random: the kind
+    draws its random numbers for a whole batch from one seed (results depend on the chunk, so the engine attacks
+    fixed blocks) instead of per sample. keeps_adv: run_attack(keep_adv=True) returns its adversarial images.
+    from_text: parser for a one-attack string '<kind>:...' (e.g. torchattacks:PGD?eps=4/255), or None."""
+
+    name: str
+    parse: Callable
+    run: Callable
+    label: Callable
+    order: int
+    batch_random: bool = False
+    keeps_adv: bool = False
+    from_text: Callable | None = None
+
+
+_KINDS: dict[str, AttackKind] = {}
+
+
+def register_kind(kind: AttackKind) -> AttackKind:
+    if kind.name in _KINDS and _KINDS[kind.name] != kind:
+        raise RobenchError(f"attack kind '{kind.name}' is registered twice")
+    _KINDS[kind.name] = kind
+    return kind
+
+
+def attack_kinds() -> list[AttackKind]:
+    """The registered kinds in display order."""
+    return sorted(_KINDS.values(), key=lambda k: (k.order, k.name))
+
+
+def kind_names() -> tuple[str, ...]:
+    return tuple(k.name for k in attack_kinds())
+
+
+def get_kind(name: str) -> AttackKind:
+    if name not in _KINDS:
+        names = kind_names()
+        raise RobenchError(f"unknown attack kind '{name}'" + suggest(name, names) + f"; choose from: {', '.join(names)}")
+    return _KINDS[name]
+
+
+# ---- strict invariant check (float64, raises at once) -------------------------------------------------------------
+def check_adversarial(x_adv: torch.Tensor, x: torch.Tensor, eps, norm: str, clip: bool, what: str = "attack"):
+    """Raise AttackInvariantError unless every row of x_adv is finite, within eps of x, and in [0, 1] if clip."""
+    if not torch.isfinite(x_adv).all():
+        raise AttackInvariantError(f"{what}: adversarial batch has non-finite values")
+    d = (x_adv.detach().double() - x.detach().double()).flatten(1)
+    n = d.abs().amax(1) if norm == "Linf" else d.norm(dim=1)
+    e = eps.double() if torch.is_tensor(eps) else torch.tensor(float(eps), dtype=torch.float64)
+    over = n > e.to(n.device) + TOL
+    if over.any():
+        i = int(over.nonzero()[0])
+        ei = float(e.flatten()[i]) if e.numel() > 1 else float(e)
+        _raise_eps(what, norm, float(n[i]), ei)
+    if clip and (x_adv.min() < 0 or x_adv.max() > 1):
+        _raise_range(what, float(x_adv.min()), float(x_adv.max()))
+
+
+def _raise_eps(what, norm, n, e):
+    raise AttackInvariantError(f"{what}: {norm} perturbation {n:.8g} exceeds eps {e:.8g} (+{TOL})")
+
+
+def _raise_range(what, lo, hi):
+    raise AttackInvariantError(f"{what}: adversarial batch leaves [0, 1] (min {lo:.4g}, max {hi:.4g})")
+
+
+# ---- on-device invariant check (working dtype, accumulated, raises once) -------------------------------------------
+def device_tolerance(dtype: torch.dtype, norm: str, scale: float, eps_max: float, numel: int) -> float:
+    """A bound on how far the working-dtype check can misjudge ‖x_adv − x‖ against the exact value, plus TOL.
+
+    L∞: x_adv − x is one rounded subtraction of numbers of magnitude ≤ scale (error ≤ u·scale, u the unit
+    roundoff); the projection bounds themselves (x ± eps) are rounded once more (another u·scale): 4·u·scale covers
+    both with margin. L2: the norm is a sum of `numel` squares (torch reduces pairwise/cascaded: relative error
+    ≤ (log2(numel) + 2)·u) plus the subtractions: eps·(log2(numel) + 4)·2u + 4·u·scale."""
+    u = torch.finfo(dtype).eps / 2 if dtype.is_floating_point else 0.0
+    tol = TOL + 4 * u * max(scale, 1.0)
+    if norm != "Linf":
+        tol += eps_max * (math.log2(max(numel, 2)) + 4) * 2 * u
+    return tol
+
+
+class Checker:
+    """Invariant checks of every iterate on the device, in the working dtype; `finish()` raises the first kind of
+    violation seen (non-finite, then eps, then [0, 1]) with check_adversarial's messages. With strict=True every
+    call runs check_adversarial in float64 and raises at once instead."""
+
+    def __init__(self, norm: str, clip: bool, what: str, x0: torch.Tensor, eps_max: float, strict: bool = False):
+        self.norm, self.clip, self.what, self.strict = norm, clip, what, strict
+        dev = x0.device
+        scale = float(x0.detach().abs().amax()) + eps_max if x0.numel() else 1.0
+        self.tol = device_tolerance(x0.dtype, norm, scale, eps_max, x0[0].numel() if len(x0) else 1)
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
+        self.excess = torch.full((), -math.inf, dtype=x0.dtype, device=dev)  # max over rows of ‖d‖ − eps
+        self.worst = torch.zeros(2, dtype=x0.dtype, device=dev)  # (‖d‖, eps) of that row
+        self.lo = torch.full((), math.inf, dtype=x0.dtype, device=dev)
+        self.hi = torch.full((), -math.inf, dtype=x0.dtype, device=dev)
+        self._scratch = None  # reused for x_adv − x (no allocation per step)
+
+    def __call__(self, x_adv: torch.Tensor, x: torch.Tensor, eps: torch.Tensor):
+        if self.strict:
+            return check_adversarial(x_adv, x, eps, self.norm, self.clip, self.what)
+        if x_adv.shape[0] == 0:
+            return
+        xa = x_adv.detach().flatten(1)
+        mn, mx = torch.aminmax(xa, dim=1)
+        if self._scratch is None or self._scratch.numel() < xa.numel() or self._scratch.dtype != xa.dtype \
+                or self._scratch.device != xa.device:
+            self._scratch = torch.empty_like(xa)
+        d = torch.sub(xa, x.detach().flatten(1), out=self._scratch.view(-1)[:xa.numel()].view(xa.shape))
+        if self.norm == "Linf":
+            dmn, dmx = torch.aminmax(d, dim=1)
+            n = torch.maximum(dmx, -dmn)
+        else:
+            n = torch.linalg.vector_norm(d, dim=1)
+        self._update(mn, mx, n, eps.to(n.dtype))
+
+    def _update(self, mn, mx, n, eps):
+        # NaN / inf propagate into the row min/max: finiteness needs no extra pass
+        self.nonfinite |= ~(torch.isfinite(mn).all() & torch.isfinite(mx).all())
+        ex = n - eps
+        i = ex.argmax()
+        better = ex[i] > self.excess
+        self.excess = torch.where(better, ex[i], self.excess)
+        self.worst = torch.where(better, torch.stack([n[i], eps[i]]), self.worst)
+        self.lo = torch.minimum(self.lo, mn.min())
+        self.hi = torch.maximum(self.hi, mx.max())
+
+    def finish(self):
+        """Raise AttackInvariantError if any checked iterate broke an invariant (one host sync)."""
+        if self.strict:
+            return
+        vals = torch.stack([self.nonfinite.to(self.excess.dtype), self.excess, self.worst[0], self.worst[1],
+                            self.lo, self.hi]).tolist()
+        nonfinite, excess, n, e, lo, hi = vals
+        if nonfinite:
+            raise AttackInvariantError(f"{self.what}: adversarial batch has non-finite values")
+        if excess > self.tol:
+            _raise_eps(self.what, self.norm, n, e)
+        if self.clip and (lo < 0 or hi > 1):
+            _raise_range(self.what, lo, hi)
+
+
+# ---- losses, clean pass, low-precision confirmation ---------------------------------------------------------------
+def attack_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None, loss: str) -> torch.Tensor:
+    """Per-row loss to MAXIMISE: CE(y) or DLR (untargeted); −CE(t) or targeted DLR (targeted)."""
+    logits = logits.float()
+    if loss == "ce":
+        return -F.cross_entropy(logits, targets, reduction="none") if targets is not None else \
+            F.cross_entropy(logits, labels, reduction="none")
+    # DLR (Croce & Hein 2020)
+    z, _ = logits.sort(dim=1)
+    zy = logits.gather(1, labels[:, None])[:, 0]
+    if targets is None:
+        top = logits.scatter(1, labels[:, None], float("-inf")).amax(1)
+        return -(zy - top) / (z[:, -1] - z[:, -3] + 1e-12)
+    zt = logits.gather(1, targets[:, None])[:, 0]
+    return -(zy - zt) / (z[:, -1] - 0.5 * (z[:, -3] + z[:, -4]) + 1e-12)
+
+
+def confirm(f32, x: torch.Tensor, labels: torch.Tensor, pred: torch.Tensor):
+    """Low-precision verdicts confirmed in fp32: the rows whose `pred` != labels (hits) are re-predicted with the
+    full-precision model `f32`. Returns (pred with the hits' fp32 predictions, bool [N]: hits fp32 rejected).
+    Without f32 (no autocast) returns (pred, None) and does nothing. Syncs once (to find the hits)."""
+    if f32 is None:
+        return pred, None
+    rejected = torch.zeros_like(pred, dtype=torch.bool)
+    hit = (pred != labels).nonzero().squeeze(1)
+    if hit.numel() == 0:
+        return pred, rejected
+    with torch.no_grad():
+        p32 = f32(x[hit].detach()).argmax(1)
+    pred = pred.clone()
+    pred[hit] = p32
+    rejected[hit] = p32 == labels[hit]
+    return pred, rejected
+
+
+def clean_pass(f, x0, y, loss: str = "ce", f32=None):
+    """Clean predictions and whether the input gradient of the loss is exactly zero (one fwd+bwd on B samples).
+    Under autocast (`f32` given) the misclassified samples are re-checked in fp32. Returns (pred, zero_grad,
+    number of rejected low-precision hits)."""
+    xg = x0.clone().requires_grad_(True)
+    logits = f(xg)
+    g, = torch.autograd.grad(attack_loss(logits, y, None, loss).sum(), xg)
+    pred, rejected = confirm(f32, x0, y, logits.detach().argmax(1))
+    return pred, g.flatten(1).abs().amax(1) == 0, (0 if rejected is None else int(rejected.sum()))
