@@ -135,12 +135,24 @@ def _run_and_print(plan, as_json: bool):
     console.print(f"store: {Path(plan.out) / 'robench.sqlite'}  (robench leaderboard {plan.out} / robench report {plan.out})")
 
 
+from robench.data.formats import SPEC_HELP  # noqa: E402  (light: no torch)
+
+MODEL_REF_HELP = ("Model (repeatable): a registered name (robench models, e.g. deit-quest), timm:NAME, "
+                  "path/to/models.py:Class or package.module:factory (a class or function returning an nn.Module; "
+                  "IMPORTING IT RUNS THAT CODE: only use files you trust), or a name registered by a package in "
+                  "the robench.models entry-point group.")
+
+
 @app.command("eval")
 def eval_(
-    model: list[str] = typer.Option(..., "--model", "-m", help="Registered model name (repeatable), e.g. deit-quest."),
-    checkpoint: Optional[list[str]] = typer.Option(None, "--checkpoint", "-c", help="Checkpoint per --model (in order)."),
+    model: list[str] = typer.Option(..., "--model", "-m", help=MODEL_REF_HELP),
+    checkpoint: Optional[list[str]] = typer.Option(None, "--checkpoint", "-c", help="Checkpoint per --model (in order): .safetensors or .pth/.pt/.bin, loaded without unpickling code."),
+    checkpoint_key: Optional[str] = typer.Option(None, "--checkpoint-key", help="Entry holding the weights ('model', 'model_ema', ...)."),
     label: Optional[list[str]] = typer.Option(None, "--label", help="Display label per --model."),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help="imagenet:DIR, imagenet-c:DIR, cifar10:DIR, cifar10-c:DIR, folder:DIR, digits[:split]."),
+    model_arg: Optional[list[str]] = typer.Option(None, "--model-arg", help="key=value passed to the model's class or factory (repeatable; Python literals: depth=12, act=gelu, dims=[64,128])."),
+    mean: Optional[str] = typer.Option(None, help="Input normalisation mean of a user model, e.g. 0.4914,0.4822,0.4465 (default: the module's timm pretrained_cfg, else none: the model takes [0,1] images)."),
+    std: Optional[str] = typer.Option(None, help="Input normalisation std of a user model (see --mean)."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help=f"Data spec FORMAT:DIR, one of: {SPEC_HELP} (README lists the layouts)."),
     attack: Optional[list[str]] = typer.Option(None, "--attack", "-a", help="Attack suite (repeatable): fgsm, pgd, pgd-l2, autoattack, paper, a .toml path, torchattacks:Name."),
     corruptions: Optional[list[str]] = typer.Option(None, "--corruptions", help="Corruption suite (repeatable): imagenet-c, imagenet-c-extra, cifar10-c or a .toml path."),
     corruption: Optional[list[str]] = typer.Option(None, "--corruption", help="Only these corruptions of the suites (repeatable)."),
@@ -166,31 +178,22 @@ def eval_(
 ):
     """Evaluate models: clean accuracy always, plus attack and corruption suites; resumable.
 
-    Example: `robench eval --model deit-quest --checkpoint quest_tiny.pth --data imagenet:/data/val --attack pgd`
-    """
-    from robench.run import ModelEntry, Plan, load_config, resolve_data
-    from robench.run.plan import PLAN_KEYS
+    A model given as path/to/models.py:Class or package.module:factory is imported, which RUNS ITS CODE: only
+    evaluate code you trust. Checkpoints never run code (safetensors, or torch.load with weights_only=True).
 
-    cfg = load_config(config)
-    ckpts, labels = list(checkpoint or []), list(label or [])
-    if len(ckpts) > len(model) or len(labels) > len(model):
-        raise RobenchError("give at most one --checkpoint and one --label per --model")
-    entries = [ModelEntry(name=m, checkpoint=ckpts[i] if i < len(ckpts) else cfg.get("checkpoints", {}).get(m),
-                          label=labels[i] if i < len(labels) else None) for i, m in enumerate(model)]
-    defaults = {k: v for k, v in cfg.items() if k in PLAN_KEYS}
-    if eps:
-        from robench.attack import parse_eps
-    given = {"data": resolve_data(data, cfg), "attacks": list(attack or []) or None,
-             "corruptions": list(corruptions or []) or None, "corruption_names": list(corruption or []) or None,
-             "severities": list(severity or []) or None, "corruption_backend": backend,
-             "eps": parse_eps(eps) if eps else None, "steps": steps, "limit": limit, "attack_limit": attack_limit,
-             "subset": str(subset) if subset else None, "batch_size": batch_size, "device": device,
-             "precision": precision, "seed": seed, "out": str(out) if out else None}
-    flags = {"compile": compile, "force": force, "strict": strict, "diagnostics": diagnostics}
-    # command-line values win; robench.toml fills what was not given; Plan's defaults the rest
-    plan = Plan(models=entries, **{**defaults, **{k: v for k, v in given.items() if v is not None},
-                                   **{k: True for k, v in flags.items() if v}},
-                quiet=quiet, command="robench " + " ".join(sys.argv[1:]))
+    Examples: `robench eval --model deit-quest --checkpoint quest_tiny.pth --data imagenet:/data/val --attack pgd`
+
+    `robench eval --model mymodels.py:ResNet18 --checkpoint model_test.pt --data cifar10:/data/cifar-10-batches-py --attack autoattack --eps 8/255`
+    """
+    from robench.run.plan import plan_from_options
+
+    plan = plan_from_options(
+        model, checkpoints=checkpoint, labels=label, model_args=model_arg, mean=mean, std=std,
+        checkpoint_key=checkpoint_key, config=config, data=data, attacks=attack, corruptions=corruptions,
+        corruption_names=corruption, severities=severity, backend=backend, eps=eps, steps=steps, limit=limit,
+        attack_limit=attack_limit, subset=subset, batch_size=batch_size, device=device, precision=precision,
+        seed=seed, out=out, compile=compile, force=force, strict=strict, diagnostics=diagnostics, quiet=quiet,
+        command="robench " + " ".join(sys.argv[1:]))
     _run_and_print(plan, as_json)
 
 
@@ -369,9 +372,9 @@ def corrupt(
 
 @app.command("inspect")
 def inspect_(
-    model: str = typer.Option(..., "--model", "-m", help="Registered model name, e.g. deit-quest or demo-quest."),
+    model: str = typer.Option(..., "--model", "-m", help="Model, as for `robench eval` (deit-quest, demo-quest, timm:NAME, models.py:Class...)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Weights (.safetensors/.pth)."),
-    data: str = typer.Option("digits", "--data", help="Data spec (imagenet:/path, cifar10:/path, digits, ...)."),
+    data: str = typer.Option("digits", "--data", help=f"Data spec: {SPEC_HELP}."),
     limit: int = typer.Option(64, "--limit", help="Number of samples."),
     batch_size: int = typer.Option(32, "--batch-size"),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Query rows used for the attention maps."),
@@ -391,14 +394,19 @@ def inspect_(
     Example: `robench inspect --model demo-quest --data digits --limit 64 --csv quest_diag.csv`
     """
     from robench.diag import inspect, layer_summary
+    from robench.run import ModelEntry
+    from robench.zoo.sources import build_model
 
+    entry = ModelEntry(model, str(checkpoint) if checkpoint else None)
+    built = build_model(entry)  # once: the store and the diagnostics below share it
     if out is not None:
-        from robench.run import ModelEntry, Plan, run_plan
+        from robench.run import Plan, run_plan
 
-        run_plan(Plan(models=[ModelEntry(model, str(checkpoint) if checkpoint else None)], data=data, out=str(out),
-                      limit=limit, batch_size=batch_size, diagnostics=True, diagnostics_limit=limit, quiet=True,
+        entry.module = built
+        run_plan(Plan(models=[entry], data=data, out=str(out), limit=limit, batch_size=batch_size,
+                      diagnostics=True, diagnostics_limit=limit, quiet=True,
                       command="robench " + " ".join(sys.argv[1:])))
-    df = inspect(model, checkpoint, data, limit=limit, batch_size=batch_size, max_tokens=max_tokens,
+    df = inspect(built, None, data, limit=limit, batch_size=batch_size, max_tokens=max_tokens,
                  corruption=corruption, severity=severity, suite=suite, attack=attack, eps=eps)
     if csv_out is not None:
         df.to_csv(csv_out, index=False)
