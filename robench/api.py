@@ -60,7 +60,8 @@ def evaluate(model, data, *, attacks=None, corruptions=None, eps=None, limit=Non
         with dist.initialized():
             runner = Runner(plan)
             df = runner.run()
-            if df is not None:
+            if df is not None:  # this call's cells only (a shared store may hold other datasets' cells too)
+                df = df[df["cell_id"].isin(runner.cell_ids)].reset_index(drop=True)
                 df.attrs["flags"] = runner.store.flags() if runner.store is not None else pd.DataFrame()
         return df
     finally:

@@ -178,6 +178,8 @@ def eval_(
 ):
     """Evaluate models: clean accuracy always, plus attack and corruption suites; resumable.
 
+    Data specs (--data FORMAT:DIR, layouts in README): {SPEC_HELP}.
+
     A model given as path/to/models.py:Class or package.module:factory is imported, which RUNS ITS CODE: only
     evaluate code you trust. Checkpoints never run code (safetensors, or torch.load with weights_only=True).
 
@@ -195,6 +197,9 @@ def eval_(
         seed=seed, out=out, compile=compile, force=force, strict=strict, diagnostics=diagnostics, quiet=quiet,
         command="robench " + " ".join(sys.argv[1:]))
     _run_and_print(plan, as_json)
+
+
+eval_.__doc__ = eval_.__doc__.replace("{SPEC_HELP}", SPEC_HELP)  # the format table, as it is
 
 
 @app.command()

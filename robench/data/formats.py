@@ -235,9 +235,10 @@ def _digits(spec, model_info, strict):
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """CIFAR's python batches are pickles of dicts of numpy arrays: allow only what they need."""
+    """CIFAR's python batches are pickles of dicts of numpy arrays: allow only what they need (`_codecs.encode`
+    turns text into bytes in protocol-2 pickles written by Python 3)."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ALLOWED = {("_codecs", "encode"), ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
                ("numpy._core.multiarray", "scalar"), ("copyreg", "_reconstructor"), ("builtins", "object")}
 

@@ -166,6 +166,7 @@ class Runner:
         self.stop_requested = False
         self.rank0 = dist.rank() == 0
         self.store = None
+        self.cell_ids = []  # the cells this run evaluated (of every model)
         self._chunk_writes = 0
         self._fault = _parse_fault(os.environ.get("ROBENCH_FAULT"))
         # corrupted images are the same for every model: keep them (8-bit, CPU) for the next model of the plan
@@ -275,6 +276,7 @@ class Runner:
         for job, job_ids in zip(jobs, ids):
             for cell, cid in zip(job.cells, job_ids):
                 cell.cell_id = cid
+                self.cell_ids.append(cid)
         for job in jobs:
             self.run_job(label, model, forward, job)
         if self.rank0:
