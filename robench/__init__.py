@@ -13,8 +13,12 @@ __all__ = ["RobenchError", "evaluate", "leaderboard", "report", "__version__"]
 
 
 def __getattr__(name):  # the API imports torch: load it on first use, so `import robench` stays light
-    if name in ("evaluate", "leaderboard", "report"):
+    if name in ("evaluate", "leaderboard"):
         from robench import api
 
         return getattr(api, name)
+    if name == "report":  # the subpackage, callable: robench.report(...) is robench.api.report(...)
+        import importlib
+
+        return importlib.import_module("robench.report")
     raise AttributeError(f"module 'robench' has no attribute {name!r}")

@@ -243,7 +243,8 @@ def plan_from_options(models, *, checkpoints=None, labels=None, model_args=None,
         if isinstance(m, str):
             entry = ModelEntry(name=m, checkpoint=str(ckpt) if ckpt else cfg.get("checkpoints", {}).get(m))
         else:
-            entry = ModelEntry(name=type(m).__name__, checkpoint=str(ckpt) if ckpt else None, module=m)
+            name = getattr(getattr(m, "info", None), "name", None) or type(m).__name__  # a RobenchModel's own name
+            entry = ModelEntry(name=name, checkpoint=str(ckpt) if ckpt else None, module=m)
         entry.label = labs[i] if i < len(labs) else None
         entry.checkpoint_key, entry.args, entry.mean, entry.std = checkpoint_key, args or None, mean, std
         entries.append(entry)
