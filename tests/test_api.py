@@ -49,3 +49,19 @@ def test_evaluate_with_store_then_leaderboard_and_report(tmp_path):
     assert robench.evaluate("demo-standard", "digits", limit=32, device="cpu").value.iloc[0] == df.value.iloc[0]
     with pytest.raises(robench.RobenchError, match="unknown model 'demo-qest'.*did you mean: demo-quest"):
         robench.evaluate("demo-qest", "digits")
+
+
+def test_inspect_out_builds_the_model_once(tmp_path, run_cli, monkeypatch):
+    import robench.zoo.registry as registry
+
+    calls = []
+    real = registry.create_model
+    monkeypatch.setattr(registry, "create_model", lambda *a, **k: calls.append(a) or real(*a, **k))
+    code, out, err = run_cli("inspect", "--model", "demo-quest", "--data", "digits", "--limit", "8", "--out",
+                             tmp_path / "s", "--json")
+    assert code == 0, err
+    assert len(calls) == 1  # the store's cells and the printed diagnostics come from the same model
+    from robench.run import Store
+
+    store = Store(tmp_path / "s")
+    assert store.results().threat.tolist() == ["clean"] and len(store.diagnostics()) > 0

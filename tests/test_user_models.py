@@ -354,3 +354,30 @@ def test_autoattack_example_resnet18_as_released(tmp_path, run_cli):
     res = Store(tmp_path / "o").results()
     assert res.set_index("threat").value["clean"] == 1.0
     assert len(res[res.threat == "attack"]) >= 1
+
+
+def test_plan_file_with_user_model(setup, tmp_path, run_cli):
+    """A sweep plan names user code like --model does: args, checkpoint, normalisation as [[models]] keys."""
+    s = setup
+    plan = tmp_path / "plan.toml"
+    plan.write_text(textwrap.dedent(f'''
+        data = "cifar10:{s['data']}"
+        device = "cpu"
+        out = "{tmp_path / 'out'}"
+        [[models]]
+        name = "{s['tmp'] / 'models.py'}:ResNet18"
+        args = {{ width = 4 }}
+        checkpoint = "{s['tmp'] / 'model_test.pt'}"
+        mean = 0.5
+        std = 0.25
+        label = "tiny"
+    '''))
+    code, _, err = run_cli("sweep", plan, "-q")
+    assert code == 0, err
+    res = Store(tmp_path / "out").results()
+    z = (s["x"] - 0.5) / 0.25
+    assert res.model.tolist() == ["tiny"]
+    assert res.value.iloc[0] == pytest.approx((s["net"](z).argmax(1) == s["y"]).float().mean().item())
+    plan.write_text(plan.read_text().replace("args = { width = 4 }", 'args = "width=4"'))
+    code, _, err = run_cli("sweep", plan, "-q")
+    assert code == 2 and "`args` must be a table of keyword arguments" in err

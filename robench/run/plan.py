@@ -109,6 +109,9 @@ def _model_entry(m, where: str, config: dict) -> ModelEntry:
         raise RobenchError(f"{where}: each model needs a `name`")
     _check_keys(m, MODEL_KEYS, where)
     entry = ModelEntry(**m)
+    if entry.args is not None and not isinstance(entry.args, dict):
+        raise RobenchError(f"{where}: `args` must be a table of keyword arguments, e.g. args = {{ depth = 12 }}")
+    entry.mean, entry.std = parse_norm(entry.mean, "mean"), parse_norm(entry.std, "std")
     if entry.checkpoint is None:
         entry.checkpoint = config.get("checkpoints", {}).get(entry.name)
     return entry
