@@ -303,6 +303,7 @@ def test_bad_user_models_and_data_one_line_exit_2_nothing_written(setup, tmp_pat
          r"building .*ResNet18\(depth=3\) failed: TypeError: .*depth"),
         (["--model", "no_such_pkg_xyz.nets:Net", *data], r"cannot import module 'no_such_pkg_xyz.nets' .*No module named 'no_such_pkg_xyz'"),
         (["--model", f"{models}:ResNet18", *w4, "--mean", "0.5,x", *data], r"--mean must be 1 or 3"),
+        (["--model", "demo-quest", "--std", "0.5", "--data", "digits"], r"demo-quest normalises its inputs itself"),
         (["--model", f"{models}:ResNet18", *w4, "--checkpoint", ckpt, "--data", f"cifar10:{empty}"],
          r"cifar10:.*empty has no test_batch file"),
         (["--model", f"{models}:ResNet18", *w4, "--data", f"imagenet-v2:{wnid_v2}"],

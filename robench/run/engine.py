@@ -87,10 +87,10 @@ def provenance(plan: Plan, device: torch.device) -> dict:
 
 
 # ---- planning ----------------------------------------------------------------------------------------------------
-def plan_jobs(plan: Plan, model, data: EvalData | None, spec: DataSpec | None = None) -> list[Job]:
+def plan_jobs(plan: Plan, model, data: EvalData | None, data_spec: DataSpec | None = None) -> list[Job]:
     """The cells of one model, grouped into jobs that share a data stream (`data`: the clean set; None for a
-    pre-rendered corruption set, read per corruption and severity from `spec`)."""
-    spec = parse_data(spec or plan.data)
+    pre-rendered corruption set, read per corruption and severity from `data_spec`)."""
+    data_spec = parse_data(data_spec or plan.data)
     base = {"precision": plan.precision, "seed": plan.seed, "chunk_size": plan.chunk_size,
             "robench_schema": 1}
     if model.info.provenance:  # what defines a model that is not just a registry name (user code, args, norm)
@@ -125,11 +125,11 @@ def plan_jobs(plan: Plan, model, data: EvalData | None, spec: DataSpec | None = 
                 job.cells.append(Cell(p, "attack", attack_spec=spec, eps_index=i))
         jobs.append(job)
     else:  # pre-rendered corruption set: one job per (corruption, severity)
-        for suite_name in plan.corruptions or [spec.format.default_suite]:
+        for suite_name in plan.corruptions or [data_spec.format.default_suite]:
             suite = _corruption_suite(suite_name)
             for c in _suite_corruptions(suite, plan):
                 for s in plan.severities:
-                    d = load_corrupted(spec, c, int(s), limit=plan.limit, subset=plan.subset, seed=plan.seed)
+                    d = load_corrupted(data_spec, c, int(s), limit=plan.limit, subset=plan.subset, seed=plan.seed)
                     p = {**base, "dataset": d.name, "data_fingerprint": d.fingerprint, "n": len(d),
                          "threat": "corruption", "corruption": c, "severity": int(s), "category": suite.category(c),
                          "suite": suite.name, "backend": "prerendered", "protocol": "standard"}
@@ -160,6 +160,7 @@ class Runner:
 
     def __init__(self, plan: Plan, progress=None):
         self.plan = plan.validate()
+        self.data_spec = parse_data(plan.data)  # parsed once, here
         self.device = resolve_device(plan.device)
         self.amp = AMP_DTYPES[plan.precision]
         self.progress = progress
@@ -176,7 +177,6 @@ class Runner:
     # writes nothing); other ranks receive cell ids and pending chunks by broadcast.
     def run(self):
         plan = self.plan
-        self.spec = parse_data(plan.data)
         self.run_id = -1
         old = signal.getsignal(signal.SIGINT)
         if self.rank0 and _is_main_thread():
@@ -240,7 +240,7 @@ class Runner:
         """The one engine entry: a built model (RobenchModel: module + description) under a label, over the plan's
         data and threats. Everything is checked (data layout, class count, logits) before the store is touched."""
         plan = self.plan
-        spec = getattr(self, "spec", None) or parse_data(plan.data)
+        spec = self.data_spec
         self.label = label
         data = None
         fmt = spec.format

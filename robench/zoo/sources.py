@@ -69,6 +69,9 @@ def _from_registry(entry) -> RobenchModel:
     from robench.zoo.checkpoint import file_sha256
     from robench.zoo.registry import create_model
 
+    if entry.mean is not None or entry.std is not None:
+        raise RobenchError(f"--mean/--std set the normalisation of user models; {entry.name} normalises its inputs "
+                           "itself (robench models shows how)")
     args = dict(entry.args or {})
     model = create_model(entry.name, num_classes=entry.num_classes, checkpoint=entry.checkpoint,
                          checkpoint_key=entry.checkpoint_key, **args)
