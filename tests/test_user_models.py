@@ -382,3 +382,21 @@ def test_plan_file_with_user_model(setup, tmp_path, run_cli):
     plan.write_text(plan.read_text().replace("args = { width = 4 }", 'args = "width=4"'))
     code, _, err = run_cli("sweep", plan, "-q")
     assert code == 2 and "`args` must be a table of keyword arguments" in err
+
+
+def test_normalisation_from_timm_pretrained_cfg():
+    """A timm module passed as an object keeps timm's normalisation (declared in its pretrained_cfg)."""
+    import timm
+
+    from robench.run import ModelEntry
+    from robench.zoo.sources import build_model
+
+    net = timm.create_model("resnet10t", pretrained=False, num_classes=3).eval()
+    model = build_model(ModelEntry("r10", module=net))
+    cfg = net.pretrained_cfg
+    assert model.info.mean == tuple(cfg["mean"]) and model.info.provenance["normalization"] == "pretrained_cfg"
+    assert model.info.input_size == tuple(cfg["input_size"]) and model.info.checkpoint_sha256.startswith("weights:")
+    x = torch.rand(2, 3, 64, 64)
+    z = (x - torch.tensor(cfg["mean"]).view(1, 3, 1, 1)) / torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(model(x), net(z))
