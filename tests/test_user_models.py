@@ -6,12 +6,10 @@ import json
 import pickle
 import re
 import sqlite3
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
