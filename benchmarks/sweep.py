@@ -20,7 +20,7 @@ import torch
 
 from robench.attack import load_attack_suite, run_attack
 from robench.corrupt import corrupt_batch
-from robench.data.specs import load_dataset
+from robench.data.formats import load_clean
 from robench.run import ModelEntry, Plan, run_plan
 from robench.run.store import params_hash
 from robench.seeding import sample_seeds
@@ -36,7 +36,7 @@ def per_cell_loops(args, suite):
     cells = [("clean", None)] + [("corruption", c) for c in CORRUPTIONS] + [("pgd", e) for e in EPS]
     for kind, what in cells:
         model = create_model(args.model)
-        data = load_dataset(args.data, model.info, limit=args.limit, seed=0)
+        data = load_clean(args.data, model.info, limit=args.limit, seed=0)
         loader = torch.utils.data.DataLoader(data.dataset, batch_size=args.batch_size)
         correct = n = 0
         for x, y, idx in loader:

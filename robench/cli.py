@@ -148,13 +148,25 @@ def _run_and_print(plan, as_json: bool):
     console.print(f"store: {Path(plan.out) / 'robench.sqlite'}  (robench leaderboard {plan.out} / robench report {plan.out})")
 
 
+from robench.data.formats import SPEC_HELP  # noqa: E402  (light: no torch)
+
+MODEL_REF_HELP = ("Model (repeatable): a registered name (robench models, e.g. deit-quest), timm:NAME, "
+                  "path/to/models.py:Class or package.module:factory (a class or function returning an nn.Module; "
+                  "IMPORTING IT RUNS THAT CODE: only use files you trust), or a name registered by a package in "
+                  "the robench.models entry-point group.")
+
+
 @app.command("eval")
 def eval_(
-    model: list[str] = typer.Option(..., "--model", "-m", help="Registered model name (repeatable), e.g. deit-quest."),
-    checkpoint: Optional[list[str]] = typer.Option(None, "--checkpoint", "-c", help="Checkpoint per --model: one per model in order, or NAME=PATH."),
+    model: list[str] = typer.Option(..., "--model", "-m", help=MODEL_REF_HELP),
+    checkpoint: Optional[list[str]] = typer.Option(None, "--checkpoint", "-c", help="Checkpoint per --model: one per model in order, or NAME=PATH (.safetensors or .pth/.pt/.bin, loaded without unpickling code)."),
+    checkpoint_key: Optional[str] = typer.Option(None, "--checkpoint-key", help="Entry holding the weights ('model', 'model_ema', ...)."),
     random_init: bool = typer.Option(False, "--random-init", help="Evaluate models without a checkpoint with random weights, on purpose (flagged random-init everywhere)."),
     label: Optional[list[str]] = typer.Option(None, "--label", help="Display label per --model."),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help="imagenet:DIR, imagenet-c:DIR, cifar10:DIR, cifar10-c:DIR, folder:DIR, digits[:split]."),
+    model_arg: Optional[list[str]] = typer.Option(None, "--model-arg", help="key=value passed to the model's class or factory (repeatable; Python literals: depth=12, act=gelu, dims=[64,128])."),
+    mean: Optional[str] = typer.Option(None, help="Input normalisation mean of a user model, e.g. 0.4914,0.4822,0.4465 (default: the module's timm pretrained_cfg, else none: the model takes [0,1] images)."),
+    std: Optional[str] = typer.Option(None, help="Input normalisation std of a user model (see --mean)."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help=f"Data spec FORMAT:DIR, one of: {SPEC_HELP} (README lists the layouts)."),
     attack: Optional[list[str]] = typer.Option(None, "--attack", "-a", help="Attack suite (repeatable): fgsm, pgd, pgd-l2, autoattack, paper, a .toml path, torchattacks:Name."),
     corruptions: Optional[list[str]] = typer.Option(None, "--corruptions", help="Corruption suite (repeatable): imagenet-c, imagenet-c-extra, cifar10-c or a .toml path."),
     corruption: Optional[list[str]] = typer.Option(None, "--corruption", help="Only these corruptions of the suites (repeatable)."),
@@ -181,29 +193,29 @@ def eval_(
 ):
     """Evaluate models: clean accuracy always, plus attack and corruption suites; resumable.
 
-    Example: `robench eval --model deit-quest --checkpoint quest_tiny.pth --data imagenet:/data/val --attack pgd`
-    """
-    from robench.run import Plan, load_config, resolve_data
-    from robench.run.plan import PLAN_KEYS, pair_checkpoints
+    Data specs (--data FORMAT:DIR, layouts in README): {SPEC_HELP}.
 
-    cfg = load_config(config)
-    entries = pair_checkpoints(model, checkpoint, label, cfg, random_init=random_init)
-    defaults = {k: v for k, v in cfg.items() if k in PLAN_KEYS}
-    if eps:
-        from robench.attack import parse_eps
-    given = {"data": resolve_data(data, cfg), "attacks": list(attack or []) or None,
-             "corruptions": list(corruptions or []) or None, "corruption_names": list(corruption or []) or None,
-             "severities": list(severity or []) or None, "corruption_backend": backend,
-             "eps": parse_eps(eps) if eps else None, "steps": steps, "limit": limit, "attack_limit": attack_limit,
-             "subset": str(subset) if subset else None, "batch_size": batch_size, "device": device,
-             "precision": precision, "seed": seed, "out": str(out) if out else None}
-    flags = {"compile": compile, "force": force, "strict": strict, "diagnostics": diagnostics,
-             "allow_large_eps": allow_large_eps}
-    # command-line values win; robench.toml fills what was not given; Plan's defaults the rest
-    plan = Plan(models=entries, **{**defaults, **{k: v for k, v in given.items() if v is not None},
-                                   **{k: True for k, v in flags.items() if v}},
-                quiet=quiet, command="robench " + " ".join(sys.argv[1:]))
+    A model given as path/to/models.py:Class or package.module:factory is imported, which RUNS ITS CODE: only
+    evaluate code you trust. Checkpoints never run code (safetensors, or torch.load with weights_only=True).
+
+    Examples: `robench eval --model deit-quest --checkpoint quest_tiny.pth --data imagenet:/data/val --attack pgd`
+
+    `robench eval --model mymodels.py:ResNet18 --checkpoint model_test.pt --data cifar10:/data/cifar-10-batches-py --attack autoattack --eps 8/255`
+    """
+    from robench.run.plan import plan_from_options
+
+    plan = plan_from_options(
+        model, checkpoints=checkpoint, labels=label, model_args=model_arg, mean=mean, std=std,
+        checkpoint_key=checkpoint_key, config=config, data=data, attacks=attack, corruptions=corruptions,
+        corruption_names=corruption, severities=severity, backend=backend, eps=eps, steps=steps, limit=limit,
+        attack_limit=attack_limit, subset=subset, batch_size=batch_size, device=device, precision=precision,
+        seed=seed, out=out, compile=compile, force=force, strict=strict, diagnostics=diagnostics,
+        random_init=random_init, allow_large_eps=allow_large_eps, quiet=quiet,
+        command="robench " + " ".join(sys.argv[1:]))
     _run_and_print(plan, as_json)
+
+
+eval_.__doc__ = eval_.__doc__.replace("{SPEC_HELP}", SPEC_HELP)  # the format table, as it is
 
 
 @app.command()
@@ -403,9 +415,9 @@ def corrupt(
 
 @app.command("inspect")
 def inspect_(
-    model: str = typer.Option(..., "--model", "-m", help="Registered model name, e.g. deit-quest or demo-quest."),
+    model: str = typer.Option(..., "--model", "-m", help="Model, as for `robench eval` (deit-quest, demo-quest, timm:NAME, models.py:Class...)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Weights (.safetensors/.pth)."),
-    data: str = typer.Option("digits", "--data", help="Data spec (imagenet:/path, cifar10:/path, digits, ...)."),
+    data: str = typer.Option("digits", "--data", help=f"Data spec: {SPEC_HELP}."),
     limit: int = typer.Option(64, "--limit", help="Number of samples."),
     batch_size: int = typer.Option(32, "--batch-size"),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Query rows used for the attention maps."),
@@ -427,23 +439,24 @@ def inspect_(
     """
     from robench.diag import inspect, layer_summary
     from robench.paths import check_file
+    from robench.run import ModelEntry
+    from robench.run.preflight import check_model
+    from robench.zoo.sources import build_model
 
     if csv_out is not None:
         check_file(csv_out, "CSV file")
-    from robench.run import ModelEntry
-    from robench.run.preflight import check_model
-
-    check_model(ModelEntry(model, str(checkpoint) if checkpoint else None, random_init=random_init and not checkpoint))
+    entry = ModelEntry(model, str(checkpoint) if checkpoint else None, random_init=random_init and not checkpoint)
+    check_model(entry)
+    built = build_model(entry)  # once: the store and the diagnostics below share it
     if out is not None:
         from robench.run import Plan, run_plan
 
-        run_plan(Plan(models=[ModelEntry(model, str(checkpoint) if checkpoint else None,
-                                         random_init=random_init and checkpoint is None)], data=data, out=str(out),
-                      limit=limit, batch_size=batch_size, diagnostics=True, diagnostics_limit=limit, quiet=True,
+        entry.module = built
+        run_plan(Plan(models=[entry], data=data, out=str(out), limit=limit, batch_size=batch_size,
+                      diagnostics=True, diagnostics_limit=limit, quiet=True,
                       command="robench " + " ".join(sys.argv[1:])))
-    df = inspect(model, checkpoint, data, limit=limit, batch_size=batch_size, max_tokens=max_tokens,
-                 corruption=corruption, severity=severity, suite=suite, attack=attack, eps=eps,
-                 random_init=random_init and not checkpoint)
+    df = inspect(built, None, data, limit=limit, batch_size=batch_size, max_tokens=max_tokens,
+                 corruption=corruption, severity=severity, suite=suite, attack=attack, eps=eps)
     if csv_out is not None:
         df.to_csv(csv_out, index=False)
     if as_json:

@@ -160,12 +160,12 @@ def _fake_imagenet(root: Path, wnids, per_class=2, size=40):
 
 def test_imagenet_folder_uses_standard_class_index(tmp_path):
     from robench.data.imagenet import imagenet_wnids
-    from robench.data.specs import load_dataset
+    from robench.data.formats import load_clean
     from robench.zoo.registry import model_info
 
     wn = imagenet_wnids()
     root = _fake_imagenet(tmp_path / "val", [wn[999], wn[4], wn[500]])
-    data = load_dataset(f"imagenet:{root}", model_info("deit-tiny-standard"))
+    data = load_clean(f"imagenet:{root}", model_info("deit-tiny-standard"))
     labels = sorted({y for _, y, _ in (data.dataset[i] for i in range(len(data)))})
     assert labels == [4, 500, 999]  # not 0, 1, 2 from the sorted subfolders
     x, _, _ = data.dataset[0]
@@ -173,10 +173,10 @@ def test_imagenet_folder_uses_standard_class_index(tmp_path):
 
 
 def test_imagenet_sample_labels(imagenet_sample):
-    from robench.data.specs import load_dataset
+    from robench.data.formats import load_clean
     from robench.zoo.registry import model_info
 
-    data = load_dataset(f"imagenet:{imagenet_sample}", model_info("deit-tiny-standard"), limit=20)
+    data = load_clean(f"imagenet:{imagenet_sample}", model_info("deit-tiny-standard"), limit=20)
     lines = (imagenet_sample / "classes.tsv").read_text().splitlines()
     index = {ln.split("\t")[0]: i for i, ln in enumerate(lines)}
     for i in range(len(data)):

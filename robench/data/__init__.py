@@ -1,1 +1,3 @@
-"""Datasets, transforms, ImageNet-C / CIFAR-C readers, demo data."""
+"""Data: the format table (robench.data.formats: every `FORMAT:DIR` spec, its reader and class facts), what a
+format produces (robench.data.specs), image folders and transforms (imagenet), pre-rendered readers (corrupted),
+the demo digits (digits)."""

@@ -62,22 +62,23 @@ class ImageNetCFolder(Dataset):
 
 
 class Cifar10C(Dataset):
-    """One (corruption, severity) of CIFAR-10-C: rows (severity-1)*n .. severity*n of <corruption>.npy."""
+    """One (corruption, severity) of CIFAR-10-C: rows (severity-1)*n .. severity*n of <corruption>.npy.
+    CIFAR-100-C has the same layout (what="CIFAR100-C", id_prefix="test": ids match the clean set's)."""
 
-    def __init__(self, root, corruption: str, severity: int):
+    def __init__(self, root, corruption: str, severity: int, what: str = "CIFAR-10-C", id_prefix: str = "test_batch"):
         root = Path(root)
         check_severity(severity)
         if not root.is_dir():
-            raise RobenchError(f"CIFAR-10-C directory not found: {root}")
+            raise RobenchError(f"{what} directory not found: {root}")
         have = [p.stem for p in root.glob("*.npy") if p.stem != "labels"]
-        _check_name(corruption, have, root, "CIFAR-10-C directory")
+        _check_name(corruption, have, root, f"{what} directory")
         if not (root / "labels.npy").is_file():
-            raise RobenchError(f"CIFAR-10-C directory {root} has no labels.npy")
+            raise RobenchError(f"{what} directory {root} has no labels.npy")
         try:
             data = np.load(root / f"{corruption}.npy", mmap_mode="r")
             labels = np.load(root / "labels.npy")
         except (OSError, ValueError) as e:
-            raise RobenchError(f"cannot read CIFAR-10-C {corruption} in {root} ({e})") from None
+            raise RobenchError(f"cannot read {what} {corruption} in {root} ({e})") from None
         if data.ndim != 4 or data.shape[-1] != 3 or data.shape[0] % 5 or data.dtype != np.uint8:
             raise RobenchError(f"{root / (corruption + '.npy')} should hold 5 x N uint8 images (5N, H, W, 3), got "
                                f"{data.dtype} {data.shape}")
@@ -88,7 +89,7 @@ class Cifar10C(Dataset):
         if len(labels) == 5 * n:
             labels = labels[(severity - 1) * n:severity * n]
         self.labels = [int(v) for v in labels]
-        self.sample_ids = [f"test_batch/{i}" for i in range(n)]
+        self.sample_ids = [f"{id_prefix}/{i}" for i in range(n)]
 
     def __len__(self):
         return len(self.sample_ids)

@@ -43,8 +43,9 @@ def read_class_list(path) -> list[str]:
     return names
 
 
-def scan_class_folders(root: Path, class_index: dict[str, int], what: str) -> list[tuple[str, int]]:
-    """(relative path, label) for every image under root/<class>/, sorted. Class folders must be in the list."""
+def scan_class_folders(root: Path, class_index: dict[str, int], what: str, hint: str = "") -> list[tuple[str, int]]:
+    """(relative path, label) for every image under root/<class>/, sorted. Class folders must be in the list
+    (`hint`, e.g. the expected layout, ends the error message otherwise)."""
     if not root.is_dir():
         raise RobenchError(f"{what} directory not found: {root}")
     folders = sorted(p for p in root.iterdir() if p.is_dir())
@@ -53,7 +54,8 @@ def scan_class_folders(root: Path, class_index: dict[str, int], what: str) -> li
     unknown = [f.name for f in folders if f.name not in class_index]
     if unknown:
         raise RobenchError(f"{what} class folder(s) not in the class list: {', '.join(unknown[:5])}"
-                           + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "") + f" (in {root})")
+                           + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "") + f" (in {root})"
+                           + (f"; {hint}" if hint else ""))
     items = [(f"{f.name}/{p.name}", class_index[f.name]) for f in folders for p in sorted(f.iterdir())
              if p.suffix.lower() in IMAGE_EXTS]
     if not items:

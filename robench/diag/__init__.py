@@ -11,20 +11,30 @@ from __future__ import annotations
 from robench.diag.stats import inspect_model, layer_summary
 
 
-def inspect(model_name: str, checkpoint=None, data: str = "digits", *, limit: int | None = 64,
+def inspect(model, checkpoint=None, data: str = "digits", *, limit: int | None = 64,
             batch_size: int = 32, max_tokens: int | None = None, seed: int = 0, device: str = "cpu",
             corruption: str | None = None, severity: int = 3, suite: str = "imagenet-c",
             attack: str | None = None, eps=None, random_init: bool = False):
-    """Diagnostics of a registered model (optionally a checkpoint) on `limit` samples of a data spec: clean, under
-    one corruption (same per-sample seeds as a sweep), or on the adversarial images of an FGSM/PGD suite's attack
-    (`attack="pgd"`, `eps` its largest eps by default; standard protocol)."""
+    """Diagnostics of a model on `limit` samples of a data spec: clean, under one corruption (same per-sample
+    seeds as a sweep), or on the adversarial images of an FGSM/PGD suite's attack (`attack="pgd"`, `eps` its
+    largest eps by default; standard protocol). `model`: a built RobenchModel, or any --model reference
+    (robench.zoo.sources) with an optional checkpoint (or random_init=True: random weights on purpose)."""
     from torch.utils.data import DataLoader
 
-    from robench.data.specs import load_dataset
-    from robench.zoo.registry import create_model
+    from robench.data.formats import load_clean
+    from robench.zoo.registry import RobenchModel
 
-    model = create_model(model_name, checkpoint=checkpoint, random_init=random_init).to(device)
-    ds = load_dataset(data, model.info, limit=limit, seed=seed)
+    if not isinstance(model, RobenchModel):
+        from robench.run.plan import ModelEntry
+        from robench.zoo.sources import build_model
+
+        ckpt = str(checkpoint) if checkpoint else None
+        model = build_model(ModelEntry(model, ckpt, random_init=random_init) if isinstance(model, str)
+                            else ModelEntry(type(model).__name__, ckpt, module=model))
+    model = model.to(device).eval()
+    ds = load_clean(data, model.info, limit=limit, seed=seed)
+    if ds.class_mask is not None:
+        model = model.restricted(ds.class_mask)
     batches = ((x.to(device), y) for x, y, _ in DataLoader(ds.dataset, batch_size=batch_size))
     if corruption is not None:
         from robench.corrupt import corrupt_batch

@@ -9,3 +9,19 @@ Modules: stats (pure statistics), results (reading one or more stores), leaderbo
 report), plots, compare, check, testing (synthetic stores for tests). Nothing is imported here: robench.run.store
 imports robench.report.stats, so this package must stay free of store imports.
 """
+
+import sys as _sys
+import types as _types
+
+
+class _CallableModule(_types.ModuleType):
+    """`robench.report(...)` is the API's report function (robench.api.report) even though robench.report is also
+    this package: calling the package calls it."""
+
+    def __call__(self, *args, **kwargs):
+        from robench.api import report
+
+        return report(*args, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallableModule

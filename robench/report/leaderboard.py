@@ -7,9 +7,11 @@ Columns (accuracies and mCE as fractions in the DataFrame, csv and json; percent
     severities), corruptions_<category>_acc, extra_corruptions_acc,
     <attack>_<norm>_acc@<eps> per attack, norm and eps present (fgsm_linf_acc@1/255, pgd_l2_acc@0.5); AutoAttack at a
     single threat model is plain `autoattack_acc` as on RobustBench,
+    imagenet_a_acc, imagenet_r_acc, imagenet_sketch_acc, imagenet_v2_acc: the companion test sets join the ImageNet
+    row (any other metric of theirs is prefixed likewise: imagenet_a_pgd_linf_acc@1/255),
     skipped (unreadable images left out; only when some were), flags (number of sanity and random-init flags
     raised for the model; the md format spells out random-init and skipped images under the table).
-The mCE columns appear only where mCE applies (ImageNet data with the AlexNet table); an earlier evaluation of a
+The mCE columns appear only where mCE applies (ImageNet-C data with the AlexNet table); an earlier evaluation of a
 label with other weights is its own row, `label#<sha256 prefix>`.
 Cells run under the paper protocol carry the suffix " (paper)", adaptive attacks " (adaptive)". Missing cells are
 empty (NaN), never 0. With ci=True every single-cell column gets <col>_ci_low / <col>_ci_high (Wilson 95%).
@@ -115,13 +117,21 @@ def leaderboard(stores, sort: str | None = None, variant=None, model=None, datas
             flag_names.setdefault(m, []).append(f"{int(g['skipped'].max())} unreadable image(s) skipped")
     rejected = res.rejected_hits()
 
+    from robench.data.formats import leaderboard_placement
+
+    # a companion set (ImageNet-A, -R, -Sketch, -V2) joins its parent's row with prefixed columns: imagenet_a_acc
+    place = {d: leaderboard_placement(d) for d in t["dataset"].dropna().unique()}
+    t = t.assign(_row=[place.get(d, (d, None))[0] for d in t["dataset"]])
     rows, col_order, notes = [], {}, []
-    for (mlabel, dataset_), g in t.groupby(["model", "dataset"], sort=False):
+    for (mlabel, dataset_), g in t.groupby(["model", "_row"], sort=False):
         first = g.iloc[0]
         row = {"model": mlabel, "variant": first["variant"], "arch": first["arch"],
                "params": None if pd.isna(first["params"]) else int(first["params"]), "dataset": dataset_}
 
-        def put(name, value, rank, lo=None, hi=None, suffix=""):
+        def put(name, value, rank, lo=None, hi=None, suffix="", prefix=None):
+            if prefix:
+                name = f"{prefix}_acc" if name == "clean_acc" else f"{prefix}_{name}"
+                rank = (0, *rank[1:-1], 1, prefix) if rank[0] == 0 else (3, prefix, *rank)
             row[name + suffix] = value
             col_order.setdefault(name + suffix, rank)
             if ci and lo is not None:
@@ -132,24 +142,28 @@ def leaderboard(stores, sort: str | None = None, variant=None, model=None, datas
         for r in g.itertuples():
             sfx = _suffix(r.protocol, r.adaptive)
             prot = (r.protocol != "standard", r.adaptive)
+            pfx = place.get(r.dataset, (None, None))[1]
             if r.threat == "clean":
-                put("clean_acc", r.value, (0, *prot, 0), r.ci_low, r.ci_high, sfx)
+                put("clean_acc", r.value, (0, *prot, 0), r.ci_low, r.ci_high, sfx, pfx)
             elif r.threat == "attack":
                 base = _attack_base(r.attack, r.norm, r.eps, single_aa)
                 put(base, r.value, (2, *prot, _attack_rank(r.attack), r.attack, r.norm or "", r.eps or 0.0),
-                    r.ci_low, r.ci_high, sfx)
+                    r.ci_low, r.ci_high, sfx, pfx)
         for (m, d, protocol), s in summaries.items():
-            if m != mlabel or d != dataset_:
+            if m != mlabel or place.get(d, (d, None))[0] != dataset_:
                 continue
+            pfx = place.get(d, (None, None))[1]
             sfx, prot = _suffix(protocol, 0), (protocol != "standard", 0)
-            put("corruptions_acc", s.mean_acc, (1, *prot, 0), suffix=sfx)
+            put("corruptions_acc", s.mean_acc, (1, *prot, 0), suffix=sfx, prefix=pfx)
             if s.mce is not None or s.note:  # mCE applies (ImageNet-C's AlexNet table): a value or why not
-                put("corruptions_mce", s.mce, (1, *prot, 1), suffix=sfx)
-                put("corruptions_rel_mce", s.rel_mce, (1, *prot, 2), suffix=sfx)
+                put("corruptions_mce", s.mce, (1, *prot, 1), suffix=sfx, prefix=pfx)
+                put("corruptions_rel_mce", s.rel_mce, (1, *prot, 2), suffix=sfx, prefix=pfx)
             for cat, v in s.category_acc.items():
-                put(f"corruptions_{cat}_acc", v, (1, *prot, 3, corruption_rank(None, cat)[0], cat), suffix=sfx)
+                put(f"corruptions_{cat}_acc", v, (1, *prot, 3, corruption_rank(None, cat)[0], cat), suffix=sfx,
+                    prefix=pfx)
             if s.extra_acc:
-                put("extra_corruptions_acc", sum(s.extra_acc.values()) / len(s.extra_acc), (1, *prot, 4), suffix=sfx)
+                put("extra_corruptions_acc", sum(s.extra_acc.values()) / len(s.extra_acc), (1, *prot, 4),
+                    suffix=sfx, prefix=pfx)
             if s.note:
                 notes.append(f"{mlabel} ({d}{sfx}): {s.note}")
         row["skipped"] = int(g["skipped"].max()) if "skipped" in g and g["skipped"].notna().any() else 0

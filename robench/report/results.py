@@ -155,11 +155,26 @@ class Results:
         table = normalize(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame()
         self.table = table.drop_duplicates(list(KEY), keep="last").reset_index(drop=True)
 
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame) -> "Results":
+        """Results of a tidy table already in memory (robench.evaluate's DataFrame; flags from df.attrs["flags"]).
+        Per-sample outcomes are not available (no store)."""
+        self = cls.__new__(cls)
+        self.stores = []
+        table = df.copy()
+        table["store"] = 0
+        self.table = normalize(table).drop_duplicates(list(KEY), keep="last").reset_index(drop=True)
+        flags = df.attrs.get("flags")
+        self._flags = flags.copy() if isinstance(flags, pd.DataFrame) else pd.DataFrame(columns=["model", "flag"])
+        return self
+
     @property
     def model_labels(self) -> list[str]:
         return list(dict.fromkeys(self.table["model"]))
 
     def outcomes(self, store: int, cell_id: int) -> pd.DataFrame:
+        if not self.stores:
+            raise RobenchError("per-sample outcomes need a results store (these results are an in-memory table)")
         return self.stores[int(store)].outcomes(int(cell_id))
 
     def _concat(self, method: str) -> pd.DataFrame:
@@ -172,6 +187,8 @@ class Results:
 
     def flags(self) -> pd.DataFrame:
         """Flags of every store, under the labels of `table` (an earlier evaluation's as `label#sha`)."""
+        if getattr(self, "_flags", None) is not None:
+            return self._flags
         df = self._concat("flags")
         if df.empty or "checkpoint_sha256" not in df:
             return df
@@ -285,8 +302,10 @@ def corruption_summaries(table: pd.DataFrame, alexnet=_DEFAULT) -> dict:
         clean_acc = float(clean["value"].iloc[-1]) if len(clean) else None
         acc = {(r.corruption, r.severity if r.severity is not None else 0): r.value for r in g.itertuples()}
         cats = {r.corruption: r.category for r in g.itertuples()}
-        # mCE is relative to AlexNet's ImageNet-C errors: only meaningful on ImageNet data
-        other = shipped and not str(dataset).startswith("imagenet")
+        # mCE is relative to AlexNet's ImageNet-C errors: only meaningful on ImageNet(-C) itself
+        from robench.data.formats import has_mce
+
+        other = shipped and not has_mce(str(dataset))
         summary = corruption_summary(acc, cats, clean_acc, None if other else alexnet)
         if other:
             summary.note = None

@@ -25,7 +25,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import robench
-from robench.data.specs import PRERENDERED, EvalData, load_dataset, load_prerendered, parse_spec
+from robench.data.formats import DataSpec, load_clean, load_corrupted, parse_data
+from robench.data.specs import EvalData
 from robench.errors import RobenchError
 from robench.run import dist
 from robench.run.plan import ModelEntry, Plan
@@ -89,11 +90,14 @@ def provenance(plan: Plan, device: torch.device) -> dict:
 
 
 # ---- planning ----------------------------------------------------------------------------------------------------
-def plan_jobs(plan: Plan, model, data: EvalData | None) -> list[Job]:
-    """The cells of one model, grouped into jobs that share a data stream."""
-    kind, _ = parse_spec(plan.data)
+def plan_jobs(plan: Plan, model, data: EvalData | None, data_spec: DataSpec | None = None) -> list[Job]:
+    """The cells of one model, grouped into jobs that share a data stream (`data`: the clean set; None for a
+    pre-rendered corruption set, read per corruption and severity from `data_spec`)."""
+    data_spec = parse_data(data_spec or plan.data)
     base = {"precision": plan.precision, "seed": plan.seed, "chunk_size": plan.chunk_size,
             "robench_schema": 1}
+    if model.info.provenance:  # what defines a model that is not just a registry name (user code, args, norm)
+        base["model"] = {k: v for k, v in model.info.provenance.items() if k != "ref"}
     jobs = []
     if data is not None:
         dset = {"dataset": data.name, "data_fingerprint": data.fingerprint, "n": len(data)}
@@ -124,12 +128,11 @@ def plan_jobs(plan: Plan, model, data: EvalData | None) -> list[Job]:
                 job.cells.append(Cell(p, "attack", attack_spec=spec, eps_index=i))
         jobs.append(job)
     else:  # pre-rendered corruption set: one job per (corruption, severity)
-        for suite_name in plan.corruptions or [kind]:
+        for suite_name in plan.corruptions or [data_spec.format.default_suite]:
             suite = _corruption_suite(suite_name)
             for c in _suite_corruptions(suite, plan):
                 for s in plan.severities:
-                    d = load_prerendered(plan.data, c, int(s), model.info, limit=plan.limit, subset=plan.subset,
-                                         seed=plan.seed)
+                    d = load_corrupted(data_spec, c, int(s), limit=plan.limit, subset=plan.subset, seed=plan.seed)
                     p = {**base, "dataset": d.name, "data_fingerprint": d.fingerprint, "n": len(d),
                          "threat": "corruption", "corruption": c, "severity": int(s), "category": suite.category(c),
                          "suite": suite.name, "backend": "prerendered", "protocol": "standard"}
@@ -160,20 +163,22 @@ class Runner:
 
     def __init__(self, plan: Plan, progress=None):
         self.plan = plan.validate()
+        self.data_spec = parse_data(plan.data)  # parsed once, here
         self.device = resolve_device(plan.device)
         self.amp = AMP_DTYPES[plan.precision]
         self.progress = progress
         self.stop_requested = False
         self.rank0 = dist.rank() == 0
         self.store = None
+        self.cell_ids = []  # the cells this run evaluated (of every model)
         self._chunk_writes = 0
         self._fault = _parse_fault(os.environ.get("ROBENCH_FAULT"))
         # corrupted images are the same for every model: keep them (8-bit, CPU) for the next model of the plan
         self.corrupted = CorruptionCache(plan.corruption_cache_mb if len(plan.models) > 1 else 0)
 
-    # The store is opened on rank 0 only; other ranks receive cell ids and pending chunks by broadcast.
-    # It is opened (created) only once the whole plan is validated and the first model and its data are loaded,
-    # so bad input never leaves a store behind; a store this run created holding no outcome is removed on failure.
+    # The store is opened on rank 0 only, once the whole plan is validated and the first model and its data passed
+    # every check (bad input never leaves a store behind; a store this run created holding no outcome is removed on
+    # failure). Other ranks receive cell ids and pending chunks by broadcast.
     def run(self):
         plan = self.plan
         from robench.run.preflight import preflight
@@ -186,11 +191,10 @@ class Runner:
         old = signal.getsignal(signal.SIGINT)
         if self.rank0 and _is_main_thread():
             signal.signal(signal.SIGINT, self._on_sigint)
-        model_ids = []
         try:
             try:
                 for entry in plan.models:
-                    model_ids.append(self.run_model(entry))
+                    self.run_model(entry)
             except KeyboardInterrupt:  # second Ctrl-C: stop at once, but as an interruption, with the hint
                 raise Interrupted(RESUME_HINT) from None
             if self.rank0:
@@ -283,45 +287,54 @@ class Runner:
                 print(f"[robench] {msg}", file=sys.stderr, flush=True)
 
     def load_model(self, entry: ModelEntry):
-        from robench.run.preflight import RANDOM_INIT_SHA
-        from robench.zoo.checkpoint import file_sha256
-        from robench.zoo.registry import create_model
+        """The entry's model (any source: robench.zoo.sources) on the device, eval mode, parameters frozen."""
+        from robench.zoo.registry import is_random_init
+        from robench.zoo.sources import build_model
 
-        model = create_model(entry.name, num_classes=entry.num_classes, checkpoint=entry.checkpoint,
-                             checkpoint_key=entry.checkpoint_key, random_init=entry.random_init)
-        ckpt = entry.checkpoint or (None if entry.random_init else model.info.default_checkpoint)
-        sha = file_sha256(ckpt) if ckpt else RANDOM_INIT_SHA
-        if not ckpt:
+        model = build_model(entry).to(self.device).eval()
+        if is_random_init(model.info.checkpoint_sha256):
             self.warn(f"model {entry.display}: RANDOM weights (--random-init); its results are flagged random-init")
-        model = model.to(self.device).eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        return model, ckpt, sha
+        prov = model.info.provenance
+        if "normalization" in prov:
+            norm = (f"mean {prov['mean']} std {prov['std']} (from {prov['normalization']})"
+                    if prov["mean"] is not None else "none: the model takes [0, 1] images (set --mean/--std)")
+            self.log(f"{entry.display}: {model.info.source} model {model.info.arch}, {model.info.params} parameters, "
+                     f"weights {model.info.checkpoint or 'as built (no checkpoint)'}, input normalisation {norm}")
+        return model
 
     def run_model(self, entry: ModelEntry):
+        return self.evaluate_model(self.load_model(entry), entry.display)
+
+    def evaluate_model(self, model, label: str):
+        """The one engine entry: a built model (RobenchModel: module + description) under a label, over the plan's
+        data and threats. Everything is checked (data layout, class count, logits) before the store is touched."""
         plan = self.plan
-        model, ckpt, sha = self.load_model(entry)
-        self.label = entry.display
-        kind, _ = parse_spec(plan.data)
+        spec = self.data_spec
+        self.label = label
         data = None
-        if kind not in PRERENDERED:
-            data = load_dataset(plan.data, model.info, limit=plan.limit, subset=plan.subset, seed=plan.seed,
-                                strict=plan.strict)
-            if data.num_classes != model.info.num_classes:
-                raise RobenchError(f"model {entry.display} has {model.info.num_classes} classes but data "
-                                   f"{plan.data} has {data.num_classes}")
+        fmt = spec.format
+        if not fmt.prerendered:
+            data = load_clean(spec, model.info, limit=plan.limit, subset=plan.subset, seed=plan.seed,
+                              strict=plan.strict)
             _check_readable(data)
-        elif model.info.num_classes != (1000 if kind == "imagenet-c" else 10):
-            raise RobenchError(f"model {entry.display} has {model.info.num_classes} classes but {kind} has "
-                               f"{1000 if kind == 'imagenet-c' else 10}")
-        jobs = plan_jobs(plan, model, data)
+        want = data.model_classes if data is not None else fmt.model_classes
+        if model.info.num_classes is not None and model.info.num_classes != want:
+            raise RobenchError(f"model {label} has {model.info.num_classes} classes but data {plan.data} has {want}")
+        jobs = plan_jobs(plan, model, data, spec)
+        check_logits(model, jobs[0].data, label, self.device)
+        mask = jobs[0].data.class_mask
+        if mask is not None:  # 200-class subsets (ImageNet-A/R): logits restricted to their classes
+            model = model.restricted(mask)
         forward = torch.compile(model) if plan.compile else model
         model_id = None
         self.open_store()
         if self.rank0:
-            model_id = self.store.model_id(label=entry.display, name=entry.name, variant=model.info.variant,
-                                           arch=model.info.arch, params=model.info.params, checkpoint=ckpt,
-                                           checkpoint_sha256=sha)
+            info = model.info
+            model_id = self.store.model_id(label=label, name=info.name, variant=info.variant, arch=info.arch,
+                                           params=info.params, checkpoint=info.checkpoint,
+                                           checkpoint_sha256=info.checkpoint_sha256)
             for job in jobs:
                 n_job = len(job.data)
                 for cell in job.cells:
@@ -336,16 +349,17 @@ class Runner:
         for job, job_ids in zip(jobs, ids):
             for cell, cid in zip(job.cells, job_ids):
                 cell.cell_id = cid
+                self.cell_ids.append(cid)
         for job in jobs:
-            self.run_job(entry, model, forward, job)
+            self.run_job(label, model, forward, job)
         if self.rank0:
             self.write_flags(model_id, jobs)
-            self.write_model_flags(model_id, entry, sha)
+            self.write_model_flags(model_id, label, model.info.checkpoint_sha256)
             if plan.diagnostics and data is not None:
                 self.run_diagnostics(model, model_id, data)
         return model_id
 
-    def run_job(self, entry, model, forward, job: Job):
+    def run_job(self, label: str, model, forward, job: Job):
         plan = self.plan
         n = len(job.data)
         n_chunks = math.ceil(n / plan.chunk_size)
@@ -363,7 +377,7 @@ class Runner:
             pending = None
         pending = dist.broadcast(pending)
         by_id = {c.cell_id: c for c in job.cells}
-        what = f"{entry.display} · {_job_label(job)}"
+        what = f"{label} · {_job_label(job)}"
         if not pending:
             self.log(f"{what}: all {len(job.cells)} cells already done (use --force to recompute)")
         total = sum(min(plan.chunk_size, n - ch * plan.chunk_size) for ch in pending)
@@ -593,14 +607,14 @@ class Runner:
         flags = sanity_flags(rows, float(clean.iloc[0]) if len(clean) else None)
         self.store.write_flags(model_id, flags, self.run_id)
 
-    def write_model_flags(self, model_id, entry: ModelEntry, sha: str):
+    def write_model_flags(self, model_id, label: str, sha: str):
         """Flags of the model itself, shown in every table and report: random weights. (Skipped images are in
         the results' `skipped` column.)"""
-        from robench.run.preflight import is_random_init
+        from robench.zoo.registry import is_random_init
 
         flags = []
         if is_random_init(sha):
-            flags.append({"flag": "random-init", "message": f"{entry.display} was evaluated with RANDOM weights "
+            flags.append({"flag": "random-init", "message": f"{label} was evaluated with RANDOM weights "
                           "(no checkpoint, --random-init): its accuracies say nothing about a trained model"})
         self.store.add_flags(model_id, flags, self.run_id)
 
@@ -624,6 +638,26 @@ def _elapsed(t0: float, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - t0
+
+
+def check_logits(model, data: EvalData, label: str, device) -> None:
+    """Run the model on the first two samples: it must return a logits tensor (B, classes the data needs)."""
+    n = min(2, len(data))
+    if n == 0:
+        raise RobenchError(f"data {data.spec} holds no samples")
+    x = torch.stack([data.dataset[i][0] for i in range(n)]).to(device).float()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as e:
+        msg = (str(e).strip().splitlines() or [""])[0][:200]
+        raise RobenchError(f"model {label} failed on a batch of {data.name} images {tuple(x.shape)}: "
+                           f"{type(e).__name__}: {msg}") from None
+    if not isinstance(out, torch.Tensor):
+        raise RobenchError(f"model {label} returned a {type(out).__name__}, not a tensor of logits")
+    if tuple(out.shape) != (n, data.model_classes):
+        raise RobenchError(f"model {label} returned logits of shape {tuple(out.shape)} for {n} {data.name} images; "
+                           f"expected ({n}, {data.model_classes}): one logit per class of {data.name}")
 
 
 class CorruptionCache:

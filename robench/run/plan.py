@@ -15,12 +15,19 @@ from robench.errors import RobenchError, suggest
 
 @dataclass
 class ModelEntry:
+    """One model of a plan. `name` is anything robench.zoo.sources resolves: a registered name, timm:NAME,
+    path/to/file.py:Attr, package.module:factory or an entry-point name; `module` an nn.Module (Python API)."""
+
     name: str
     checkpoint: str | None = None
     label: str | None = None
     checkpoint_key: str | None = None
     num_classes: int | None = None
     random_init: bool = False  # evaluate random weights on purpose (registry models without weights need it)
+    args: dict | None = None  # constructor / factory keyword arguments (--model-arg key=value)
+    mean: list[float] | None = None  # input normalisation of a user model (default: from the model, else none)
+    std: list[float] | None = None
+    module: object = field(default=None, repr=False)  # an nn.Module object (Python API; not a plan file key)
 
     @property
     def display(self) -> str:
@@ -88,7 +95,7 @@ class Plan:
 
 
 PLAN_KEYS = {f.name for f in fields(Plan)} - {"models", "command", "quiet"}
-MODEL_KEYS = {f.name for f in fields(ModelEntry)}
+MODEL_KEYS = {f.name for f in fields(ModelEntry)} - {"module"}
 
 
 def _check_keys(d: dict, allowed: set, where: str):
@@ -105,6 +112,9 @@ def _model_entry(m, where: str, config: dict) -> ModelEntry:
         raise RobenchError(f"{where}: each model needs a `name`")
     _check_keys(m, MODEL_KEYS, where)
     entry = ModelEntry(**m)
+    if entry.args is not None and not isinstance(entry.args, dict):
+        raise RobenchError(f"{where}: `args` must be a table of keyword arguments, e.g. args = {{ depth = 12 }}")
+    entry.mean, entry.std = parse_norm(entry.mean, "mean"), parse_norm(entry.std, "std")
     if entry.checkpoint is None and entry.random_init is not True:
         entry.checkpoint = config.get("checkpoints", {}).get(entry.name)
     return entry
@@ -180,6 +190,10 @@ def _value_ok(value, annotation: str) -> bool:
             return True
         if a == "str" and isinstance(value, str):
             return True
+        if a == "dict" and isinstance(value, dict):
+            return True
+        if a == "object":
+            return True
     return False
 
 
@@ -245,3 +259,114 @@ def pair_checkpoints(models: list[str], checkpoints: list[str] | None, labels: l
         entries.append(ModelEntry(name=m, checkpoint=ckpt, label=labels[i] if i < len(labels) else None,
                                   random_init=bool(random_init) and ckpt is None))
     return entries
+
+
+# ---- options (robench eval, robench.evaluate) -> Plan --------------------------------------------------------------
+def parse_model_args(items) -> dict:
+    """['depth=2', "act='gelu'", 'widths=[16, 32]'] (or a dict) -> keyword arguments. Values are Python literals;
+    a bare word (relu) is a string; true/false/none are accepted as True/False/None."""
+    import ast
+    import re
+
+    if items is None:
+        return {}
+    if isinstance(items, dict):
+        return dict(items)
+    out = {}
+    for item in items:
+        key, eq, text = str(item).partition("=")
+        key, text = key.strip(), text.strip()
+        if not eq or not key.isidentifier() or not text:
+            raise RobenchError(f"--model-arg '{item}' does not parse: expected key=value with a Python literal "
+                               "value (depth=2, act=gelu, dims=[64,128], scale=0.5)")
+        low = text.lower()
+        if low in ("true", "false", "none"):
+            out[key] = {"true": True, "false": False, "none": None}[low]
+            continue
+        try:
+            out[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            if not re.fullmatch(r"[A-Za-z_][\w.\-]*", text):
+                raise RobenchError(f"--model-arg '{item}' does not parse: '{text}' is not a Python literal "
+                                   "(quote strings with spaces or brackets: name='a b')") from None
+            out[key] = text
+    return out
+
+
+def parse_norm(value, what: str) -> list[float] | None:
+    """--mean / --std: '0.5,0.5,0.5', one number for all channels, or a list; None stays None."""
+    if value is None:
+        return None
+    items = value.replace(" ", "").split(",") if isinstance(value, str) else list(value) if isinstance(
+        value, (list, tuple)) else [value]
+    try:
+        vals = [float(v) for v in items]
+    except (TypeError, ValueError):
+        raise RobenchError(f"--{what} must be 1 or 3 comma-separated numbers, got {value!r}") from None
+    if len(vals) == 1:
+        vals = vals * 3
+    if len(vals) != 3 or (what == "std" and any(v <= 0 for v in vals)):
+        raise RobenchError(f"--{what} must be 1 or 3 numbers{' > 0' if what == 'std' else ''}, got {value!r}")
+    return vals
+
+
+def plan_from_options(models, *, checkpoints=None, labels=None, model_args=None, mean=None, std=None,
+                      checkpoint_key: str | None = None, config=None, data=None, attacks=None, corruptions=None,
+                      corruption_names=None, severities=None, backend=None, eps=None, steps=None, limit=None,
+                      attack_limit=None, corruption_limit=None, subset=None, batch_size=None, device=None,
+                      precision=None, seed=None, out=None, compile: bool = False, force: bool = False,
+                      strict: bool = False, diagnostics: bool = False, random_init: bool = False,
+                      allow_large_eps: bool = False, quiet: bool = False, command: str = "") -> Plan:
+    """The plan of `robench eval` and `robench.evaluate`. Given values win; robench.toml (`config`: a loaded dict,
+    a path, or None for ./robench.toml when present) fills what was not given; Plan's defaults the rest.
+
+    models: names / refs (str), nn.Module objects or ModelEntry; checkpoints and labels: one per model, in order;
+    model_args / mean / std apply to every model given by name or object.
+    """
+    cfg = config if isinstance(config, dict) else load_config(config)
+    models = list(models) if isinstance(models, (list, tuple)) else [models]
+    if not models:
+        raise RobenchError("nothing to evaluate: give a model (--model)")
+    args, mean, std = parse_model_args(model_args), parse_norm(mean, "mean"), parse_norm(std, "std")
+    if all(isinstance(m, str) for m in models):  # names / refs: checkpoints paired by count or by name
+        entries = pair_checkpoints(models, checkpoints, labels, cfg, random_init=random_init)
+    else:  # nn.Module objects (robench.evaluate) and ModelEntry items: checkpoints and labels in order
+        ckpts, labs = list(checkpoints or []), list(labels or [])
+        if len(ckpts) > len(models) or len(labs) > len(models):
+            raise RobenchError("give at most one checkpoint and one label per model")
+        entries = []
+        for i, m in enumerate(models):
+            if isinstance(m, ModelEntry):
+                entries.append(m)
+                continue
+            ckpt = str(ckpts[i]) if i < len(ckpts) and ckpts[i] else None
+            if isinstance(m, str):
+                entry = ModelEntry(name=m, checkpoint=ckpt or cfg.get("checkpoints", {}).get(m))
+            else:
+                name = getattr(getattr(m, "info", None), "name", None) or type(m).__name__  # a RobenchModel's name
+                entry = ModelEntry(name=name, checkpoint=ckpt, module=m)
+            entry.label = labs[i] if i < len(labs) else None
+            entry.random_init = bool(random_init) and entry.checkpoint is None
+            entries.append(entry)
+    for entry, m in zip(entries, models):
+        if not isinstance(m, ModelEntry):
+            entry.checkpoint_key, entry.args, entry.mean, entry.std = checkpoint_key, args or None, mean, std
+    if eps is not None:
+        from robench.attack.spec import parse_eps
+
+        eps = parse_eps(eps)
+
+    def _list(v):
+        return None if v is None else ([v] if isinstance(v, (str, int)) else list(v)) or None
+
+    given = {"data": resolve_data(str(data) if data is not None else None, cfg), "attacks": _list(attacks),
+             "corruptions": _list(corruptions), "corruption_names": _list(corruption_names),
+             "severities": _list(severities), "corruption_backend": backend, "eps": eps, "steps": steps,
+             "limit": limit, "attack_limit": attack_limit, "corruption_limit": corruption_limit,
+             "subset": str(subset) if subset else None, "batch_size": batch_size, "device": device,
+             "precision": precision, "seed": seed, "out": str(out) if out is not None else None}
+    flags = {"compile": compile, "force": force, "strict": strict, "diagnostics": diagnostics,
+             "allow_large_eps": allow_large_eps}
+    defaults = {k: v for k, v in cfg.items() if k in PLAN_KEYS}
+    return Plan(models=entries, **{**defaults, **{k: v for k, v in given.items() if v is not None},
+                                   **{k: True for k, v in flags.items() if v}}, quiet=quiet, command=command)

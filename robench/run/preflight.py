@@ -15,11 +15,6 @@ from pathlib import Path
 from robench.errors import RobenchError
 from robench.run.plan import ModelEntry, Plan
 
-RANDOM_INIT_SHA = "random-init-seed0"  # what the store records as the checkpoint hash of random weights
-
-
-def is_random_init(sha) -> bool:
-    return isinstance(sha, str) and sha.startswith("random-init")
 
 
 def check_output(plan: Plan) -> None:
@@ -36,17 +31,21 @@ def check_output(plan: Plan) -> None:
 
 
 def check_model(entry: ModelEntry):
-    """The model's static info; an error when it would silently get random weights or its checkpoint is missing."""
-    from robench.zoo.registry import model_info
+    """The model's static info (None for user code, known only once built); an error when a model would silently
+    get random weights or its checkpoint is missing."""
+    from robench.zoo.sources import source_of
 
-    info = model_info(entry.name)
     if entry.random_init and entry.checkpoint:
         raise RobenchError(f"model {entry.display}: both a checkpoint ({entry.checkpoint}) and random_init given; "
                            "choose one")
-    if entry.checkpoint:
-        if not Path(entry.checkpoint).is_file():
-            raise RobenchError(f"checkpoint not found: {entry.checkpoint} (for model {entry.display})")
-    elif not entry.random_init and not info.default_checkpoint:
+    if entry.checkpoint and not Path(entry.checkpoint).is_file():
+        raise RobenchError(f"checkpoint not found: {entry.checkpoint} (for model {entry.display})")
+    if source_of(entry.module if entry.module is not None else entry.name) in ("module", "file", "python", "plugin"):
+        return None  # user code or an nn.Module object: its weights are whatever that code builds or loads
+    from robench.zoo.registry import model_info
+
+    info = model_info(entry.name)
+    if not entry.checkpoint and not entry.random_init and not info.default_checkpoint:
         raise RobenchError(f"model {entry.display} has no weights: pass --checkpoint PATH (or set it in "
                            "robench.toml [checkpoints]), or --random-init to evaluate random weights on purpose "
                            "(plan: random_init = true)")
@@ -72,8 +71,11 @@ def check_eps(plan: Plan, infos) -> None:
 
     for name in plan.attacks:
         for spec in load_attack_suite(name, eps=plan.eps, steps=plan.steps):
-            for info in infos:
-                limit = eps_limit(spec.norm, info.input_size, spec.protocol, info.std)
+            for info in infos:  # a user model's input size is known only once built: L-inf bound only
+                if info is None and spec.norm != "Linf":
+                    continue
+                limit = (eps_limit(spec.norm, info.input_size, spec.protocol, info.std) if info is not None
+                         else eps_limit(spec.norm, (3, 1, 1)))
                 big = [e for e in spec.eps if e > limit + 1e-9]
                 if big:
                     what = ("1 (images are in [0, 1])" if spec.norm == "Linf" else
@@ -98,9 +100,9 @@ def check_corruptions(plan: Plan) -> None:
 def preflight(plan: Plan) -> list:
     """Validate the whole plan before any file is written or model built. Returns the models' static infos."""
     plan.validate()
-    from robench.data.specs import parse_spec
+    from robench.data.formats import parse_data
 
-    parse_spec(plan.data)
+    parse_data(plan.data)
     check_output(plan)
     infos = [check_model(m) for m in plan.models]
     check_corruptions(plan)

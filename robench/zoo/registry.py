@@ -25,6 +25,11 @@ ARCHS = {
     "vit-base": "vit_base_patch16_224",
 }
 ARCH_ALIASES = {"deit": "deit-tiny", "vit": "vit-tiny"}
+RANDOM_INIT_SHA = "random-init-seed0"  # what the store records as the checkpoint hash of random weights
+
+
+def is_random_init(sha) -> bool:
+    return isinstance(sha, str) and sha.startswith("random-init")
 
 
 @dataclass
@@ -42,22 +47,32 @@ class ModelInfo:
     params: int | None = None
     timm_kwargs: dict = field(default_factory=dict)
     default_checkpoint: str | None = None  # weights shipped with robench (demo zoo), used when none is given
+    # provenance, filled by robench.zoo.sources when the model is built
+    source: str = "registry"  # registry | timm | file | python | plugin | module (see robench.zoo.sources)
+    checkpoint: str | None = None  # the weights file loaded (None: none)
+    checkpoint_sha256: str | None = None  # its sha256, or "weights:<sha256 of the state dict>" without a file
+    provenance: dict = field(default_factory=dict)  # what defines a non-registry model (code hash, args, norm)
 
     def to_dict(self):
         return asdict(self)
 
 
 class RobenchModel(nn.Module):
-    """A classifier that takes images in [0, 1] and normalises them itself: logits = net((x − mean) / std)."""
+    """A classifier that takes images in [0, 1] and normalises them itself: logits = net((x − mean) / std).
+    With info.mean = info.std = None the net takes the [0, 1] images unchanged."""
 
     def __init__(self, net: nn.Module, info: ModelInfo):
         super().__init__()
         self.net = net
         self.info = info
-        self.register_buffer("mean", torch.tensor(info.mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(info.std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        for key in ("mean", "std"):
+            v = getattr(info, key)
+            self.register_buffer(key, None if v is None else torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1),
+                                 persistent=False)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mean is None:
+            return x
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,6 +81,26 @@ class RobenchModel(nn.Module):
     @property
     def name(self) -> str:
         return self.info.name
+
+    def restricted(self, classes: list[int]) -> "RobenchModel":
+        """The same model with its logits restricted to `classes` (in that order), e.g. ImageNet-A's 200 of
+        ImageNet-1k's 1000: logit j of the result is logit classes[j] of this model. Shares the weights."""
+        import dataclasses
+
+        info = dataclasses.replace(self.info, num_classes=len(classes))
+        return RobenchModel(ClassSubset(self.net, classes), info).train(self.training)
+
+
+class ClassSubset(nn.Module):
+    """net followed by a fixed selection of its logits."""
+
+    def __init__(self, net: nn.Module, classes: list[int]):
+        super().__init__()
+        self.net = net
+        self.register_buffer("classes", torch.as_tensor(classes, dtype=torch.long), persistent=False)
+
+    def forward(self, x):
+        return self.net(x).index_select(1, self.classes.to(x.device))
 
 
 # Extra registered models (the demo zoo registers `demo-<variant>` here): name -> ModelInfo factory.

@@ -1,0 +1,104 @@
+"""The Python API: `robench.evaluate`, `robench.leaderboard`, `robench.report`.
+
+    import robench
+    df = robench.evaluate(model, "cifar10:data/cifar-10-batches-py", attacks="autoattack", eps="8/255", limit=1000)
+
+`evaluate` runs the same plan and engine as `robench eval` (robench.run.plan.plan_from_options, then the engine);
+`model` is an nn.Module taking [0, 1] images (pass mean/std if it expects normalised ones) or anything `--model`
+accepts. The result is the tidy table: one row per model x cell (clean, each corruption x severity, each attack x
+eps) with value = accuracy, n and a 95% Wilson interval.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+
+def evaluate(model, data, *, attacks=None, corruptions=None, eps=None, limit=None, device: str = "auto",
+             precision: str = "fp32", out=None, checkpoint=None, label: str | None = None, mean=None, std=None,
+             model_args: dict | None = None, seed: int | None = None, batch_size: int | None = None,
+             attack_limit: int | None = None, corruption_limit: int | None = None, severities=None,
+             corruption_names=None, steps: int | None = None, force: bool = False, config=None,
+             quiet: bool = True) -> pd.DataFrame:
+    """Evaluate one model (an nn.Module, or a name / timm:NAME / file.py:Class / package.module:factory) on a data
+    spec (`cifar10:DIR`, `imagenet:DIR`, `imagenet-c:DIR`, ... see robench.data.formats) under attack and
+    corruption suites. Returns the tidy per-cell results (one row per cell).
+
+    out: a results directory (the SQLite store, resumable, readable by `robench leaderboard/report`); None keeps
+    the store in a temporary directory that is removed afterwards (`df.attrs["flags"]` keeps its sanity flags).
+    An nn.Module is evaluated in place: moved to `device` and put in eval mode for the run, then given back with
+    its device, training mode and requires_grad flags as they were. robench.toml (or `config`) supplies defaults
+    as for `robench eval`.
+    """
+    import torch
+    from torch import nn
+
+    from robench.run import dist
+    from robench.run.engine import Runner
+    from robench.run.plan import plan_from_options
+
+    tmp = None if out is not None else tempfile.mkdtemp(prefix="robench-")
+    plan = plan_from_options([model], checkpoints=[checkpoint] if checkpoint else None,
+                             labels=[label] if label else None, model_args=model_args, mean=mean, std=std,
+                             config=config, data=data, attacks=attacks, corruptions=corruptions,
+                             corruption_names=corruption_names, severities=severities, eps=eps, steps=steps,
+                             limit=limit, attack_limit=attack_limit, corruption_limit=corruption_limit,
+                             batch_size=batch_size, device=device, precision=precision, seed=seed,
+                             out=out if out is not None else tmp, force=force, quiet=quiet,
+                             command="robench.evaluate")
+    state = None
+    if isinstance(model, nn.Module):  # give the caller's module back as it was
+        p = next(iter(model.parameters()), None)
+        state = (model.training, [q.requires_grad for q in model.parameters()],
+                 p.device if p is not None else torch.device("cpu"))
+    runner = None
+    try:
+        with dist.initialized():
+            runner = Runner(plan)
+            df = runner.run()
+            if df is not None:  # this call's cells only (a shared store may hold other datasets' cells too)
+                df = df[df["cell_id"].isin(runner.cell_ids)].reset_index(drop=True)
+                df.attrs["flags"] = runner.store.flags() if runner.store is not None else pd.DataFrame()
+        return df
+    finally:
+        if runner is not None and runner.store is not None:
+            runner.store.close()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if state is not None:
+            training, req, dev = state
+            model.to(dev).train(training)
+            for q, r in zip(model.parameters(), req):
+                q.requires_grad_(r)
+
+
+def leaderboard(results, *, sort: str | None = None, variant=None, model=None, dataset=None, ci: bool = False,
+                fmt: str | None = None):
+    """The leaderboard (one row per model and dataset, RobustBench-like columns) of results directories / stores,
+    or of a DataFrame returned by `evaluate`. With fmt ('md', 'csv', 'json', 'latex') the formatted text."""
+    from robench.report.leaderboard import format_leaderboard, leaderboard as make
+    from robench.report.results import Results
+
+    src = Results.from_frame(results) if isinstance(results, pd.DataFrame) else _stores(results)
+    df = make(src, sort=sort, variant=variant, model=model, dataset=dataset, ci=ci)
+    return format_leaderboard(df, fmt) if fmt else df
+
+
+def report(results, out=None, *, baseline: str | None = None, title: str = "robench report") -> Path:
+    """Write the HTML report (and its markdown twin) of results directories; returns the HTML path."""
+    from robench.errors import RobenchError
+    from robench.report.render import report as make
+
+    if isinstance(results, pd.DataFrame):
+        raise RobenchError("a report needs a results store (per-sample outcomes): run "
+                           "robench.evaluate(..., out='results/DIR') and pass that directory")
+    stores = _stores(results)
+    return Path(make(stores, out if out is not None else Path(stores[0]) / "report", baseline=baseline, title=title))
+
+
+def _stores(results) -> list:
+    return [results] if isinstance(results, (str, Path)) else list(results)

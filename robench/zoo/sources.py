@@ -1,0 +1,317 @@
+"""Where models come from: one adapter per source, each turning a plan's ModelEntry into a RobenchModel (the
+module, which takes [0, 1] images, plus its ModelInfo: input size, classes, normalisation, provenance).
+
+    SOURCE      --model                     builds
+    module      (an nn.Module object)       the object itself (robench.evaluate)
+    timm        timm:NAME                   timm.create_model(NAME) with timm's normalisation
+    file        path/to/models.py:Attr      Attr(**args) from a Python file (RUNS THAT FILE'S CODE)
+    python      package.module:factory      factory(**args) from an importable module (runs its code)
+    registry    NAME                        a registered robench model (`robench models`)
+    plugin      NAME                        an entry point NAME in group `robench.models` -> class or factory
+
+Attr / factory is a class or callable returning an nn.Module (or an nn.Module object). Checkpoints always go
+through robench.zoo.checkpoint (safetensors / torch.load(weights_only=True)): weights never run code, but a
+model *file* is code the user chose to run. The input normalisation of a user model is --mean/--std if given,
+else the module's timm `pretrained_cfg`, else none (the model takes [0, 1] images); it is recorded in provenance.
+Adding a source = one adapter and one SOURCES row here (plus its test).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from robench.errors import RobenchError, suggest
+from robench.zoo.registry import RANDOM_INIT_SHA, ModelInfo, RobenchModel
+
+ENTRY_POINT_GROUP = "robench.models"
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    syntax: str
+    match: Callable[[object], bool]
+    build: Callable  # (entry) -> RobenchModel
+
+
+def build_model(entry) -> RobenchModel:
+    """The model of a plan entry (robench.run.plan.ModelEntry), in eval mode, with its provenance in .info.
+    An entry whose `module` is already a RobenchModel (built before, e.g. by `robench inspect`) is used as it is."""
+    ref = entry.module if entry.module is not None else entry.name
+    if isinstance(ref, RobenchModel):
+        return ref.eval()
+    for src in SOURCES:
+        if src.match(ref):
+            model = src.build(entry)
+            model.info.source = src.name
+            return model.eval()
+    raise RobenchError(f"unknown model '{ref}'" + suggest(str(ref), _known_names())
+                       + "; give a registered name (robench models), timm:NAME, path/to/file.py:Class or "
+                       "package.module:factory")
+
+
+def source_of(ref) -> str | None:
+    return next((s.name for s in SOURCES if s.match(ref)), None)
+
+
+# ---- registry and timm -------------------------------------------------------------------------------------------
+def _from_registry(entry) -> RobenchModel:
+    from robench.zoo.checkpoint import file_sha256
+    from robench.zoo.registry import create_model
+
+    if entry.mean is not None or entry.std is not None:
+        raise RobenchError(f"--mean/--std set the normalisation of user models; {entry.name} normalises its inputs "
+                           "itself (robench models shows how)")
+    args = dict(entry.args or {})
+    model = create_model(entry.name, num_classes=entry.num_classes, checkpoint=entry.checkpoint,
+                         checkpoint_key=entry.checkpoint_key, random_init=entry.random_init, **args)
+    info = model.info
+    ckpt = entry.checkpoint or (None if entry.random_init else info.default_checkpoint)
+    info.checkpoint = str(ckpt) if ckpt else None
+    info.checkpoint_sha256 = file_sha256(ckpt) if ckpt else RANDOM_INIT_SHA
+    if args:  # timm overrides change the model: part of its identity
+        info.provenance = {"args": args}
+    return model
+
+
+def _is_registered(ref) -> bool:
+    if not isinstance(ref, str) or ":" in ref:
+        return False
+    from robench.zoo.registry import _load_plugins, _split_name, _EXTRA
+
+    _load_plugins()
+    if ref in _EXTRA:
+        return True
+    try:
+        _split_name(ref)
+        return True
+    except KeyError:
+        return False
+
+
+def _known_names() -> list[str]:
+    from robench.zoo.registry import model_names
+
+    return model_names(include_aliases=True) + sorted(_entry_points())
+
+
+# ---- user code: files, modules, entry points, objects ------------------------------------------------------------
+def _split_ref(ref) -> tuple[str, str] | None:
+    if not isinstance(ref, str) or ":" not in ref or ref.startswith("timm:"):
+        return None
+    where, _, attr = ref.rpartition(":")
+    return (where, attr) if where and attr else None
+
+
+def _is_file_ref(ref) -> bool:
+    s = _split_ref(ref)
+    return s is not None and (s[0].endswith(".py") or "/" in s[0] or "\\" in s[0])
+
+
+def _is_module_ref(ref) -> bool:
+    s = _split_ref(ref)
+    return s is not None and not _is_file_ref(ref) and all(p.isidentifier() for p in s[0].split("."))
+
+
+@contextmanager
+def _on_path(folder: Path):
+    """The model file's folder on sys.path while it is imported and built (for its sibling imports)."""
+    folder = str(folder)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
+
+
+def _failure(e: BaseException, path: Path | None = None) -> str:
+    """One line about an exception raised by user code: 'ZeroDivisionError: division by zero (models.py line 3)'."""
+    import traceback
+
+    text = (str(e).strip().splitlines() or [""])[0][:200]
+    where = ""
+    if isinstance(e, SyntaxError) and e.lineno:
+        where = f" ({Path(e.filename or '?').name} line {e.lineno})"
+    elif path is not None:
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() == path.resolve()]
+        if frames:
+            where = f" ({path.name} line {frames[-1].lineno})"
+    return f"{type(e).__name__}: {text}{where}" if text else f"{type(e).__name__}{where}"
+
+
+def _attr(obj, attr: str, what: str):
+    cur = obj
+    for part in attr.split("."):
+        if not hasattr(cur, part):
+            names = [n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None))]
+            raise RobenchError(f"{what} has no attribute '{attr}'" + suggest(attr, names)
+                               + (f"; it defines: {', '.join(names[:8])}" if names else ""))
+        cur = getattr(cur, part)
+    return cur
+
+
+def _from_file(entry) -> RobenchModel:
+    from robench.zoo.checkpoint import file_sha256
+
+    where, attr = _split_ref(entry.name)
+    path = Path(where).expanduser()
+    if not path.is_file():
+        raise RobenchError(f"model file not found: {path} (from --model {entry.name})")
+    name = "robench_user_model_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise RobenchError(f"cannot import model file {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    with _on_path(path.resolve().parent):
+        sys.modules[name] = module  # dataclasses, pickling and relative lookups need it registered
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:
+            sys.modules.pop(name, None)
+            raise RobenchError(f"importing model file {path} failed: {_failure(e, path)}") from None
+        factory = _attr(module, attr, f"model file {path}")
+        net = _call(factory, entry, path)
+    return _wrap(net, entry, code_sha256=file_sha256(path))
+
+
+def _from_module(entry) -> RobenchModel:
+    where, attr = _split_ref(entry.name)
+    try:
+        module = importlib.import_module(where)
+    except ImportError as e:
+        raise RobenchError(f"cannot import module '{where}' for --model {entry.name} ({_failure(e)})") from None
+    except Exception as e:
+        raise RobenchError(f"importing module '{where}' failed: {_failure(e)}") from None
+    net = _call(_attr(module, attr, f"module {where}"), entry, _module_file(module))
+    return _wrap(net, entry, code_sha256=_file_hash(_module_file(module)))
+
+
+def _entry_points() -> dict:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _is_plugin(ref) -> bool:
+    return isinstance(ref, str) and ":" not in ref and ref in _entry_points()
+
+
+def _from_plugin(entry) -> RobenchModel:
+    ep = _entry_points()[entry.name]
+    try:
+        factory = ep.load()
+    except Exception as e:
+        raise RobenchError(f"loading entry point '{entry.name}' ({ep.value}, group {ENTRY_POINT_GROUP}) failed: "
+                           f"{_failure(e)}") from None
+    module = sys.modules.get(ep.value.partition(":")[0])
+    net = _call(factory, entry, _module_file(module))
+    return _wrap(net, entry, code_sha256=_file_hash(_module_file(module)), extra={"entry_point": ep.value})
+
+
+def _from_object(entry) -> RobenchModel:
+    if entry.args:
+        raise RobenchError("model arguments apply to models built by robench, not to an nn.Module object")
+    return _wrap(entry.module, entry, code_sha256=None)
+
+
+def _module_file(module) -> Path | None:
+    f = getattr(module, "__file__", None)
+    return Path(f) if f else None
+
+
+def _file_hash(path: Path | None) -> str | None:
+    from robench.zoo.checkpoint import file_sha256
+
+    return file_sha256(path) if path is not None and path.is_file() else None
+
+
+def _call(factory, entry, path: Path | None):
+    """factory(**args) -> the nn.Module (an nn.Module object is used as it is); weights seeded for reproducibility."""
+    args = dict(entry.args or {})
+    if isinstance(factory, nn.Module):
+        if args:
+            raise RobenchError(f"{entry.name} is an nn.Module object: it takes no model arguments ({', '.join(args)})")
+        return factory
+    if not callable(factory):
+        raise RobenchError(f"{entry.name} is a {type(factory).__name__}, not a class or function returning an "
+                           "nn.Module")
+    shown = ", ".join(f"{k}={v!r}" for k, v in args.items())
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # without a checkpoint the (random) weights are the same every time
+            net = factory(**args)
+    except Exception as e:
+        raise RobenchError(f"building {entry.name}({shown}) failed: {_failure(e, path)}") from None
+    if not isinstance(net, nn.Module):
+        raise RobenchError(f"{entry.name}({shown}) returned a {type(net).__name__}, not a torch.nn.Module")
+    return net
+
+
+def state_sha256(net: nn.Module) -> str:
+    """A hash of a module's weights (names, dtypes, shapes, values): the provenance of an in-memory model."""
+    h = hashlib.sha256()
+    for k, v in sorted(net.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _norm_from(net: nn.Module, entry):
+    """(mean, std, input size, crop_pct, interpolation, where the normalisation comes from)."""
+    cfg = getattr(net, "pretrained_cfg", None) or getattr(net, "default_cfg", None)
+    cfg = cfg if isinstance(cfg, dict) else {}
+    size, crop, interp = cfg.get("input_size"), cfg.get("crop_pct"), cfg.get("interpolation")
+    if entry.mean is not None or entry.std is not None:
+        mean = list(entry.mean) if entry.mean is not None else [0.0, 0.0, 0.0]
+        std = list(entry.std) if entry.std is not None else [1.0, 1.0, 1.0]
+        return mean, std, size, crop, interp, "given"
+    if cfg.get("mean") is not None and cfg.get("std") is not None:
+        return list(cfg["mean"]), list(cfg["std"]), size, crop, interp, "pretrained_cfg"
+    return None, None, size, crop, interp, "none"
+
+
+def _wrap(net, entry, code_sha256: str | None, extra: dict | None = None) -> RobenchModel:
+    from robench.zoo.checkpoint import file_sha256, load_into, load_state_dict
+
+    if not isinstance(net, nn.Module):
+        raise RobenchError(f"model {entry.display} is a {type(net).__name__}, not a torch.nn.Module")
+    mean, std, size, crop, interp, norm_from = _norm_from(net, entry)
+    info = ModelInfo(name=entry.name, arch=type(net).__name__, variant="custom", timm_name="",
+                     input_size=tuple(size) if size else None, mean=tuple(mean) if mean else None,
+                     std=tuple(std) if std else None, interpolation=interp or "bicubic", crop_pct=crop or 0.875,
+                     num_classes=entry.num_classes, params=sum(p.numel() for p in net.parameters()))
+    if entry.checkpoint:
+        state, _ = load_state_dict(entry.checkpoint, key=entry.checkpoint_key)
+        load_into(net, state, info, entry.checkpoint)
+        info.checkpoint, info.checkpoint_sha256 = str(entry.checkpoint), file_sha256(entry.checkpoint)
+    else:
+        info.checkpoint_sha256 = "weights:" + state_sha256(net)
+    info.provenance = {"ref": entry.name if entry.module is None else f"<{type(net).__module__}."
+                       f"{type(net).__qualname__} object>", "code_sha256": code_sha256, "args": entry.args or {},
+                       "mean": mean, "std": std, "normalization": norm_from, **(extra or {})}
+    return RobenchModel(net, info)
+
+
+SOURCES = (
+    Source("module", "an nn.Module object (Python API)", lambda ref: isinstance(ref, nn.Module), _from_object),
+    Source("timm", "timm:NAME", lambda ref: isinstance(ref, str) and ref.startswith("timm:"), _from_registry),
+    Source("file", "path/to/models.py:Class", _is_file_ref, _from_file),
+    Source("python", "package.module:factory", _is_module_ref, _from_module),
+    Source("registry", "NAME (robench models)", _is_registered, _from_registry),
+    Source("plugin", f"NAME (entry point of group {ENTRY_POINT_GROUP})", _is_plugin, _from_plugin),
+)
+MODEL_HELP = ", ".join(s.syntax for s in SOURCES[1:])
