@@ -172,7 +172,7 @@ def leaderboard(stores, sort: str | None = None, variant=None, model=None, datas
             notes.append(f"{mlabel}: {f}")
         rej = [rejected[(int(r.store), int(r.cell_id))] for r in g.itertuples()
                if (int(r.store), int(r.cell_id)) in rejected]
-        if rej:  # bf16/fp16 runs: low-precision hits the fp32 re-check rejected, over the model's attack cells
+        if rej:  # bf16/fp16 runs: low-precision hits the fp32 re-check rejected, over all the model's cells
             row["rejected_hits"] = sum(rej)
         rows.append(row)
 

@@ -191,7 +191,7 @@ def report(stores, out_dir, baseline: str | None = None, alexnet=_DEFAULT, title
                 or c.startswith("extra_corruptions_acc")]
     header, rows = display_table(lb.drop(columns=cat_cols + ([] if multi else ["dataset"])))
     doc.table(header, rows, right=[i for i, h in enumerate(header) if h not in ("model", "variant", "arch", "dataset")])
-    rej = (" rejected_hits = attack verdicts 'misclassified' of a bf16/fp16 forward that an fp32 forward rejected "
+    rej = (" rejected_hits = verdicts 'misclassified' of a bf16/fp16 forward that an fp32 forward rejected "
            "(they did not count)." if "rejected_hits" in lb.columns else "")
     if any("mce" in c for c in lb.columns):
         doc.note("Accuracies, mCE and relative mCE in %, with Wilson 95% intervals for single cells; empty = not "

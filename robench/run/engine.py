@@ -491,6 +491,19 @@ class Runner:
             raise RobenchError(f"model {name} produced NaN/inf logits (check the checkpoint and --precision)")
         return logits
 
+    def _predict(self, model, forward, x, y, name, cell_id):
+        """Predictions of one batch for a cell. Under --precision bf16/fp16 every 'misclassified' verdict of the
+        low-precision forward is re-checked with an fp32 forward (only the hits); the rejected ones are counted in
+        the cell's extras (`rejected_hits`), as the attacks do."""
+        pred = self._logits(forward, x, name).argmax(1)
+        if self.amp is None:
+            return pred
+        from robench.attack.base import confirm
+
+        pred, rejected = confirm(model, x, y, pred)
+        _add(self._extras.setdefault(cell_id, {}), "rejected_hits", int(rejected.sum()))
+        return pred
+
     def _record(self, res, cell_id, idx, correct, pred):
         s, c, p = res[cell_id]
         s.extend(idx.tolist())
@@ -501,12 +514,12 @@ class Runner:
         plan = self.plan
         name = self.label
         clean_pred = None
-        if any(c.kind == "clean" or c.params.get("backend") == "prerendered" for c in cells):
-            logits = self._logits(forward, x, name)
-            pred = clean_pred = logits.argmax(1)
-            for c in cells:
-                if c.kind == "clean" or (c.kind == "corruption" and c.params.get("backend") == "prerendered"):
-                    self._record(res, c.cell_id, idx, pred == y, pred.cpu())
+        clean_cells = [c for c in cells
+                       if c.kind == "clean" or (c.kind == "corruption" and c.params.get("backend") == "prerendered")]
+        if clean_cells:
+            pred = clean_pred = self._predict(model, forward, x, y, name, clean_cells[0].cell_id)
+            for c in clean_cells:
+                self._record(res, c.cell_id, idx, pred == y, pred.cpu())
         for c in cells:
             if c.kind != "corruption" or c.params.get("backend") == "prerendered":
                 continue
@@ -525,7 +538,7 @@ class Runner:
                 xc = corrupt_batch(xk, c.params["corruption"], c.params["severity"], seeds, suite=c.params["suite"],
                                    backend=c.params["backend"])
                 self.corrupted.put(key, xc, corrupt_s=_elapsed(t0, xc.device))
-            pred = self._logits(forward, xc, name).argmax(1)
+            pred = self._predict(model, forward, xc, yk, name, c.cell_id)
             self._record(res, c.cell_id, ik, pred == yk, pred.cpu())
         # attacks with per-sample randomness: one run per spec over all its pending eps (batched sweep)
         for group in _attack_groups(cells, per_sample=True):
