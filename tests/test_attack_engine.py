@@ -263,7 +263,51 @@ def test_bf16_eval_records_rejected_hits_and_leaderboard_shows_them(tmp_path, ru
 
     ex = [json.loads(e) for e in Store(tmp_path / "bf16").extras().extra_json if e and "attacked" in e]
     assert ex and all(isinstance(e["rejected_hits"], int) and e["rejected_hits"] >= 0 for e in ex)
+    every = [json.loads(e) for e in Store(tmp_path / "bf16").extras().extra_json if e and "rejected_hits" in e]
     lb = leaderboard(tmp_path / "bf16")
-    assert lb["rejected_hits"].iloc[0] == sum(e["rejected_hits"] for e in ex)
+    assert lb["rejected_hits"].iloc[0] == sum(e["rejected_hits"] for e in every)  # attack and clean cells
     assert "rejected_hits" in format_leaderboard(lb)
     assert "rejected_hits" not in leaderboard(tmp_path / "fp32").columns  # fp32 runs: nothing to confirm
+
+
+class _WrongUnderAutocast(torch.nn.Module):
+    """A digits model whose low-precision forward is wrong on purpose: under autocast it predicts the next class."""
+
+    def __init__(self):
+        super().__init__()
+        from robench.zoo import create_model
+
+        self.inner = create_model("demo-quest")
+
+    def forward(self, x):
+        logits = self.inner(x)
+        if torch.is_autocast_enabled(x.device.type):
+            return logits.roll(1, dims=1)
+        return logits
+
+
+def test_bf16_clean_and_corruption_verdicts_confirmed_in_fp32(one_thread, tmp_path):
+    """Every 'misclassified' verdict of a bf16 forward is re-checked in fp32, in the clean and corruption cells too:
+    a model that is wrong only under autocast gets its fp32 accuracy, and each rejected hit is counted."""
+    import robench
+
+    model = _WrongUnderAutocast()
+    kw = dict(limit=40, device="cpu", corruptions=["cifar10-c"], corruption_names=["gaussian_noise"], severities=[3])
+    fp32 = robench.evaluate(model, "digits", precision="fp32", **kw)
+    bf16 = robench.evaluate(model, "digits", precision="bf16", out=tmp_path / "bf16", **kw)
+    # every sample fp32 finds correct was a bf16 "hit" that the fp32 re-check rejected: clean + corruption cells
+    n_correct = round(40 * fp32[fp32.threat == "clean"].value.item()) + round(
+        40 * fp32[fp32.threat == "corruption"].value.item())
+    assert robench.leaderboard(tmp_path / "bf16")["rejected_hits"].iloc[0] == n_correct
+    for threat in ("clean", "corruption"):
+        a32 = fp32[fp32.threat == threat].value.item()
+        a16 = bf16[bf16.threat == threat].value.item()
+        assert a16 == a32 and a32 > 0.5, (threat, a16, a32)
+    with torch.no_grad():
+        from robench.data.formats import load_clean
+
+        ds = load_clean("digits", model.inner.info, limit=40)
+        x = torch.stack([ds.dataset[i][0] for i in range(len(ds))])
+        y = torch.tensor([ds.dataset[i][1] for i in range(len(ds))])
+        correct = int((model(x).argmax(1) == y).sum())
+    assert correct == round(40 * fp32[fp32.threat == "clean"].value.item())
