@@ -158,10 +158,11 @@ def elliptical_scale(v: torch.Tensor, v_prev: torch.Tensor, grad: bool = False) 
 
 
 class ValueChain:
-    """The value tensor of the previous block, shared by the elliptical attention layers of one model."""
+    """The value tensor of the previous block, shared by the elliptical attention layers of ONE model instance
+    (set up by `link_value_chain`, which `robench.zoo.registry.build_net` calls on every model it builds)."""
 
-    def __init__(self):
-        self.depth = 0  # number of attention layers registered
+    def __init__(self, depth: int = 1):
+        self.depth = depth  # number of linked attention layers
         self.prev_v = None
 
 
@@ -169,24 +170,23 @@ class EllipticalAttention(VariantAttention):
     """Elliptical attention (Nielsen et al., NeurIPS 2024): Mahalanobis-scaled queries, q ← q ⊙ m.
 
     Block 0 is standard attention. Set `grad_through_scale = True` (see `set_elliptical_adaptive`) to let
-    gradients flow through m. Use `elliptical_attention_class()` to get a class for one model: the layers of one
-    model share a `ValueChain`, and register in construction order (= block order).
+    gradients flow through m. The layers of one model share a `ValueChain` and know their block index: both are
+    set per model instance by `link_value_chain(model)` (timm builds every block's attention with the same
+    arguments, so the index cannot come through the constructor). An unlinked layer is block 0 of a one-layer
+    chain of its own, i.e. standard attention.
     """
 
     variant = "elliptical"
-    chain: ValueChain | None = None
     normalize_keys = False
 
     def __init__(self, dim, num_heads=8, **kwargs):
         super().__init__(dim, num_heads=num_heads, **kwargs)
-        if type(self).chain is None:
-            raise TypeError("use robench.zoo.attention.elliptical_attention_class() to build elliptical models")
-        self.layer_index = type(self).chain.depth
-        type(self).chain.depth += 1
+        self.layer_index = 0
+        self.chain = ValueChain()
         self.grad_through_scale = False
 
     def scale_m(self, v: torch.Tensor):
-        prev = type(self).chain.prev_v
+        prev = self.chain.prev_v
         if self.layer_index == 0 or prev is None or prev.shape != v.shape:
             return None
         return elliptical_scale(v, prev, grad=self.grad_through_scale)
@@ -199,8 +199,8 @@ class EllipticalAttention(VariantAttention):
         return (q if m is None else q * m), k, v, self.scale
 
     def after_attention(self, v):
-        chain = type(self).chain
-        chain.prev_v = None if self.layer_index == chain.depth - 1 else v
+        chain = self.chain
+        chain.prev_v = None if self.layer_index == chain.depth - 1 else v  # the last block ends the forward
 
 
 class EllipticalQuestAttention(EllipticalAttention):
@@ -208,9 +208,15 @@ class EllipticalQuestAttention(EllipticalAttention):
     normalize_keys = True
 
 
-def elliptical_attention_class(base: type[EllipticalAttention] = EllipticalAttention) -> type[EllipticalAttention]:
-    """A fresh subclass of `base` with its own ValueChain: build exactly one model with it."""
-    return type(base.__name__, (base,), {"chain": ValueChain(), "__module__": base.__module__})
+def link_value_chain(layers) -> int:
+    """Give the elliptical layers of one model (a module, or its layers in block order) one fresh `ValueChain`
+    and their block indices 0, 1, …; the chain belongs to this model instance only. Returns the number linked."""
+    mods = layers.modules() if isinstance(layers, nn.Module) else layers
+    linked = [m for m in mods if isinstance(m, EllipticalAttention)]
+    chain = ValueChain(depth=len(linked))
+    for i, m in enumerate(linked):
+        m.layer_index, m.chain = i, chain
+    return len(linked)
 
 
 ATTENTION_VARIANTS: dict[str, type[VariantAttention]] = {
@@ -230,9 +236,8 @@ VARIANT_PARAMS = {"attn.qk_scale": "qknorm-hs", "attn.q_scale": "qknorm-ds", "at
 
 
 def attention_layer(variant: str) -> type[VariantAttention]:
-    """The class to pass as timm's `attn_layer=` for one new model."""
-    cls = ATTENTION_VARIANTS[variant]
-    return elliptical_attention_class(cls) if issubclass(cls, EllipticalAttention) else cls
+    """The class to pass as timm's `attn_layer=`; call `link_value_chain(model)` on the model built with it."""
+    return ATTENTION_VARIANTS[variant]
 
 
 def set_elliptical_adaptive(model: nn.Module, enabled: bool = True) -> int:
