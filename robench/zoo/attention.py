@@ -49,10 +49,37 @@ def l2_normalize(t: torch.Tensor, factor: torch.Tensor | None = None) -> torch.T
     return t * f.to(t.dtype)
 
 
+# name -> class, in registration (= `robench models`) order; filled by @register_attention below.
+ATTENTION_VARIANTS: dict[str, type["VariantAttention"]] = {}
+# "attn.<parameter>" -> the one variant that has it: tells which variant a checkpoint was trained with.
+VARIANT_PARAMS: dict[str, str] = {}
+
+
+def register_attention(name: str, *, params: dict[str, str] | None = None):
+    """Class decorator: register an attention variant under `name` (models `<arch>-<name>`, `demo-…` excepted).
+
+    `params` declares the parameters the variant adds to timm's Attention (which has `qkv` and `proj` only), as
+    {parameter name: size}, the size one of "heads" or "head_dim" (per block). They let a checkpoint's variant be
+    recognised (`robench.zoo.checkpoint`) and `robench models` count parameters without importing torch: the
+    catalog (`robench.zoo.catalog`) reads these decorator calls from this file's source, so write `params` as a
+    literal dict. The test suite checks the counts against models built on the meta device.
+    """
+
+    def deco(cls):
+        cls.variant = name
+        cls.extra_params = dict(params or {})
+        ATTENTION_VARIANTS[name] = cls
+        VARIANT_PARAMS.update({f"attn.{p}": name for p in cls.extra_params})
+        return cls
+
+    return deco
+
+
 class VariantAttention(TimmAttention):
     """Base class: timm's Attention whose softmax operands are chosen by `attention_inputs`."""
 
     variant = "standard"
+    extra_params: dict[str, str] = {}  # set by @register_attention
 
     def qkv_heads(self, x: torch.Tensor):
         B, N, _ = x.shape
@@ -82,41 +109,43 @@ class VariantAttention(TimmAttention):
         """Hook for variants that carry state from block to block (elliptical)."""
 
 
+@register_attention("standard")
 class StandardAttention(VariantAttention):
-    variant = "standard"
+    """timm's Attention: softmax(q kᵀ / √d)."""
 
 
+@register_attention("quest")
 class QuestAttention(VariantAttention):
     """QUEST: keys on the unit sphere; the query norm alone sets how sharp each token's attention is."""
 
-    variant = "quest"
 
     def attention_inputs(self, x):
         q, k, v = self.qkv_heads(x)
         return q, l2_normalize(k), v, 1.0
 
 
+@register_attention("qnorm")
 class QNormAttention(VariantAttention):
-    variant = "qnorm"
 
     def attention_inputs(self, x):
         q, k, v = self.qkv_heads(x)
         return l2_normalize(q), k, v, 1.0
 
 
+@register_attention("qknorm", params={"q_norm.weight": "head_dim", "q_norm.bias": "head_dim",
+                                      "k_norm.weight": "head_dim", "k_norm.bias": "head_dim"})
 class QKNormAttention(VariantAttention):
     """timm's LayerNorm QK-norm (qk_norm=True) with the usual 1/√d scale."""
 
-    variant = "qknorm"
 
     def __init__(self, dim, num_heads=8, qk_norm=False, norm_layer=None, **kwargs):
         super().__init__(dim, num_heads=num_heads, qk_norm=True, norm_layer=norm_layer or nn.LayerNorm, **kwargs)
 
 
+@register_attention("qknorm-hs", params={"qk_scale": "heads"})
 class QKNormHeadScaleAttention(VariantAttention):
     """softmax(c_h q̂ k̂ᵀ): L2-normalised q and k, one learnable inverse temperature per head (init √d)."""
 
-    variant = "qknorm-hs"
 
     def __init__(self, dim, num_heads=8, **kwargs):
         super().__init__(dim, num_heads=num_heads, **kwargs)
@@ -127,10 +156,10 @@ class QKNormHeadScaleAttention(VariantAttention):
         return l2_normalize(q, self.qk_scale.view(1, -1, 1, 1)), l2_normalize(k), v, 1.0
 
 
+@register_attention("qknorm-ds", params={"q_scale": "head_dim", "k_scale": "head_dim"})
 class QKNormDimScaleAttention(VariantAttention):
     """softmax((q̂ ⊙ s_q)(k̂ ⊙ s_k)ᵀ): learnable per-dimension scales, each initialised to d^¼ (logits in ±√d)."""
 
-    variant = "qknorm-ds"
 
     def __init__(self, dim, num_heads=8, **kwargs):
         super().__init__(dim, num_heads=num_heads, **kwargs)
@@ -166,6 +195,7 @@ class ValueChain:
         self.prev_v = None
 
 
+@register_attention("elliptical")
 class EllipticalAttention(VariantAttention):
     """Elliptical attention (Nielsen et al., NeurIPS 2024): Mahalanobis-scaled queries, q ← q ⊙ m.
 
@@ -176,7 +206,6 @@ class EllipticalAttention(VariantAttention):
     chain of its own, i.e. standard attention.
     """
 
-    variant = "elliptical"
     normalize_keys = False
 
     def __init__(self, dim, num_heads=8, **kwargs):
@@ -203,8 +232,8 @@ class EllipticalAttention(VariantAttention):
         chain.prev_v = None if self.layer_index == chain.depth - 1 else v  # the last block ends the forward
 
 
+@register_attention("elliptical-quest")
 class EllipticalQuestAttention(EllipticalAttention):
-    variant = "elliptical-quest"
     normalize_keys = True
 
 
@@ -217,22 +246,6 @@ def link_value_chain(layers) -> int:
     for i, m in enumerate(linked):
         m.layer_index, m.chain = i, chain
     return len(linked)
-
-
-ATTENTION_VARIANTS: dict[str, type[VariantAttention]] = {
-    "standard": StandardAttention,
-    "quest": QuestAttention,
-    "qnorm": QNormAttention,
-    "qknorm": QKNormAttention,
-    "qknorm-hs": QKNormHeadScaleAttention,
-    "qknorm-ds": QKNormDimScaleAttention,
-    "elliptical": EllipticalAttention,
-    "elliptical-quest": EllipticalQuestAttention,
-}
-
-# Parameters that only one variant has: used to tell the user which variant a checkpoint was trained with.
-VARIANT_PARAMS = {"attn.qk_scale": "qknorm-hs", "attn.q_scale": "qknorm-ds", "attn.k_scale": "qknorm-ds",
-                  "attn.q_norm.weight": "qknorm", "attn.k_norm.weight": "qknorm"}
 
 
 def attention_layer(variant: str) -> type[VariantAttention]:
