@@ -60,6 +60,9 @@ def build(variant, dim, heads, device, layer_fn=attention_layer):
     kw = {"norm_layer": torch.nn.LayerNorm} if variant == "qknorm" else {}
     torch.manual_seed(0)
     layers = [layer_fn(variant)(dim, num_heads=heads, qkv_bias=True, **kw) for _ in range(2)]
+    link = layer_fn.__globals__.get("link_value_chain")  # absent in older robench versions (--against)
+    if link is not None:
+        link(layers)
     fused = torch.nn.Sequential(*layers).to(device)  # two blocks so elliptical uses its scale
     explicit = torch.nn.Sequential(*[ExplicitSoftmax(m) for m in layers]).to(device)
     return fused, explicit

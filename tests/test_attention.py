@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from timm.layers import Attention as TimmAttention
 
 from robench.zoo.attention import (ATTENTION_VARIANTS, EllipticalAttention, attention_layer, elliptical_scale,
-                                   set_elliptical_adaptive)
+                                   link_value_chain, set_elliptical_adaptive)
 from robench.zoo.registry import create_model
 
 DIM, HEADS = 32, 4
@@ -67,6 +67,7 @@ def make(variant, seed=0):
     cls = attention_layer(variant)
     kw = {"norm_layer": torch.nn.LayerNorm} if variant == "qknorm" else {}
     mods = [cls(DIM, num_heads=HEADS, qkv_bias=True, **kw) for _ in range(2)]
+    link_value_chain(mods)  # blocks 0 and 1 of one model (elliptical)
     for m in mods:  # make learnable scales non-trivial
         for name, p in m.named_parameters():
             if name in ("qk_scale", "q_scale", "k_scale") or "norm" in name:
@@ -136,6 +137,7 @@ def test_elliptical_with_unit_scale_equals_standard():
     torch.manual_seed(0)
     ell = attention_layer("elliptical")
     a, b = ell(DIM, num_heads=HEADS), ell(DIM, num_heads=HEADS)
+    link_value_chain([a, b])
     std = attention_layer("standard")(DIM, num_heads=HEADS)
     std.load_state_dict(a.state_dict())
     x = torch.randn(2, 6, DIM)
@@ -199,7 +201,40 @@ def test_elliptical_models_do_not_share_state():
     la = [m for m in a.modules() if isinstance(m, EllipticalAttention)]
     lb = [m for m in b.modules() if isinstance(m, EllipticalAttention)]
     assert [m.layer_index for m in la] == [0, 1, 2] == [m.layer_index for m in lb]
-    assert type(la[0]).chain is not type(lb[0]).chain
+    assert la[0].chain is not lb[0].chain
+    assert all(m.chain is la[0].chain for m in la) and all(m.chain is lb[0].chain for m in lb)
+
+
+@pytest.mark.parametrize("variant", ["elliptical", "elliptical-quest"])
+def test_two_elliptical_models_interleaved_equal_each_alone(variant):
+    """State lives on the model instance: running two models block-interleaved (a's forward from inside b's) or
+    one after the other gives each model's own outputs, and a model's output does not depend on the other's input."""
+    a = tiny(variant)
+    b = create_model(f"deit-tiny-{variant}", num_classes=5, depth=4, embed_dim=32, num_heads=4, img_size=32,
+                     patch_size=8)  # another depth: a chain shared with `a` would end b's forward at block 2
+    xa, xb = torch.rand(2, 3, 32, 32), torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        alone_a, alone_b = a(xa), b(xb)
+        inner = {}
+        hook = b.net.blocks[1].attn.register_forward_hook(lambda *_: inner.update(a=a(xa)))  # a runs mid-b
+        inter_b = b(xb)
+        hook.remove()
+        torch.testing.assert_close(inner["a"], alone_a, rtol=0, atol=0)
+        torch.testing.assert_close(inter_b, alone_b, rtol=0, atol=0)
+        torch.testing.assert_close(a(xa), alone_a, rtol=0, atol=0)
+    assert a.net.blocks[0].attn.chain.prev_v is None and b.net.blocks[0].attn.chain.prev_v is None
+
+
+def test_deepcopy_of_an_elliptical_model_gets_its_own_chain():
+    import copy
+
+    a = tiny("elliptical")
+    c = copy.deepcopy(a)
+    assert c.net.blocks[0].attn.chain is not a.net.blocks[0].attn.chain
+    assert c.net.blocks[2].attn.chain is c.net.blocks[0].attn.chain
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(c(x), a(x), rtol=0, atol=0)
 
 
 @pytest.mark.slow

@@ -75,6 +75,8 @@ def test_report_html_and_markdown(rendered):
                        "Sanity flags", "Attention diagnostics", "Provenance"]
     # robust-vs-eps, acc-vs-severity, error heatmap, paired differences, diagnostics
     assert len(page.imgs) == 5
+    # the page title is the report's, not the error heatmap's (a local variable once shadowed it)
+    assert "<title>robench report</title>" in text
     for src in page.imgs:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"

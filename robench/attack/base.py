@@ -88,6 +88,11 @@ def register_kind(kind: AttackKind) -> AttackKind:
     return kind
 
 
+def unregister_kind(name: str) -> None:
+    """Remove a registered kind (tests, plugins that clean up after themselves)."""
+    _KINDS.pop(name, None)
+
+
 def attack_kinds() -> list[AttackKind]:
     """The registered kinds in display order."""
     return sorted(_KINDS.values(), key=lambda k: (k.order, k.name))

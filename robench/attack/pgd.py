@@ -236,32 +236,8 @@ def run_pgd(f, x0, y, spec: AttackSpec, seeds, opts: AttackOptions) -> AttackRes
     alpha_t = torch.tensor([spec.alpha(e) for e in spec.eps], dtype=dt, device=dev)
     seeds_t = torch.tensor([int(s) for s in seeds], dtype=torch.int64, device=dev)
     paper = spec.protocol == "paper"
-    rejected_clean = 0
-    if clean_pred is not None and f32 is not None and not paper:  # the caller's low-precision clean verdicts
-        clean_pred, rej = confirm(f32, x0, y, clean_pred)
-        rejected_clean += int(rej.sum())
-    # clean pass: predictions, attack labels/targets, and the loss gradient at x (= the first PGD gradient
-    # for every eps when there is no random start, so it is computed once). With `clean_pred` from the caller
-    # (standard protocol), samples it already finds misclassified never enter: no forward or backward for them.
-    sub = torch.arange(B, device=dev) if clean_pred is None or paper else (clean_pred == y).nonzero().squeeze(1)
-    xg = x0[sub].clone().requires_grad_(True)
-    pred0 = clean_pred.clone() if len(sub) < B else torch.empty(B, dtype=torch.long, device=dev)
-    g_clean = torch.zeros_like(x0)
-    targets = None
-    if len(sub):
-        logits = f(xg)
-        p, rej = confirm(f32, x0[sub], y[sub], logits.detach().argmax(1))
-        pred0[sub] = p
-        rejected_clean += 0 if rej is None else int(rej.sum())
-        labels_sub = pred0[sub] if paper else y[sub]
-        if spec.targeted:
-            targets = torch.zeros_like(y)
-            targets[sub] = _targets(seeds_t[sub], labels_sub, logits.detach(), spec.params.get("target", "random"))
-        g_clean[sub], = torch.autograd.grad(
-            attack_loss(logits, labels_sub, None if targets is None else targets[sub], spec.loss).sum(), xg)
+    pred0, g_clean, targets, zero_grad, rejected_clean = _clean_pass(f, x0, y, spec, seeds_t, clean_pred, f32)
     labels = pred0 if paper else y
-    zero_grad = torch.zeros(B, dtype=torch.bool, device=dev)
-    zero_grad[sub] = g_clean[sub].flatten(1).abs().amax(1) == 0
     first_grad = None if spec.random_start else g_clean
     alive = (pred0 == y).expand(E, B).clone() if not paper else torch.ones(E, B, dtype=torch.bool, device=dev)
     adv_all = x0.detach().expand(E, *x0.shape).clone() if opts.keep_adv else None  # unattacked rows keep x
@@ -307,6 +283,38 @@ def run_pgd(f, x0, y, spec: AttackSpec, seeds, opts: AttackOptions) -> AttackRes
     if adv_all is not None:
         info["x_adv"] = adv_all
     return AttackResult(robust=alive, adv_pred=adv_pred, zero_grad=zero_grad, info=info)
+
+
+def _clean_pass(f, x0, y, spec: AttackSpec, seeds_t, clean_pred, f32):
+    """Clean predictions, attack targets and the loss gradient at x: (pred0, g_clean, targets, zero_grad,
+    rejected_clean). The gradient is the first PGD gradient for every eps when there is no random start, so it is
+    computed once. With `clean_pred` from the caller (standard protocol), samples it already finds misclassified
+    never enter: no forward or backward for them; its low-precision verdicts are confirmed with `f32`."""
+    B, dev = x0.shape[0], x0.device
+    paper = spec.protocol == "paper"
+    rejected_clean = 0
+    if clean_pred is not None and f32 is not None and not paper:  # the caller's low-precision clean verdicts
+        clean_pred, rej = confirm(f32, x0, y, clean_pred)
+        rejected_clean += int(rej.sum())
+    sub = torch.arange(B, device=dev) if clean_pred is None or paper else (clean_pred == y).nonzero().squeeze(1)
+    xg = x0[sub].clone().requires_grad_(True)
+    pred0 = clean_pred.clone() if len(sub) < B else torch.empty(B, dtype=torch.long, device=dev)
+    g_clean = torch.zeros_like(x0)
+    targets = None
+    if len(sub):
+        logits = f(xg)
+        p, rej = confirm(f32, x0[sub], y[sub], logits.detach().argmax(1))
+        pred0[sub] = p
+        rejected_clean += 0 if rej is None else int(rej.sum())
+        labels_sub = pred0[sub] if paper else y[sub]
+        if spec.targeted:
+            targets = torch.zeros_like(y)
+            targets[sub] = _targets(seeds_t[sub], labels_sub, logits.detach(), spec.params.get("target", "random"))
+        g_clean[sub], = torch.autograd.grad(
+            attack_loss(logits, labels_sub, None if targets is None else targets[sub], spec.loss).sum(), xg)
+    zero_grad = torch.zeros(B, dtype=torch.bool, device=dev)
+    zero_grad[sub] = g_clean[sub].flatten(1).abs().amax(1) == 0
+    return pred0, g_clean, targets, zero_grad, rejected_clean
 
 
 # ---- registration ------------------------------------------------------------------------------------------------

@@ -50,49 +50,60 @@ def _cell(row) -> str:
 def sanity_flags(rows: list[dict], clean_acc: float, *, margin: float = 0.01, large_eps_acc: float = 0.05,
                  zero_grad_frac: float = 0.1, square_margin: float = 0.002) -> list[dict]:
     """Flags [{flag, message, cells}] for one model's attack results (see module docstring)."""
-    flags = []
-
-    def add(flag, message, cells):
-        flags.append({"flag": flag, "message": message, "cells": cells})
 
     def noise(r):  # one sample never counts as "beyond noise"
         return max(margin, 1.0 / max(int(r.get("n") or 1), 1))
 
+    checks = [
+        ("non-monotone", "robust accuracy increases with eps (a stronger threat model cannot be easier): "
+         "the attack is not converging or gradients are masked", _non_monotone(rows, noise)),
+        ("pgd-weaker-than-fgsm", "iterative PGD leaves more samples robust than single-step FGSM at the same "
+         "eps: a sign of gradient masking", _pgd_weaker_than_fgsm(rows, noise)),
+        ("large-eps-robust", f"robust accuracy stays above {large_eps_acc:.0%} at a very large eps where "
+         "every real model is broken: gradients are likely masked",
+         [_cell(r) for r in rows if float(r["eps"]) >= LARGE_EPS.get(r["norm"], float("inf")) - 1e-9
+          and float(r["robust_acc"]) > large_eps_acc + (1.0 / max(int(r.get("n") or 1), 1))]),
+        ("zero-grad", f"the input gradient is exactly zero on more than {zero_grad_frac:.0%} of the samples: "
+         "gradient-based attacks cannot work (non-differentiable layer / saturation)",
+         [_cell(r) for r in rows if r.get("zero_grad_frac") is not None
+          and float(r["zero_grad_frac"]) > zero_grad_frac]),
+        ("square-beats-whitebox", "AutoAttack's black-box Square attack broke samples the white-box attacks "
+         "could not: gradient-based attacks are unreliable on this model", _square_beats_whitebox(rows, square_margin)),
+        ("robust-above-clean", "robust accuracy above clean accuracy: the evaluation is inconsistent "
+         "(different samples or labels?)",
+         [_cell(r) for r in rows if r.get("protocol", "standard") == "standard"
+          and float(r["robust_acc"]) > clean_acc + 1e-9]),
+    ]
+    return [{"flag": flag, "message": message, "cells": cells} for flag, message, cells in checks if cells]
+
+
+def _non_monotone(rows: list[dict], noise) -> list[str]:
+    """Cells where robust accuracy rises beyond noise from one eps to the next (same attack, norm, protocol)."""
     groups = defaultdict(list)
     for r in rows:
         groups[(r["attack"], r["norm"], r.get("protocol", "standard"))].append(r)
     cells = []
-    for (attack, norm, _), rs in groups.items():
+    for rs in groups.values():
         rs = sorted(rs, key=lambda r: float(r["eps"]))
         for a, b in zip(rs, rs[1:]):
             if float(b["robust_acc"]) > float(a["robust_acc"]) + noise(a):
                 cells += [_cell(a), _cell(b)]
-    if cells:
-        add("non-monotone", "robust accuracy increases with eps (a stronger threat model cannot be easier): "
-            "the attack is not converging or gradients are masked", sorted(set(cells), key=cells.index))
+    return sorted(set(cells), key=cells.index)
 
+
+def _pgd_weaker_than_fgsm(rows: list[dict], noise) -> list[str]:
+    """PGD cells (and their FGSM twins) where PGD leaves more samples robust than FGSM beyond noise."""
     by = {(_kind(r), r["norm"], round(float(r["eps"]), 9), r.get("protocol", "standard")): r for r in rows}
     cells = []
     for (kind, norm, eps, proto), r in by.items():
         f = by.get(("fgsm", norm, eps, proto))
         if kind == "pgd" and f is not None and float(r["robust_acc"]) > float(f["robust_acc"]) + noise(r):
             cells += [_cell(r), _cell(f)]
-    if cells:
-        add("pgd-weaker-than-fgsm", "iterative PGD leaves more samples robust than single-step FGSM at the same "
-            "eps: a sign of gradient masking", cells)
+    return cells
 
-    cells = [_cell(r) for r in rows if float(r["eps"]) >= LARGE_EPS.get(r["norm"], float("inf")) - 1e-9
-             and float(r["robust_acc"]) > large_eps_acc + (1.0 / max(int(r.get("n") or 1), 1))]
-    if cells:
-        add("large-eps-robust", f"robust accuracy stays above {large_eps_acc:.0%} at a very large eps where "
-            "every real model is broken: gradients are likely masked", cells)
 
-    cells = [_cell(r) for r in rows if r.get("zero_grad_frac") is not None
-             and float(r["zero_grad_frac"]) > zero_grad_frac]
-    if cells:
-        add("zero-grad", f"the input gradient is exactly zero on more than {zero_grad_frac:.0%} of the samples: "
-            "gradient-based attacks cannot work (non-differentiable layer / saturation)", cells)
-
+def _square_beats_whitebox(rows: list[dict], square_margin: float) -> list[str]:
+    """AutoAttack cells where Square (black-box) left fewer samples robust than the white-box attacks before it."""
     cells = []
     for r in rows:
         acc = r.get("acc_after") or {}
@@ -100,13 +111,4 @@ def sanity_flags(rows: list[dict], clean_acc: float, *, margin: float = 0.01, la
             white = min(v for k, v in acc.items() if k not in ("square", "clean"))
             if acc["square"] < white - square_margin:
                 cells.append(_cell(r))
-    if cells:
-        add("square-beats-whitebox", "AutoAttack's black-box Square attack broke samples the white-box attacks "
-            "could not: gradient-based attacks are unreliable on this model", cells)
-
-    cells = [_cell(r) for r in rows if r.get("protocol", "standard") == "standard"
-             and float(r["robust_acc"]) > clean_acc + 1e-9]
-    if cells:
-        add("robust-above-clean", "robust accuracy above clean accuracy: the evaluation is inconsistent "
-            "(different samples or labels?)", cells)
-    return flags
+    return cells

@@ -20,6 +20,7 @@ empty (NaN), never 0. With ci=True every single-cell column gets <col>_ci_low / 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import math
 
@@ -108,13 +109,7 @@ def leaderboard(stores, sort: str | None = None, variant=None, model=None, datas
     summaries = corruption_summaries(t, alexnet)
     flags = res.flags()
     n_flags = flags.groupby("model").size().to_dict() if len(flags) else {}
-    flag_names = {}  # model-level flags spelled out under the table
-    for r in flags.itertuples() if len(flags) else []:
-        if r.flag == "random-init":
-            flag_names.setdefault(r.model, []).append("RANDOM weights (random-init): not a trained model")
-    for m, g in t.groupby("model", sort=False):
-        if "skipped" in g and g["skipped"].fillna(0).max() > 0:
-            flag_names.setdefault(m, []).append(f"{int(g['skipped'].max())} unreadable image(s) skipped")
+    flag_names = _model_notes(flags, t)
     rejected = res.rejected_hits()
 
     from robench.data.formats import leaderboard_placement
@@ -127,45 +122,9 @@ def leaderboard(stores, sort: str | None = None, variant=None, model=None, datas
         first = g.iloc[0]
         row = {"model": mlabel, "variant": first["variant"], "arch": first["arch"],
                "params": None if pd.isna(first["params"]) else int(first["params"]), "dataset": dataset_}
-
-        def put(name, value, rank, lo=None, hi=None, suffix="", prefix=None):
-            if prefix:
-                name = f"{prefix}_acc" if name == "clean_acc" else f"{prefix}_{name}"
-                rank = (0, *rank[1:-1], 1, prefix) if rank[0] == 0 else (3, prefix, *rank)
-            row[name + suffix] = value
-            col_order.setdefault(name + suffix, rank)
-            if ci and lo is not None:
-                row[f"{name}_ci_low{suffix}"], row[f"{name}_ci_high{suffix}"] = lo, hi
-                col_order.setdefault(f"{name}_ci_low{suffix}", rank + (0.1,))
-                col_order.setdefault(f"{name}_ci_high{suffix}", rank + (0.2,))
-
-        for r in g.itertuples():
-            sfx = _suffix(r.protocol, r.adaptive)
-            prot = (r.protocol != "standard", r.adaptive)
-            pfx = place.get(r.dataset, (None, None))[1]
-            if r.threat == "clean":
-                put("clean_acc", r.value, (0, *prot, 0), r.ci_low, r.ci_high, sfx, pfx)
-            elif r.threat == "attack":
-                base = _attack_base(r.attack, r.norm, r.eps, single_aa)
-                put(base, r.value, (2, *prot, _attack_rank(r.attack), r.attack, r.norm or "", r.eps or 0.0),
-                    r.ci_low, r.ci_high, sfx, pfx)
-        for (m, d, protocol), s in summaries.items():
-            if m != mlabel or place.get(d, (d, None))[0] != dataset_:
-                continue
-            pfx = place.get(d, (None, None))[1]
-            sfx, prot = _suffix(protocol, 0), (protocol != "standard", 0)
-            put("corruptions_acc", s.mean_acc, (1, *prot, 0), suffix=sfx, prefix=pfx)
-            if s.mce is not None or s.note:  # mCE applies (ImageNet-C's AlexNet table): a value or why not
-                put("corruptions_mce", s.mce, (1, *prot, 1), suffix=sfx, prefix=pfx)
-                put("corruptions_rel_mce", s.rel_mce, (1, *prot, 2), suffix=sfx, prefix=pfx)
-            for cat, v in s.category_acc.items():
-                put(f"corruptions_{cat}_acc", v, (1, *prot, 3, corruption_rank(None, cat)[0], cat), suffix=sfx,
-                    prefix=pfx)
-            if s.extra_acc:
-                put("extra_corruptions_acc", sum(s.extra_acc.values()) / len(s.extra_acc), (1, *prot, 4),
-                    suffix=sfx, prefix=pfx)
-            if s.note:
-                notes.append(f"{mlabel} ({d}{sfx}): {s.note}")
+        put = functools.partial(_put, row, col_order, ci)
+        _cell_metrics(put, g, place, single_aa)
+        notes += _corruption_metrics(put, mlabel, dataset_, summaries, place)
         row["skipped"] = int(g["skipped"].max()) if "skipped" in g and g["skipped"].notna().any() else 0
         row["flags"] = int(n_flags.get(mlabel, 0))
         for f in flag_names.get(mlabel, []):
@@ -185,6 +144,68 @@ def leaderboard(stores, sort: str | None = None, variant=None, model=None, datas
     df = sort_leaderboard(df, sort)
     df.attrs["notes"] = list(dict.fromkeys(notes))
     return df
+
+
+def _model_notes(flags: pd.DataFrame, t: pd.DataFrame) -> dict[str, list[str]]:
+    """Model-level flags spelled out under the table: random weights, unreadable images skipped."""
+    notes = {}
+    for r in flags.itertuples() if len(flags) else []:
+        if r.flag == "random-init":
+            notes.setdefault(r.model, []).append("RANDOM weights (random-init): not a trained model")
+    for m, g in t.groupby("model", sort=False):
+        if "skipped" in g and g["skipped"].fillna(0).max() > 0:
+            notes.setdefault(m, []).append(f"{int(g['skipped'].max())} unreadable image(s) skipped")
+    return notes
+
+
+def _put(row: dict, col_order: dict, ci: bool, name, value, rank, lo=None, hi=None, suffix="", prefix=None):
+    """Set one metric of a leaderboard row (and its Wilson bounds with `ci`); remember the column's rank."""
+    if prefix:
+        name = f"{prefix}_acc" if name == "clean_acc" else f"{prefix}_{name}"
+        rank = (0, *rank[1:-1], 1, prefix) if rank[0] == 0 else (3, prefix, *rank)
+    row[name + suffix] = value
+    col_order.setdefault(name + suffix, rank)
+    if ci and lo is not None:
+        row[f"{name}_ci_low{suffix}"], row[f"{name}_ci_high{suffix}"] = lo, hi
+        col_order.setdefault(f"{name}_ci_low{suffix}", rank + (0.1,))
+        col_order.setdefault(f"{name}_ci_high{suffix}", rank + (0.2,))
+
+
+def _cell_metrics(put, g: pd.DataFrame, place: dict, single_aa: bool) -> None:
+    """The clean and attack cells of one model x row."""
+    for r in g.itertuples():
+        sfx = _suffix(r.protocol, r.adaptive)
+        prot = (r.protocol != "standard", r.adaptive)
+        pfx = place.get(r.dataset, (None, None))[1]
+        if r.threat == "clean":
+            put("clean_acc", r.value, (0, *prot, 0), r.ci_low, r.ci_high, sfx, pfx)
+        elif r.threat == "attack":
+            base = _attack_base(r.attack, r.norm, r.eps, single_aa)
+            put(base, r.value, (2, *prot, _attack_rank(r.attack), r.attack, r.norm or "", r.eps or 0.0),
+                r.ci_low, r.ci_high, sfx, pfx)
+
+
+def _corruption_metrics(put, mlabel: str, dataset_: str, summaries: dict, place: dict) -> list[str]:
+    """The corruption summaries (mean accuracy, mCE, per category, extra) of one model x row; returns notes."""
+    notes = []
+    for (m, d, protocol), s in summaries.items():
+        if m != mlabel or place.get(d, (d, None))[0] != dataset_:
+            continue
+        pfx = place.get(d, (None, None))[1]
+        sfx, prot = _suffix(protocol, 0), (protocol != "standard", 0)
+        put("corruptions_acc", s.mean_acc, (1, *prot, 0), suffix=sfx, prefix=pfx)
+        if s.mce is not None or s.note:  # mCE applies (ImageNet-C's AlexNet table): a value or why not
+            put("corruptions_mce", s.mce, (1, *prot, 1), suffix=sfx, prefix=pfx)
+            put("corruptions_rel_mce", s.rel_mce, (1, *prot, 2), suffix=sfx, prefix=pfx)
+        for cat, v in s.category_acc.items():
+            put(f"corruptions_{cat}_acc", v, (1, *prot, 3, corruption_rank(None, cat)[0], cat), suffix=sfx,
+                prefix=pfx)
+        if s.extra_acc:
+            put("extra_corruptions_acc", sum(s.extra_acc.values()) / len(s.extra_acc), (1, *prot, 4),
+                suffix=sfx, prefix=pfx)
+        if s.note:
+            notes.append(f"{mlabel} ({d}{sfx}): {s.note}")
+    return notes
 
 
 def _rank_key(rank: tuple) -> tuple:

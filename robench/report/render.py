@@ -184,7 +184,24 @@ def report(stores, out_dir, baseline: str | None = None, alexnet=_DEFAULT, title
           f"Generated {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by robench "
           f"{robench.__version__}.")
 
-    # ---- leaderboard
+    lb, cat_cols = _leaderboard_section(doc, res, alexnet, multi)
+    _adversarial_section(doc, table, colors, datasets, multi)
+    _corruptions_section(doc, res, lb, cat_cols, colors, datasets, alexnet)
+    _comparison_section(doc, res, baseline, colors)
+    _flags_section(doc, res)
+    _diagnostics_section(doc, res, colors, multi)
+    _provenance_section(doc, res)
+
+    html_path = out_dir / "report.html"
+    tmp = html_path.with_name("report.html.tmp")
+    tmp.write_text(doc.html(title), encoding="utf-8")
+    tmp.replace(html_path)
+    (out_dir / "report.md").write_text(doc.markdown(out_dir), encoding="utf-8")
+    return html_path
+
+
+def _leaderboard_section(doc: Doc, res: Results, alexnet, multi: bool):
+    """The leaderboard table and its notes; returns it and its per-category corruption columns."""
     doc.h(2, "Leaderboard")
     lb = leaderboard(res, ci=True, alexnet=alexnet)
     cat_cols = [c for c in lb.columns if c.startswith("corruptions_") and c.endswith("_acc") and c != "corruptions_acc"
@@ -203,8 +220,10 @@ def report(stores, out_dir, baseline: str | None = None, alexnet=_DEFAULT, title
                  "for the model." + rej)
     for n in lb.attrs.get("notes", []):
         doc.note(n)
+    return lb, cat_cols
 
-    # ---- adversarial robustness
+
+def _adversarial_section(doc: Doc, table: pd.DataFrame, colors, datasets, multi: bool) -> None:
     doc.h(2, "Adversarial robustness")
     shown = False
     for d in datasets:
@@ -215,7 +234,10 @@ def report(stores, out_dir, baseline: str | None = None, alexnet=_DEFAULT, title
     if not shown:
         doc.note("No attack cells in these results.")
 
-    # ---- corruptions
+
+def _corruptions_section(doc: Doc, res: Results, lb: pd.DataFrame, cat_cols, colors, datasets, alexnet) -> None:
+    """Accuracy vs severity, the CE (or mean error) heatmap per dataset, and the per-category table."""
+    table, models, multi = res.table, res.model_labels, len(datasets) > 1
     doc.h(2, "Corruptions")
     summaries = corruption_summaries(table, alexnet)
     shown = False
@@ -253,7 +275,8 @@ def report(stores, out_dir, baseline: str | None = None, alexnet=_DEFAULT, title
         doc.note("Mean accuracy per corruption category (each corruption averaged over its severities first); "
                  "'extra' corruptions are not part of mCE.")
 
-    # ---- paired comparison
+
+def _comparison_section(doc: Doc, res: Results, baseline, colors) -> None:
     doc.h(2, "Paired comparison" + (f" vs {baseline}" if baseline else ""))
     if baseline is None:
         doc.note("No baseline model chosen: pass --baseline MODEL to compare every model against it (paired, "
@@ -265,7 +288,8 @@ def report(stores, out_dir, baseline: str | None = None, alexnet=_DEFAULT, title
         else:
             _paired_section(doc, comp, baseline, colors)
 
-    # ---- flags
+
+def _flags_section(doc: Doc, res: Results) -> None:
     doc.h(2, "Sanity flags")
     flags = res.flags()
     if flags.empty:
@@ -274,7 +298,8 @@ def report(stores, out_dir, baseline: str | None = None, alexnet=_DEFAULT, title
         doc.table(["model", "flag", "message", "cells"],
                   [[r.model, r.flag, r.message, _flag_cells(res, r.store, r.cells_json)] for r in flags.itertuples()])
 
-    # ---- diagnostics
+
+def _diagnostics_section(doc: Doc, res: Results, colors, multi: bool) -> None:
     diag = res.diagnostics()
     if diag.empty:
         doc.h(2, "Attention diagnostics")
@@ -288,7 +313,9 @@ def report(stores, out_dir, baseline: str | None = None, alexnet=_DEFAULT, title
                        f"Attention statistics per layer ({what}{', ' + d if multi else ''}), mean over heads, one line "
                        "per model.")
 
-    # ---- provenance
+
+def _provenance_section(doc: Doc, res: Results) -> None:
+    table = res.table
     doc.h(2, "Provenance")
     runs = res.runs()
     doc.table(["store", "run", "started", "ended", "status", "robench", "torch", "timm", "python", "device", "gpu",
@@ -306,13 +333,6 @@ def report(stores, out_dir, baseline: str | None = None, alexnet=_DEFAULT, title
     doc.p("Protocols: " + "; ".join(f"{p}{' adaptive' if a else ''}: {k} cells" for (p, a), k in prot.items())
           + ". Threat model: images in [0, 1], ε in pixel units, true labels; 'paper' cells follow a paper's "
             "protocol and are labelled (paper) throughout.")
-
-    html_path = out_dir / "report.html"
-    tmp = html_path.with_name("report.html.tmp")
-    tmp.write_text(doc.html(title), encoding="utf-8")
-    tmp.replace(html_path)
-    (out_dir / "report.md").write_text(doc.markdown(out_dir), encoding="utf-8")
-    return html_path
 
 
 def paired_vs_baseline(res: Results, baseline: str, alpha: float = 0.05) -> pd.DataFrame:

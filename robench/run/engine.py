@@ -363,19 +363,7 @@ class Runner:
         plan = self.plan
         n = len(job.data)
         n_chunks = math.ceil(n / plan.chunk_size)
-        if self.rank0:
-            pending = {}
-            for cell in job.cells:
-                if self.store.cell_status(cell.cell_id) == "done":
-                    continue
-                done = self.store.done_chunks(cell.cell_id)
-                cell_chunks = math.ceil(cell.params["n"] / plan.chunk_size)
-                for ch in range(cell_chunks):
-                    if ch not in done:
-                        pending.setdefault(ch, []).append(cell.cell_id)
-        else:
-            pending = None
-        pending = dist.broadcast(pending)
+        pending = dist.broadcast(self._pending_chunks(job) if self.rank0 else None)
         by_id = {c.cell_id: c for c in job.cells}
         what = f"{label} · {_job_label(job)}"
         if not pending:
@@ -392,18 +380,7 @@ class Runner:
             part = self.compute_chunk(model, forward, job, cells, my_lo, my_hi, lo)
             parts = dist.gather(part)
             if self.rank0:
-                merged = {cid: ([], [], []) for cid in parts[0][0]}
-                skipped, extras = 0, {}
-                for res, sk, ex in parts:
-                    skipped += len(sk)
-                    self._note_skipped(job, sk)
-                    for cid, (s, c, p) in res.items():
-                        merged[cid][0].extend(s)
-                        merged[cid][1].extend(c)
-                        merged[cid][2].extend(p)
-                    for cid, d in ex.items():
-                        for key, v in d.items():
-                            _add(extras.setdefault(cid, {}), key, v)
+                merged, skipped, extras = self._merge_parts(job, parts)
                 self._chunk_writes += 1
                 self.store.write_chunk(ch, merged, self.run_id, skipped=skipped, extras=extras,
                                        _fault=self._fault_cb())
@@ -417,15 +394,47 @@ class Runner:
                              f"{rate:.1f} samples/s, ETA {eta:.0f}s")
             dist.barrier()
         if self.rank0:
-            empty = []
-            for cell in job.cells:
-                n_chunks = math.ceil(cell.params["n"] / plan.chunk_size)
-                if not self.store.finish_cell(cell.cell_id) and len(self.store.done_chunks(cell.cell_id)) >= n_chunks:
-                    empty.append(cell)  # every chunk is in, yet no outcome: no readable image
-            if task is not None:
-                self.progress.remove_task(task)
-            if empty:
-                raise RobenchError(self._unreadable_message(job, empty))
+            self._finish_job(job, task)
+
+    def _pending_chunks(self, job: Job) -> dict[int, list[int]]:
+        """chunk index -> ids of the job's unfinished cells still missing that chunk (resume)."""
+        pending = {}
+        for cell in job.cells:
+            if self.store.cell_status(cell.cell_id) == "done":
+                continue
+            done = self.store.done_chunks(cell.cell_id)
+            for ch in range(math.ceil(cell.params["n"] / self.plan.chunk_size)):
+                if ch not in done:
+                    pending.setdefault(ch, []).append(cell.cell_id)
+        return pending
+
+    def _merge_parts(self, job: Job, parts: list):
+        """One chunk's per-rank parts merged per cell: (outcomes {cell: (samples, correct, preds)}, skipped, extras)."""
+        merged = {cid: ([], [], []) for cid in parts[0][0]}
+        skipped, extras = 0, {}
+        for res, sk, ex in parts:
+            skipped += len(sk)
+            self._note_skipped(job, sk)
+            for cid, (s, c, p) in res.items():
+                merged[cid][0].extend(s)
+                merged[cid][1].extend(c)
+                merged[cid][2].extend(p)
+            for cid, d in ex.items():
+                for key, v in d.items():
+                    _add(extras.setdefault(cid, {}), key, v)
+        return merged, skipped, extras
+
+    def _finish_job(self, job: Job, task) -> None:
+        """Mark the job's cells done; a cell with every chunk in but no outcome means no readable image."""
+        empty = []
+        for cell in job.cells:
+            n_chunks = math.ceil(cell.params["n"] / self.plan.chunk_size)
+            if not self.store.finish_cell(cell.cell_id) and len(self.store.done_chunks(cell.cell_id)) >= n_chunks:
+                empty.append(cell)  # every chunk is in, yet no outcome: no readable image
+        if task is not None:
+            self.progress.remove_task(task)
+        if empty:
+            raise RobenchError(self._unreadable_message(job, empty))
 
     def _fault_cb(self):
         """Test hooks: ROBENCH_FAULT=kill@N SIGKILLs this process in the middle of the N-th chunk transaction;

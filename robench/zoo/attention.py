@@ -49,10 +49,37 @@ def l2_normalize(t: torch.Tensor, factor: torch.Tensor | None = None) -> torch.T
     return t * f.to(t.dtype)
 
 
+# name -> class, in registration (= `robench models`) order; filled by @register_attention below.
+ATTENTION_VARIANTS: dict[str, type["VariantAttention"]] = {}
+# "attn.<parameter>" -> the one variant that has it: tells which variant a checkpoint was trained with.
+VARIANT_PARAMS: dict[str, str] = {}
+
+
+def register_attention(name: str, *, params: dict[str, str] | None = None):
+    """Class decorator: register an attention variant under `name` (models `<arch>-<name>`, `demo-…` excepted).
+
+    `params` declares the parameters the variant adds to timm's Attention (which has `qkv` and `proj` only), as
+    {parameter name: size}, the size one of "heads" or "head_dim" (per block). They let a checkpoint's variant be
+    recognised (`robench.zoo.checkpoint`) and `robench models` count parameters without importing torch: the
+    catalog (`robench.zoo.catalog`) reads these decorator calls from this file's source, so write `params` as a
+    literal dict. The test suite checks the counts against models built on the meta device.
+    """
+
+    def deco(cls):
+        cls.variant = name
+        cls.extra_params = dict(params or {})
+        ATTENTION_VARIANTS[name] = cls
+        VARIANT_PARAMS.update({f"attn.{p}": name for p in cls.extra_params})
+        return cls
+
+    return deco
+
+
 class VariantAttention(TimmAttention):
     """Base class: timm's Attention whose softmax operands are chosen by `attention_inputs`."""
 
     variant = "standard"
+    extra_params: dict[str, str] = {}  # set by @register_attention
 
     def qkv_heads(self, x: torch.Tensor):
         B, N, _ = x.shape
@@ -82,41 +109,43 @@ class VariantAttention(TimmAttention):
         """Hook for variants that carry state from block to block (elliptical)."""
 
 
+@register_attention("standard")
 class StandardAttention(VariantAttention):
-    variant = "standard"
+    """timm's Attention: softmax(q kᵀ / √d)."""
 
 
+@register_attention("quest")
 class QuestAttention(VariantAttention):
     """QUEST: keys on the unit sphere; the query norm alone sets how sharp each token's attention is."""
 
-    variant = "quest"
 
     def attention_inputs(self, x):
         q, k, v = self.qkv_heads(x)
         return q, l2_normalize(k), v, 1.0
 
 
+@register_attention("qnorm")
 class QNormAttention(VariantAttention):
-    variant = "qnorm"
 
     def attention_inputs(self, x):
         q, k, v = self.qkv_heads(x)
         return l2_normalize(q), k, v, 1.0
 
 
+@register_attention("qknorm", params={"q_norm.weight": "head_dim", "q_norm.bias": "head_dim",
+                                      "k_norm.weight": "head_dim", "k_norm.bias": "head_dim"})
 class QKNormAttention(VariantAttention):
     """timm's LayerNorm QK-norm (qk_norm=True) with the usual 1/√d scale."""
 
-    variant = "qknorm"
 
     def __init__(self, dim, num_heads=8, qk_norm=False, norm_layer=None, **kwargs):
         super().__init__(dim, num_heads=num_heads, qk_norm=True, norm_layer=norm_layer or nn.LayerNorm, **kwargs)
 
 
+@register_attention("qknorm-hs", params={"qk_scale": "heads"})
 class QKNormHeadScaleAttention(VariantAttention):
     """softmax(c_h q̂ k̂ᵀ): L2-normalised q and k, one learnable inverse temperature per head (init √d)."""
 
-    variant = "qknorm-hs"
 
     def __init__(self, dim, num_heads=8, **kwargs):
         super().__init__(dim, num_heads=num_heads, **kwargs)
@@ -127,10 +156,10 @@ class QKNormHeadScaleAttention(VariantAttention):
         return l2_normalize(q, self.qk_scale.view(1, -1, 1, 1)), l2_normalize(k), v, 1.0
 
 
+@register_attention("qknorm-ds", params={"q_scale": "head_dim", "k_scale": "head_dim"})
 class QKNormDimScaleAttention(VariantAttention):
     """softmax((q̂ ⊙ s_q)(k̂ ⊙ s_k)ᵀ): learnable per-dimension scales, each initialised to d^¼ (logits in ±√d)."""
 
-    variant = "qknorm-ds"
 
     def __init__(self, dim, num_heads=8, **kwargs):
         super().__init__(dim, num_heads=num_heads, **kwargs)
@@ -158,35 +187,35 @@ def elliptical_scale(v: torch.Tensor, v_prev: torch.Tensor, grad: bool = False) 
 
 
 class ValueChain:
-    """The value tensor of the previous block, shared by the elliptical attention layers of one model."""
+    """The value tensor of the previous block, shared by the elliptical attention layers of ONE model instance
+    (set up by `link_value_chain`, which `robench.zoo.registry.build_net` calls on every model it builds)."""
 
-    def __init__(self):
-        self.depth = 0  # number of attention layers registered
+    def __init__(self, depth: int = 1):
+        self.depth = depth  # number of linked attention layers
         self.prev_v = None
 
 
+@register_attention("elliptical")
 class EllipticalAttention(VariantAttention):
     """Elliptical attention (Nielsen et al., NeurIPS 2024): Mahalanobis-scaled queries, q ← q ⊙ m.
 
     Block 0 is standard attention. Set `grad_through_scale = True` (see `set_elliptical_adaptive`) to let
-    gradients flow through m. Use `elliptical_attention_class()` to get a class for one model: the layers of one
-    model share a `ValueChain`, and register in construction order (= block order).
+    gradients flow through m. The layers of one model share a `ValueChain` and know their block index: both are
+    set per model instance by `link_value_chain(model)` (timm builds every block's attention with the same
+    arguments, so the index cannot come through the constructor). An unlinked layer is block 0 of a one-layer
+    chain of its own, i.e. standard attention.
     """
 
-    variant = "elliptical"
-    chain: ValueChain | None = None
     normalize_keys = False
 
     def __init__(self, dim, num_heads=8, **kwargs):
         super().__init__(dim, num_heads=num_heads, **kwargs)
-        if type(self).chain is None:
-            raise TypeError("use robench.zoo.attention.elliptical_attention_class() to build elliptical models")
-        self.layer_index = type(self).chain.depth
-        type(self).chain.depth += 1
+        self.layer_index = 0
+        self.chain = ValueChain()
         self.grad_through_scale = False
 
     def scale_m(self, v: torch.Tensor):
-        prev = type(self).chain.prev_v
+        prev = self.chain.prev_v
         if self.layer_index == 0 or prev is None or prev.shape != v.shape:
             return None
         return elliptical_scale(v, prev, grad=self.grad_through_scale)
@@ -199,40 +228,29 @@ class EllipticalAttention(VariantAttention):
         return (q if m is None else q * m), k, v, self.scale
 
     def after_attention(self, v):
-        chain = type(self).chain
-        chain.prev_v = None if self.layer_index == chain.depth - 1 else v
+        chain = self.chain
+        chain.prev_v = None if self.layer_index == chain.depth - 1 else v  # the last block ends the forward
 
 
+@register_attention("elliptical-quest")
 class EllipticalQuestAttention(EllipticalAttention):
-    variant = "elliptical-quest"
     normalize_keys = True
 
 
-def elliptical_attention_class(base: type[EllipticalAttention] = EllipticalAttention) -> type[EllipticalAttention]:
-    """A fresh subclass of `base` with its own ValueChain: build exactly one model with it."""
-    return type(base.__name__, (base,), {"chain": ValueChain(), "__module__": base.__module__})
-
-
-ATTENTION_VARIANTS: dict[str, type[VariantAttention]] = {
-    "standard": StandardAttention,
-    "quest": QuestAttention,
-    "qnorm": QNormAttention,
-    "qknorm": QKNormAttention,
-    "qknorm-hs": QKNormHeadScaleAttention,
-    "qknorm-ds": QKNormDimScaleAttention,
-    "elliptical": EllipticalAttention,
-    "elliptical-quest": EllipticalQuestAttention,
-}
-
-# Parameters that only one variant has: used to tell the user which variant a checkpoint was trained with.
-VARIANT_PARAMS = {"attn.qk_scale": "qknorm-hs", "attn.q_scale": "qknorm-ds", "attn.k_scale": "qknorm-ds",
-                  "attn.q_norm.weight": "qknorm", "attn.k_norm.weight": "qknorm"}
+def link_value_chain(layers) -> int:
+    """Give the elliptical layers of one model (a module, or its layers in block order) one fresh `ValueChain`
+    and their block indices 0, 1, …; the chain belongs to this model instance only. Returns the number linked."""
+    mods = layers.modules() if isinstance(layers, nn.Module) else layers
+    linked = [m for m in mods if isinstance(m, EllipticalAttention)]
+    chain = ValueChain(depth=len(linked))
+    for i, m in enumerate(linked):
+        m.layer_index, m.chain = i, chain
+    return len(linked)
 
 
 def attention_layer(variant: str) -> type[VariantAttention]:
-    """The class to pass as timm's `attn_layer=` for one new model."""
-    cls = ATTENTION_VARIANTS[variant]
-    return elliptical_attention_class(cls) if issubclass(cls, EllipticalAttention) else cls
+    """The class to pass as timm's `attn_layer=`; call `link_value_chain(model)` on the model built with it."""
+    return ATTENTION_VARIANTS[variant]
 
 
 def set_elliptical_adaptive(model: nn.Module, enabled: bool = True) -> int:

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from robench.zoo.attention import ATTENTION_VARIANTS
+from robench.zoo.catalog import DEMO_TIMM_KWARGS, DEMO_VARIANTS  # (one definition, shared with the catalog)
 from robench.zoo.registry import ModelInfo, register_model
 
-DEMO_VARIANTS = tuple(ATTENTION_VARIANTS)  # all eight
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-from robench.zoo.catalog import DEMO_TIMM_KWARGS  # noqa: E402  (one definition, shared with the catalog)
 
 
 def demo_name(variant: str) -> str:

@@ -14,16 +14,10 @@ import torch
 from torch import nn
 
 from robench.errors import RobenchError, suggest
-from robench.zoo.attention import ATTENTION_VARIANTS, attention_layer
+from robench.zoo import catalog
+from robench.zoo.attention import ATTENTION_VARIANTS, attention_layer, link_value_chain
 
-ARCHS = {
-    "deit-tiny": "deit_tiny_patch16_224",
-    "deit-small": "deit_small_patch16_224",
-    "deit-base": "deit_base_patch16_224",
-    "vit-tiny": "vit_tiny_patch16_224",
-    "vit-small": "vit_small_patch16_224",
-    "vit-base": "vit_base_patch16_224",
-}
+ARCHS = {arch: timm_name for arch, (timm_name, _shape, _norm) in catalog.ARCHS.items()}  # arch -> timm name
 ARCH_ALIASES = {"deit": "deit-tiny", "vit": "vit-tiny"}
 RANDOM_INIT_SHA = "random-init-seed0"  # what the store records as the checkpoint hash of random weights
 
@@ -166,7 +160,9 @@ def build_net(info: ModelInfo, num_classes: int, **overrides) -> nn.Module:
     kwargs = {**info.timm_kwargs, **overrides}
     if info.variant != "timm":
         kwargs["attn_layer"] = attention_layer(info.variant)
-    return timm.create_model(info.timm_name, pretrained=False, num_classes=num_classes, **kwargs)
+    net = timm.create_model(info.timm_name, pretrained=False, num_classes=num_classes, **kwargs)
+    link_value_chain(net)  # per-instance cross-block state (elliptical); a no-op for the other variants
+    return net
 
 
 def create_model(name: str, num_classes: int | None = None, checkpoint=None, *, checkpoint_key: str | None = None,
