@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robench.common import wilson
 from robench.errors import RobenchError
 from robench.seeding import derive_seed, generator
 
@@ -134,20 +135,6 @@ def train_toy(variant: str, seed: int, lr: float, wd: float, cfg: ToyConfig | No
     return {"variant": variant, "seed": seed, "lr": lr, "wd": wd, "test_acc": acc, "biased_acc": acc_b,
             "train_acc": train_acc, "final_loss": loss.item(), "success": acc >= cfg.success_acc,
             "seconds": time.perf_counter() - t0, "trace": trace}
-
-
-def wilson(k: int, n: int) -> tuple[float, float]:
-    """95% Wilson score interval for k successes out of n."""
-    try:
-        from robench.report.stats import wilson as _wilson
-    except ImportError:  # reports not installed yet: the same formula
-        if n <= 0:
-            return (math.nan, math.nan)
-        z, p = 1.959963984540054, k / n
-        denom = 1 + z * z / n
-        centre, half = (p + z * z / (2 * n)) / denom, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-        return (max(0.0, centre - half), min(1.0, centre + half))
-    return _wilson(k, n)
 
 
 def _run(args):

@@ -25,8 +25,9 @@ import math
 
 import pandas as pd
 
+from robench.common import fmt_eps
 from robench.errors import RobenchError, suggest
-from robench.report.results import _DEFAULT, Results, attack_rank, corruption_rank, corruption_summaries, fmt_eps
+from robench.report.results import _DEFAULT, Results, attack_rank, corruption_rank, corruption_summaries
 
 INFO_COLUMNS = ["model", "variant", "arch", "params", "dataset"]
 COUNT_COLUMNS = ["skipped", "rejected_hits", "flags"]  # skipped: unreadable images; rejected_hits: bf16/fp16 hits

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from robench.common import fmt_eps
 from robench.errors import RobenchError, suggest
 from robench.report.stats import AlexNetTable, CorruptionSummary, corruption_summary
 
@@ -88,16 +89,6 @@ def _missing(v) -> bool:
 def key_of(row) -> tuple:
     """The matching key of a (normalized) row: (model, dataset, threat, attack, norm, eps, corruption, ...)."""
     return tuple(row[k] for k in KEY)
-
-
-def fmt_eps(eps, norm) -> str:
-    """4/255 for L-inf budgets that are whole 255ths, else the number (0.5)."""
-    if eps is None:
-        return ""
-    k = eps * 255
-    if norm == "Linf" and abs(k - round(k)) < 1e-6:
-        return f"{round(k)}/255"
-    return f"{eps:g}"
 
 
 def cell_label(row, dataset: bool = False) -> str:
@@ -313,5 +304,5 @@ def corruption_summaries(table: pd.DataFrame, alexnet=_DEFAULT) -> dict:
     return out
 
 
-__all__ = ["Results", "CorruptionSummary", "alexnet_table", "corruption_summaries", "cell_label", "fmt_eps",
+__all__ = ["Results", "CorruptionSummary", "alexnet_table", "corruption_summaries", "cell_label",
            "normalize", "CELL_KEY", "KEY"]

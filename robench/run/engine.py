@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-import robench
 from robench.data.formats import DataSpec, load_clean, load_corrupted, parse_data
 from robench.data.specs import EvalData
 from robench.errors import RobenchError

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from robench.common import fmt_eps
 from robench.errors import RobenchError
 from robench.run.plan import ModelEntry, Plan
 
@@ -67,7 +68,6 @@ def check_eps(plan: Plan, infos) -> None:
     if plan.allow_large_eps or not plan.attacks:
         return
     from robench.attack import load_attack_suite
-    from robench.report.results import fmt_eps
 
     for name in plan.attacks:
         for spec in load_attack_suite(name, eps=plan.eps, steps=plan.steps):

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pandas as pd
 
-import robench
+from robench._version import __version__
+from robench.common import wilson
 from robench.errors import RobenchError
-from robench.report.stats import wilson
 
 SCHEMA_VERSION = 2
 STORE_NAME = "robench.sqlite"
@@ -108,7 +108,7 @@ class Store:
             if version != SCHEMA_VERSION:
                 made_by = self.db.execute("SELECT value FROM meta WHERE key='robench_version'").fetchone()
                 raise RobenchError(f"results store {self.path} has schema version {version} (made by robench "
-                                   f"{made_by[0] if made_by else '?'}); this robench {robench.__version__} reads "
+                                   f"{made_by[0] if made_by else '?'}); this robench {__version__} reads "
                                    f"version {SCHEMA_VERSION}: use a new --out directory")
             self._upgrade()
             return
@@ -117,7 +117,7 @@ class Store:
                 if statement.strip():
                     self.db.execute(statement)
             self.db.execute("INSERT INTO meta VALUES ('schema_version', ?), ('robench_version', ?)",
-                            (str(SCHEMA_VERSION), robench.__version__))
+                            (str(SCHEMA_VERSION), __version__))
 
     def _upgrade(self):
         """Columns added within schema version 2 (older stores lack them): runs.pid, runs.skipped. Then mark runs
@@ -164,7 +164,7 @@ class Store:
 
         prov = {"pid": os.getpid(), **prov}
         cols = ["started", "status", "robench_version"] + list(prov)
-        vals = [time.time(), "running", robench.__version__] + list(prov.values())
+        vals = [time.time(), "running", __version__] + list(prov.values())
         with self.transaction():
             cur = self.db.execute(f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", vals)
         return cur.lastrowid

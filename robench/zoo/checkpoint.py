@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from robench._version import __version__
+from robench.common import atomic_write
 from robench.errors import RobenchError
 from robench.zoo.attention import VARIANT_PARAMS
 
@@ -171,14 +173,13 @@ def convert_checkpoint(src, dst, model: str | None = None, key: str | None = Non
     """Write a clean safetensors copy of a checkpoint with metadata. With `model`, it is validated by loading."""
     from safetensors.torch import save_file
 
-    import robench
     from robench.zoo.registry import create_model, model_info
 
     dst = Path(dst)
     if dst.suffix != ".safetensors":
         raise RobenchError(f"output must end in .safetensors: {dst}")
     state, meta = load_state_dict(src, key=key)
-    meta_out = {"format": "pt", "robench_version": robench.__version__, "source": Path(src).name,
+    meta_out = {"format": "pt", "robench_version": __version__, "source": Path(src).name,
                 "source_sha256": file_sha256(src)}
     if model is not None:
         net = create_model(model, checkpoint=src, checkpoint_key=key)
@@ -191,7 +192,5 @@ def convert_checkpoint(src, dst, model: str | None = None, key: str | None = Non
             meta_out["num_classes"] = str(head.shape[0])
     state = {k: v.contiguous() for k, v in state.items()}
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta_out)
-    tmp.replace(dst)
+    atomic_write(dst, lambda tmp: save_file(state, str(tmp), metadata=meta_out))
     return meta_out
