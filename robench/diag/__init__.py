@@ -25,7 +25,7 @@ def inspect(model, checkpoint=None, data: str = "digits", *, limit: int | None =
     from robench.zoo.registry import RobenchModel
 
     if not isinstance(model, RobenchModel):
-        from robench.run.plan import ModelEntry
+        from robench.zoo.entry import ModelEntry
         from robench.zoo.sources import build_model
 
         ckpt = str(checkpoint) if checkpoint else None

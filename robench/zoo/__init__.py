@@ -6,7 +6,7 @@ Loaded lazily: `robench.zoo.catalog` (what `robench models` lists) must not pull
 _EXPORTS = {
     "ATTENTION_VARIANTS": "robench.zoo.attention", "attention_layer": "robench.zoo.attention",
     "set_elliptical_adaptive": "robench.zoo.attention",
-    "convert_checkpoint": "robench.zoo.checkpoint", "load_state_dict": "robench.zoo.checkpoint",
+    "convert_checkpoint": "robench.zoo.registry", "load_state_dict": "robench.zoo.checkpoint",
     "RobenchModel": "robench.zoo.registry", "create_model": "robench.zoo.registry",
     "list_models": "robench.zoo.registry", "model_info": "robench.zoo.registry",
 }

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from robench.zoo.attention import ATTENTION_VARIANTS
-from robench.zoo.registry import ModelInfo, register_model
+from robench.zoo.info import ModelInfo, register_model
 
 DEMO_VARIANTS = tuple(ATTENTION_VARIANTS)  # all eight
 WEIGHTS_DIR = Path(__file__).parent / "weights"

@@ -45,7 +45,7 @@ class Source:
 
 
 def build_model(entry) -> RobenchModel:
-    """The model of a plan entry (robench.run.plan.ModelEntry), in eval mode, with its provenance in .info.
+    """The model of a plan entry (robench.zoo.entry.ModelEntry), in eval mode, with its provenance in .info.
     An entry whose `module` is already a RobenchModel (built before, e.g. by `robench inspect`) is used as it is."""
     ref = entry.module if entry.module is not None else entry.name
     if isinstance(ref, RobenchModel):
@@ -87,9 +87,8 @@ def _from_registry(entry) -> RobenchModel:
 def _is_registered(ref) -> bool:
     if not isinstance(ref, str) or ":" in ref:
         return False
-    from robench.zoo.registry import _load_plugins, _split_name, _EXTRA
+    from robench.zoo.registry import _split_name, _EXTRA
 
-    _load_plugins()
     if ref in _EXTRA:
         return True
     try:
