@@ -202,15 +202,6 @@ class Results:
                     out[(i, int(cell_id))] = int(ex["rejected_hits"])
         return out
 
-    def runs(self) -> pd.DataFrame:
-        return self._concat("runs")
-
-    def models(self) -> pd.DataFrame:
-        return self._concat("models")
-
-    def diagnostics(self) -> pd.DataFrame:
-        return self._concat("diagnostics")
-
     def check_models(self, names) -> list[str]:
         """Resolve model labels (or registry names) to labels; RobenchError naming the known ones otherwise."""
         labels = self.model_labels
@@ -226,6 +217,21 @@ class Results:
                 raise RobenchError(f"no model '{n}' in the results" + suggest(n, labels)
                                    + f"; models: {', '.join(labels) or 'none'}")
         return list(dict.fromkeys(out))
+
+
+def _concatenated(name: str):
+    def accessor(self) -> pd.DataFrame:
+        return self._concat(name)
+
+    accessor.__name__, accessor.__qualname__ = name, f"Results.{name}"
+    accessor.__doc__ = f"Store.{name}() of every store, one frame (column `store`: the store's index)."
+    return accessor
+
+
+# The Store accessors that Results passes through unchanged, concatenated over its stores (flags and extras are
+# relabelled above).
+for _name in ("runs", "models", "diagnostics"):
+    setattr(Results, _name, _concatenated(_name))
 
 
 def distinguish_evaluations(df: pd.DataFrame) -> pd.DataFrame:

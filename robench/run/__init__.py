@@ -36,8 +36,8 @@ def summarize(results):
                              value=cor.value.mean(), ci_low=None, ci_high=None))
         for r in df[df.threat == "attack"].itertuples():
             tag = " [paper protocol]" if r.protocol == "paper" else ""
-            rows.append(dict(info, threat=f"{r.attack} {r.norm} eps={fmt_eps(r.eps, r.norm)}{tag}", n=r.n, value=r.value,
-                             ci_low=r.ci_low, ci_high=r.ci_high))
+            rows.append(dict(info, threat=f"{r.attack} {r.norm} eps={fmt_eps(r.eps, r.norm)}{tag}", n=r.n,
+                             value=r.value, ci_low=r.ci_low, ci_high=r.ci_high))
     return pd.DataFrame(rows)
 
 

@@ -350,3 +350,14 @@ def plan_from_options(models, *, checkpoints=None, labels=None, model_args=None,
     defaults = {k: v for k, v in cfg.items() if k in PLAN_KEYS}
     return Plan(models=entries, **{**defaults, **{k: v for k, v in given.items() if v is not None},
                                    **{k: True for k, v in flags.items() if v}}, quiet=quiet, command=command)
+
+
+def suite_corruptions(suite, plan: Plan) -> list[str]:
+    """The corruptions of a suite (robench.corrupt.CorruptionSuite) that the plan evaluates: all of them, or those
+    named by --corruption-names, in the suite's order; a name the suite lacks is an error."""
+    if not plan.corruption_names:
+        return list(suite.corruptions)
+    for c in plan.corruption_names:
+        if c not in suite.corruptions:
+            raise RobenchError(f"corruption '{c}' is not in suite {suite.name}" + suggest(c, suite.corruptions))
+    return [c for c in suite.corruptions if c in plan.corruption_names]

@@ -13,8 +13,9 @@ import math
 from pathlib import Path
 
 from robench.common import fmt_eps
+from robench.corrupt import get_suite
 from robench.errors import RobenchError
-from robench.run.plan import ModelEntry, Plan
+from robench.run.plan import ModelEntry, Plan, suite_corruptions
 
 
 
@@ -91,10 +92,8 @@ def check_eps(plan: Plan, infos) -> None:
 def check_corruptions(plan: Plan) -> None:
     if not plan.corruptions:
         return
-    from robench.run.engine import _corruption_suite, _suite_corruptions
-
     for name in plan.corruptions:
-        _suite_corruptions(_corruption_suite(name), plan)
+        suite_corruptions(get_suite(name), plan)
 
 
 def preflight(plan: Plan) -> list:

@@ -309,6 +309,13 @@ class Store:
         return self._df("SELECT a.cell_id, a.extra_json FROM aggregates a JOIN cells c USING(cell_id) "
                         "WHERE c.status='done' ORDER BY a.cell_id")
 
+    def cell_extras(self, cell_ids) -> dict[int, dict]:
+        """{cell_id: its summed counters (the aggregate's extra_json, parsed; {} when none)} for the given cells."""
+        ids = [int(c) for c in cell_ids]
+        rows = self.db.execute("SELECT cell_id, extra_json FROM aggregates WHERE cell_id IN (%s)"
+                               % ",".join("?" * len(ids)), ids).fetchall()
+        return {cid: json.loads(ej or "{}") for cid, ej in rows}
+
     def cells(self) -> pd.DataFrame:
         return self._df("SELECT c.*, m.label AS model FROM cells c JOIN models m USING(model_id) ORDER BY cell_id")
 
