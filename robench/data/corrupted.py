@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from robench.corrupt.suite import CORRUPTIONS, check_severity
 from robench.common import open_rgb
+from robench.corrupt.suite import CORRUPTIONS, check_severity
+from robench.data.imagenet import scan_class_folders
 from robench.errors import RobenchError, suggest
 
 
@@ -41,8 +42,6 @@ class ImageNetCFolder(Dataset):
             have = sorted(p.name for p in (root / corruption).iterdir() if p.is_dir())
             raise RobenchError(f"ImageNet-C {corruption} has no severity {severity} folder ({folder}); "
                                f"found: {', '.join(have) or 'none'}")
-        from robench.data.imagenet import scan_class_folders
-
         self.folder = folder
         items = scan_class_folders(folder, class_index, f"ImageNet-C {corruption}/{severity}")
         self.sample_ids = [rel for rel, _ in items]

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from robench.common import wilson
-from robench.errors import RobenchError
+from robench.errors import RobenchError, suggest
 from robench.seeding import derive_seed, generator
+from robench.zoo.attention import ATTENTION_VARIANTS, attention_layer
 
 TOY_VARIANTS = ("standard", "qnorm", "qknorm", "quest")
 
@@ -82,11 +83,7 @@ class ToyModel(nn.Module):
 
     def __init__(self, variant: str, cfg: ToyConfig):
         super().__init__()
-        from robench.zoo.attention import ATTENTION_VARIANTS, attention_layer
-
         if variant not in ATTENTION_VARIANTS:
-            from robench.errors import suggest
-
             raise RobenchError(f"unknown attention variant '{variant}'" + suggest(variant, ATTENTION_VARIANTS))
         dim = cfg.D + cfg.C
         self.attn = attention_layer(variant)(dim, num_heads=1, attn_head_dim=cfg.width, qkv_bias=True)
@@ -160,12 +157,8 @@ def run_toy_grid(variants=TOY_VARIANTS, seeds: int = 5, lrs=(3e-3, 1e-2), wds=(0
     import pandas as pd
 
     cfg = cfg or ToyConfig()
-    from robench.zoo.attention import ATTENTION_VARIANTS
-
     for v in variants:
         if v not in ATTENTION_VARIANTS:
-            from robench.errors import suggest
-
             raise RobenchError(f"unknown attention variant '{v}'" + suggest(v, ATTENTION_VARIANTS))
     if seeds < 1 or not lrs or not wds:
         raise RobenchError("toy grid is empty: need --seeds >= 1 and at least one --lrs and --wds value")

@@ -26,6 +26,7 @@ import math
 import pandas as pd
 
 from robench.common import fmt_eps
+from robench.data.formats import leaderboard_placement
 from robench.errors import RobenchError, suggest
 from robench.report.results import _DEFAULT, Results, attack_rank, corruption_rank, corruption_summaries
 
@@ -117,8 +118,6 @@ def leaderboard(stores, sort: str | None = None, variant=None, model=None, datas
         if "skipped" in g and g["skipped"].fillna(0).max() > 0:
             flag_names.setdefault(m, []).append(f"{int(g['skipped'].max())} unreadable image(s) skipped")
     rejected = res.rejected_hits()
-
-    from robench.data.formats import leaderboard_placement
 
     # a companion set (ImageNet-A, -R, -Sketch, -V2) joins its parent's row with prefixed columns: imagenet_a_acc
     place = {d: leaderboard_placement(d) for d in t["dataset"].dropna().unique()}

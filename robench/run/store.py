@@ -29,6 +29,7 @@ import pandas as pd
 from robench._version import __version__
 from robench.common import wilson
 from robench.errors import RobenchError
+from robench.paths import check_file
 
 SCHEMA_VERSION = 2
 STORE_NAME = "robench.sqlite"
@@ -359,8 +360,6 @@ def export(store: Store, dest, fmt: str | None = None, table: str = "results") -
     fmt = export_format(dest, fmt)
     df = store.diagnostics() if table == "diagnostics" else store.results()
     dest = Path(dest)
-    from robench.paths import check_file
-
     check_file(dest, "export file")
     if fmt == "parquet":
         try:
