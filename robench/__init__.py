@@ -5,9 +5,8 @@
     robench.leaderboard(df)
 """
 
-__version__ = "0.1.0"
-
-from robench.errors import RobenchError  # noqa: E402,F401
+from robench._version import __version__
+from robench.errors import RobenchError
 
 __all__ = ["RobenchError", "evaluate", "leaderboard", "report", "__version__"]
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from pathlib import Path
 
 import pandas as pd
+
+from robench.report.facade import leaderboard, report  # noqa: F401  (the API's names)
 
 
 def evaluate(model, data, *, attacks=None, corruptions=None, eps=None, limit=None, device: str = "auto",
@@ -74,31 +75,3 @@ def evaluate(model, data, *, attacks=None, corruptions=None, eps=None, limit=Non
             model.to(dev).train(training)
             for q, r in zip(model.parameters(), req):
                 q.requires_grad_(r)
-
-
-def leaderboard(results, *, sort: str | None = None, variant=None, model=None, dataset=None, ci: bool = False,
-                fmt: str | None = None):
-    """The leaderboard (one row per model and dataset, RobustBench-like columns) of results directories / stores,
-    or of a DataFrame returned by `evaluate`. With fmt ('md', 'csv', 'json', 'latex') the formatted text."""
-    from robench.report.leaderboard import format_leaderboard, leaderboard as make
-    from robench.report.results import Results
-
-    src = Results.from_frame(results) if isinstance(results, pd.DataFrame) else _stores(results)
-    df = make(src, sort=sort, variant=variant, model=model, dataset=dataset, ci=ci)
-    return format_leaderboard(df, fmt) if fmt else df
-
-
-def report(results, out=None, *, baseline: str | None = None, title: str = "robench report") -> Path:
-    """Write the HTML report (and its markdown twin) of results directories; returns the HTML path."""
-    from robench.errors import RobenchError
-    from robench.report.render import report as make
-
-    if isinstance(results, pd.DataFrame):
-        raise RobenchError("a report needs a results store (per-sample outcomes): run "
-                           "robench.evaluate(..., out='results/DIR') and pass that directory")
-    stores = _stores(results)
-    return Path(make(stores, out if out is not None else Path(stores[0]) / "report", baseline=baseline, title=title))
-
-
-def _stores(results) -> list:
-    return [results] if isinstance(results, (str, Path)) else list(results)

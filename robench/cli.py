@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-import robench
+from robench._version import __version__
 from robench.errors import RobenchError
 
 app = typer.Typer(
@@ -41,7 +41,7 @@ console = Console(width=None if sys.stdout.isatty() else 160)  # full tables in 
 
 def _version(value: bool):
     if value:
-        print(f"robench {robench.__version__}")
+        print(f"robench {__version__}")
         raise typer.Exit()
 
 
@@ -96,7 +96,7 @@ def convert(
     Example: `robench convert deit_quest.pth deit_quest.safetensors --model deit-tiny-quest`
     """
     from robench.paths import check_file
-    from robench.zoo.checkpoint import convert_checkpoint
+    from robench.zoo.registry import convert_checkpoint
 
     check_file(dst, "output checkpoint", overwrite=force)
 

@@ -191,7 +191,7 @@ def test_convert_records_variant_and_refuses_wrong_model(tmp_path, run_cli):
     code, out, err = run_cli("convert", tmp_path / "q.pth", tmp_path / "q.safetensors", "--model", "deit-tiny-qnorm")
     # --model validates by building the full-size model: a tiny checkpoint does not fit it
     assert code == 2 and "shape mismatch" in err
-    from robench.zoo.checkpoint import convert_checkpoint
+    from robench.zoo.registry import convert_checkpoint
 
     meta = convert_checkpoint(tmp_path / "q.pth", tmp_path / "q.safetensors")
     assert meta["variant"] == "unknown"  # qnorm has no parameters of its own: nothing to infer from

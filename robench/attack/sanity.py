@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections import defaultdict
 
 from robench.attack.base import kind_names
-from robench.attack.spec import AttackSpec, fmt_eps
+from robench.attack.spec import AttackSpec
+from robench.common import fmt_eps
 
 LARGE_EPS = {"Linf": 64 / 255, "L2": 8.0}
 
@@ -44,7 +45,7 @@ def _kind(row) -> str:
 
 
 def _cell(row) -> str:
-    return f"{row['attack']} {row['norm']} {fmt_eps(float(row['eps']))}"
+    return f"{row['attack']} {row['norm']} {fmt_eps(float(row['eps']), row['norm'])}"
 
 
 def sanity_flags(rows: list[dict], clean_acc: float, *, margin: float = 0.01, large_eps_acc: float = 0.05,

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, field
 
 from robench.attack.base import get_kind, kind_names
+from robench.common import fmt_eps
 from robench.errors import RobenchError, suggest
 
 # bump when an algorithm changes its results: stored results with another version are redone.
@@ -90,18 +91,6 @@ def step_size(rule: str, eps: float, steps: int) -> float:
     return c
 
 
-def fmt_eps(e: float) -> str:
-    """'4/255' for multiples of 1/255, '0.3' for short decimals, '0.5/255' for eighths of 1/255, else 4 digits."""
-    k = e * 255
-    if abs(k - round(k)) < 1e-6 and round(k) > 0:
-        return f"{round(k)}/255"
-    if len(repr(e)) <= 6:
-        return repr(e)
-    if abs(8 * k - round(8 * k)) < 1e-6:
-        return f"{round(8 * k) / 8:g}/255"
-    return f"{e:.4g}"
-
-
 @dataclass(frozen=True)
 class AttackSpec:
     """One attack of a suite. eps is in pixel units ([0, 1] images); under protocol 'paper' in normalised units."""
@@ -148,7 +137,7 @@ class AttackSpec:
 
     def cell_label(self, eps: float) -> str:
         """'pgd Linf 4/255' (+ ' [paper]')."""
-        return f"{self.name} {self.norm} {fmt_eps(eps)}" + (" [paper]" if self.protocol == "paper" else "")
+        return f"{self.name} {self.norm} {fmt_eps(eps, self.norm)}" + (" [paper]" if self.protocol == "paper" else "")
 
 
 def choice(value, choices, what: str):

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import torch
 
+from robench.corrupt import corruptions  # noqa: F401  (registers the 19 built-ins before any lookup)
+from robench.corrupt import ops, registry
+from robench.corrupt.reference import corrupt_reference
 from robench.corrupt.registry import corruption, registered
 from robench.corrupt.suite import (CORRUPTIONS, SEVERITIES, CorruptionSuite, check_corruption, check_severity,
                                    get_suite)
@@ -53,9 +56,6 @@ def corrupt_batch(x: torch.Tensor, corruption: str, severity: int, seeds, *, sui
     if x.shape[0] == 0:
         return x.clone()
     if backend == "reference":
-        from robench.corrupt import registry
-        from robench.corrupt.reference import corrupt_reference
-
         if not registry.get(corruption).reference:
             raise RobenchError(f"imagecorruptions has no '{corruption}' (a corruption registered outside it): use "
                                "backend 'torch'")
@@ -73,8 +73,6 @@ def corrupt_batch(x: torch.Tensor, corruption: str, severity: int, seeds, *, sui
 
 def apply(x, corruption, severity, seeds_or_draws, suite="imagenet-c", quantize: bool = True) -> torch.Tensor:
     """The torch backend without input checks; seeds_or_draws may be an ops.Draws (to inject noise in tests)."""
-    from robench.corrupt import ops, registry
-
     suite = get_suite(suite)
     p = suite.severity_params(corruption, severity)
     draws = seeds_or_draws if isinstance(seeds_or_draws, ops.Draws) else ops.Draws(seeds_or_draws, x.device)

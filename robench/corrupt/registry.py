@@ -69,7 +69,6 @@ def unregister(name: str):
 
 def registered() -> list[CorruptionDef]:
     """Every registered corruption in display order."""
-    _load_builtins()
     return sorted(_REGISTRY.values(), key=lambda d: (d.order, d.name))
 
 
@@ -78,9 +77,5 @@ def names(builtin_only: bool = False) -> tuple[str, ...]:
 
 
 def get(name: str) -> CorruptionDef | None:
-    _load_builtins()
     return _REGISTRY.get(name)
 
-
-def _load_builtins():
-    import robench.corrupt.corruptions  # noqa: F401  (registers the 19 built-ins on import)

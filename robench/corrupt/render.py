@@ -9,6 +9,7 @@ import torch
 
 from robench.corrupt import corrupt_batch, get_suite
 from robench.corrupt.suite import check_corruption, check_severity
+from robench.common import open_rgb
 from robench.errors import RobenchError
 from robench.seeding import sample_seeds
 
@@ -30,13 +31,7 @@ def find_images(path) -> list[Path]:
 
 def load_image(path) -> torch.Tensor:
     """(3, H, W) float in [0, 1]; unreadable or smaller than 32x32 -> RobenchError."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            a = np.array(im.convert("RGB"), dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise RobenchError(f"unreadable image {path} ({type(e).__name__})") from None
+    a = np.array(open_rgb(path), dtype=np.uint8)
     if min(a.shape[:2]) < 32:
         raise RobenchError(f"image {path} is {a.shape[1]}x{a.shape[0]}: corruptions need at least 32x32 pixels")
     return torch.from_numpy(a).permute(2, 0, 1).float() / 255

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from robench.corrupt import registry
 from robench.errors import RobenchError, suggest
-from robench.suites import load_suite
+from robench.suites import load_suite, suite_names
 
 # The 19 built-in corruptions in the canonical order of hendrycks/robustness (15 benchmark + 4 extra), derived from
 # the registry (robench/corrupt/registry.py); check_corruption accepts any registered name, built in or not.
@@ -117,8 +117,6 @@ def get_suite(name_or_path: str | CorruptionSuite) -> CorruptionSuite:
     _cache[name_or_path] = suite
     # a suite loaded from a path can then be found by its name too (results store the name), unless it would
     # shadow a shipped suite
-    from robench.suites import suite_names
-
     if name not in suite_names("corruptions"):
         _cache.setdefault(name, suite)
     return suite

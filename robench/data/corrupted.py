@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from robench.common import open_rgb
 from robench.corrupt.suite import CORRUPTIONS, check_severity
+from robench.data.imagenet import scan_class_folders
 from robench.errors import RobenchError, suggest
 
 
@@ -41,8 +42,6 @@ class ImageNetCFolder(Dataset):
             have = sorted(p.name for p in (root / corruption).iterdir() if p.is_dir())
             raise RobenchError(f"ImageNet-C {corruption} has no severity {severity} folder ({folder}); "
                                f"found: {', '.join(have) or 'none'}")
-        from robench.data.imagenet import scan_class_folders
-
         self.folder = folder
         items = scan_class_folders(folder, class_index, f"ImageNet-C {corruption}/{severity}")
         self.sample_ids = [rel for rel, _ in items]
@@ -53,11 +52,7 @@ class ImageNetCFolder(Dataset):
 
     def __getitem__(self, i):
         path = self.folder / self.sample_ids[i]
-        try:
-            with Image.open(path) as im:
-                a = np.array(im.convert("RGB"), dtype=np.uint8)
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise RobenchError(f"unreadable image {path} ({type(e).__name__})") from None
+        a = np.array(open_rgb(path), dtype=np.uint8)
         return torch.from_numpy(a).permute(2, 0, 1).float().div_(255), self.labels[i], self.sample_ids[i]
 
 

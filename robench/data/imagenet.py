@@ -11,9 +11,10 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
+from robench.common import open_rgb
 from robench.errors import RobenchError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
@@ -81,12 +82,10 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, i):
         rel, y = self.items[i]
         try:
-            with Image.open(self.root / rel) as im:
-                img = im.convert("RGB")
-                img.load()
-        except (OSError, UnidentifiedImageError, ValueError) as e:
+            img = open_rgb(self.root / rel)
+        except RobenchError:
             if self.strict:
-                raise RobenchError(f"unreadable image {self.root / rel} ({type(e).__name__})") from None
+                raise
             # label -1: the sweep counts it and warns once (never a raw warning from a worker process)
             return torch.zeros(3, *self.transform.size), -1, i
         return self.transform(img), y, i

@@ -8,7 +8,15 @@
 
 from __future__ import annotations
 
+from robench.attack import get_kind, load_attack_suite, run_attack
+from robench.corrupt import corrupt_batch
+from robench.data.formats import load_clean
 from robench.diag.stats import inspect_model, layer_summary
+from robench.errors import RobenchError
+from robench.seeding import derive_seed, sample_seeds
+from robench.zoo.entry import ModelEntry
+from robench.zoo.registry import RobenchModel
+from robench.zoo.sources import build_model
 
 
 def inspect(model, checkpoint=None, data: str = "digits", *, limit: int | None = 64,
@@ -21,13 +29,7 @@ def inspect(model, checkpoint=None, data: str = "digits", *, limit: int | None =
     (robench.zoo.sources) with an optional checkpoint (or random_init=True: random weights on purpose)."""
     from torch.utils.data import DataLoader
 
-    from robench.data.formats import load_clean
-    from robench.zoo.registry import RobenchModel
-
     if not isinstance(model, RobenchModel):
-        from robench.run.plan import ModelEntry
-        from robench.zoo.sources import build_model
-
         ckpt = str(checkpoint) if checkpoint else None
         model = build_model(ModelEntry(model, ckpt, random_init=random_init) if isinstance(model, str)
                             else ModelEntry(type(model).__name__, ckpt, module=model))
@@ -37,9 +39,6 @@ def inspect(model, checkpoint=None, data: str = "digits", *, limit: int | None =
         model = model.restricted(ds.class_mask)
     batches = ((x.to(device), y) for x, y, _ in DataLoader(ds.dataset, batch_size=batch_size))
     if corruption is not None:
-        from robench.corrupt import corrupt_batch
-        from robench.seeding import sample_seeds
-
         batches = ((corrupt_batch(x.to(device), corruption, severity,
                                   sample_seeds(seed, idx, corruption, severity), suite=suite), y)
                    for x, y, idx in DataLoader(ds.dataset, batch_size=batch_size))
@@ -52,10 +51,6 @@ def _adversarial_batches(model, batches, attack: str, eps, seed: int):
     import dataclasses
 
     import torch
-
-    from robench.attack import get_kind, load_attack_suite, run_attack
-    from robench.errors import RobenchError
-    from robench.seeding import derive_seed
 
     specs = [s for s in load_attack_suite(attack, eps=eps) if get_kind(s.kind).keeps_adv and s.protocol == "standard"]
     if not specs:

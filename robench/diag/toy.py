@@ -22,8 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robench.errors import RobenchError
+from robench.common import wilson
+from robench.errors import RobenchError, suggest
 from robench.seeding import derive_seed, generator
+from robench.zoo.attention import ATTENTION_VARIANTS, attention_layer
 
 TOY_VARIANTS = ("standard", "qnorm", "qknorm", "quest")
 
@@ -81,11 +83,7 @@ class ToyModel(nn.Module):
 
     def __init__(self, variant: str, cfg: ToyConfig):
         super().__init__()
-        from robench.zoo.attention import ATTENTION_VARIANTS, attention_layer
-
         if variant not in ATTENTION_VARIANTS:
-            from robench.errors import suggest
-
             raise RobenchError(f"unknown attention variant '{variant}'" + suggest(variant, ATTENTION_VARIANTS))
         dim = cfg.D + cfg.C
         self.attn = attention_layer(variant)(dim, num_heads=1, attn_head_dim=cfg.width, qkv_bias=True)
@@ -136,20 +134,6 @@ def train_toy(variant: str, seed: int, lr: float, wd: float, cfg: ToyConfig | No
             "seconds": time.perf_counter() - t0, "trace": trace}
 
 
-def wilson(k: int, n: int) -> tuple[float, float]:
-    """95% Wilson score interval for k successes out of n."""
-    try:
-        from robench.report.stats import wilson as _wilson
-    except ImportError:  # reports not installed yet: the same formula
-        if n <= 0:
-            return (math.nan, math.nan)
-        z, p = 1.959963984540054, k / n
-        denom = 1 + z * z / n
-        centre, half = (p + z * z / (2 * n)) / denom, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-        return (max(0.0, centre - half), min(1.0, centre + half))
-    return _wilson(k, n)
-
-
 def _run(args):
     variant, seed, lr, wd, cfg = args
     torch.set_num_threads(1)
@@ -173,12 +157,8 @@ def run_toy_grid(variants=TOY_VARIANTS, seeds: int = 5, lrs=(3e-3, 1e-2), wds=(0
     import pandas as pd
 
     cfg = cfg or ToyConfig()
-    from robench.zoo.attention import ATTENTION_VARIANTS
-
     for v in variants:
         if v not in ATTENTION_VARIANTS:
-            from robench.errors import suggest
-
             raise RobenchError(f"unknown attention variant '{v}'" + suggest(v, ATTENTION_VARIANTS))
     if seeds < 1 or not lrs or not wds:
         raise RobenchError("toy grid is empty: need --seeds >= 1 and at least one --lrs and --wds value")

@@ -15,11 +15,11 @@ import types as _types
 
 
 class _CallableModule(_types.ModuleType):
-    """`robench.report(...)` is the API's report function (robench.api.report) even though robench.report is also
-    this package: calling the package calls it."""
+    """`robench.report(...)` is the API's report function (robench.report.facade.report, re-exported by
+    robench.api) even though robench.report is also this package: calling the package calls it."""
 
     def __call__(self, *args, **kwargs):
-        from robench.api import report
+        from robench.report.facade import report
 
         return report(*args, **kwargs)
 

@@ -19,7 +19,9 @@ import pandas as pd
 
 from robench.errors import RobenchError
 from robench.report.compare import _pp, difference, fmt_p
+from robench.report.leaderboard import markdown_table
 from robench.report.results import cell_label, cell_sort_key, index_rows, normalize
+from robench.run.store import Store, store_path
 
 REQUIRED_COLUMNS = ("model", "dataset", "threat", "attack", "norm", "eps", "corruption", "severity", "protocol",
                     "adaptive", "n", "value")
@@ -28,8 +30,6 @@ VERDICTS = ("regression", "missing", "drop, not significant", "ok", "improved")
 
 def load_table(source):
     """A robench results CSV or a store (dir or .sqlite) -> (normalized table, outcomes(row) or None)."""
-    from robench.run.store import Store, store_path
-
     path = Path(source)
     if not path.exists():
         raise RobenchError(f"baseline not found: {path}")
@@ -65,8 +65,6 @@ def check(baseline, store="results", tolerance: float = 1.0, alpha: float = 0.05
     delta_pp, p, test, verdict (regression | drop, not significant | ok | improved | missing); exit_code 0 / 1 / 2
     as in the module doc. Unusable inputs raise RobenchError (exit 2).
     """
-    from robench.run.store import Store
-
     if tolerance < 0:
         raise RobenchError(f"--tolerance must be >= 0 percentage points, got {tolerance}")
     if not 0 < alpha < 1:
@@ -109,8 +107,6 @@ def check(baseline, store="results", tolerance: float = 1.0, alpha: float = 0.05
 
 def format_check(df: pd.DataFrame) -> str:
     """Markdown for a CI job summary: a verdict line, every compared metric, and the rule applied."""
-    from robench.report.leaderboard import markdown_table
-
     code, tol, alpha = df.attrs.get("exit_code", 0), df.attrs.get("tolerance", 1.0), df.attrs.get("alpha", 0.05)
     counts = df["verdict"].value_counts().to_dict()
     status = {0: "PASS", 1: "FAIL: robustness regressed", 2: "ERROR: baseline cells missing"}[code]

@@ -14,9 +14,11 @@ from pathlib import Path
 import pandas as pd
 
 from robench.errors import RobenchError, suggest
+from robench.report.leaderboard import markdown_table
 from robench.report.results import CELL_KEY, cell_label, cell_sort_key, index_rows, normalize
 from robench.report.stats import (Difference, mcnemar_exact, paired_difference, two_proportion_test,
                                   unpaired_difference)
+from robench.run.store import Store, store_path
 
 
 def difference(row_a, row_b, out_a: pd.DataFrame | None = None, out_b: pd.DataFrame | None = None,
@@ -67,8 +69,6 @@ def _model_table(store, label: str) -> pd.DataFrame:
 
 def resolve(spec: str, default_store=None):
     """'LABEL' (in default_store), 'LABEL@DIR', or 'DIR' (its only model) -> (Store, label)."""
-    from robench.run.store import Store, store_path
-
     label, where = spec, default_store
     if "@" in spec and Path(spec.rsplit("@", 1)[1]).exists():
         label, where = spec.rsplit("@", 1)
@@ -141,8 +141,6 @@ def summary_line(df: pd.DataFrame) -> str:
 
 def format_comparison(df: pd.DataFrame, md: bool = False) -> str:
     """Markdown (for a PR comment) of a comparison; the terminal uses comparison_rows with rich."""
-    from robench.report.leaderboard import markdown_table
-
     header, rows = comparison_rows(df)
     a, b = df.attrs.get("a", "A"), df.attrs.get("b", "B")
     text = f"### robench compare: {b} vs {a}\n\n" + markdown_table(header, rows, right={2, 3, 4, 5, 6, 7})

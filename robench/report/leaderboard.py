@@ -26,8 +26,10 @@ import math
 
 import pandas as pd
 
+from robench.common import fmt_eps
+from robench.data.formats import leaderboard_placement
 from robench.errors import RobenchError, suggest
-from robench.report.results import _DEFAULT, Results, attack_rank, corruption_rank, corruption_summaries, fmt_eps
+from robench.report.results import _DEFAULT, Results, attack_rank, corruption_rank, corruption_summaries
 
 INFO_COLUMNS = ["model", "variant", "arch", "params", "dataset"]
 COUNT_COLUMNS = ["skipped", "rejected_hits", "flags"]  # skipped: unreadable images; rejected_hits: bf16/fp16 hits
@@ -111,8 +113,6 @@ def leaderboard(stores, sort: str | None = None, variant=None, model=None, datas
     n_flags = flags.groupby("model").size().to_dict() if len(flags) else {}
     flag_names = _model_notes(flags, t)
     rejected = res.rejected_hits()
-
-    from robench.data.formats import leaderboard_placement
 
     # a companion set (ImageNet-A, -R, -Sketch, -V2) joins its parent's row with prefixed columns: imagenet_a_acc
     place = {d: leaderboard_placement(d) for d in t["dataset"].dropna().unique()}

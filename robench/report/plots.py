@@ -11,7 +11,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from robench.report.results import corruption_rank, fmt_eps
+from robench.common import fmt_eps
+from robench.report.results import corruption_rank
 
 DPI = 110
 
@@ -227,5 +228,4 @@ def diagnostics_plot(diag: pd.DataFrame, colors: dict) -> bytes | None:
     return _png(fig)
 
 
-__all__ = ["model_colors", "robust_vs_eps", "acc_vs_severity", "heatmap", "difference_plot", "diagnostics_plot",
-           "fmt_eps"]
+__all__ = ["model_colors", "robust_vs_eps", "acc_vs_severity", "heatmap", "difference_plot", "diagnostics_plot"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-import robench
+from robench._version import __version__
 from robench.errors import RobenchError
 from robench.report import plots
 from robench.report.compare import _pp, compare_tables, fmt_p
@@ -182,7 +182,7 @@ def report(stores, out_dir, baseline: str | None = None, alexnet=_DEFAULT, title
     paths = ", ".join(str(s.path.parent) for s in res.stores)
     doc.p(f"{len(models)} models, {len(table)} evaluated cells on {', '.join(datasets)}; results from {paths}. "
           f"Generated {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by robench "
-          f"{robench.__version__}.")
+          f"{__version__}.")
 
     lb, cat_cols = _leaderboard_section(doc, res, alexnet, multi)
     _adversarial_section(doc, table, colors, datasets, multi)

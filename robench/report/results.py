@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from robench.common import fmt_eps
 from robench.errors import RobenchError, suggest
 from robench.report.stats import AlexNetTable, CorruptionSummary, corruption_summary
 
@@ -88,16 +89,6 @@ def _missing(v) -> bool:
 def key_of(row) -> tuple:
     """The matching key of a (normalized) row: (model, dataset, threat, attack, norm, eps, corruption, ...)."""
     return tuple(row[k] for k in KEY)
-
-
-def fmt_eps(eps, norm) -> str:
-    """4/255 for L-inf budgets that are whole 255ths, else the number (0.5)."""
-    if eps is None:
-        return ""
-    k = eps * 255
-    if norm == "Linf" and abs(k - round(k)) < 1e-6:
-        return f"{round(k)}/255"
-    return f"{eps:g}"
 
 
 def cell_label(row, dataset: bool = False) -> str:
@@ -211,15 +202,6 @@ class Results:
                     out[(i, int(cell_id))] = int(ex["rejected_hits"])
         return out
 
-    def runs(self) -> pd.DataFrame:
-        return self._concat("runs")
-
-    def models(self) -> pd.DataFrame:
-        return self._concat("models")
-
-    def diagnostics(self) -> pd.DataFrame:
-        return self._concat("diagnostics")
-
     def check_models(self, names) -> list[str]:
         """Resolve model labels (or registry names) to labels; RobenchError naming the known ones otherwise."""
         labels = self.model_labels
@@ -235,6 +217,21 @@ class Results:
                 raise RobenchError(f"no model '{n}' in the results" + suggest(n, labels)
                                    + f"; models: {', '.join(labels) or 'none'}")
         return list(dict.fromkeys(out))
+
+
+def _concatenated(name: str):
+    def accessor(self) -> pd.DataFrame:
+        return self._concat(name)
+
+    accessor.__name__, accessor.__qualname__ = name, f"Results.{name}"
+    accessor.__doc__ = f"Store.{name}() of every store, one frame (column `store`: the store's index)."
+    return accessor
+
+
+# The Store accessors that Results passes through unchanged, concatenated over its stores (flags and extras are
+# relabelled above).
+for _name in ("runs", "models", "diagnostics"):
+    setattr(Results, _name, _concatenated(_name))
 
 
 def distinguish_evaluations(df: pd.DataFrame) -> pd.DataFrame:
@@ -313,5 +310,5 @@ def corruption_summaries(table: pd.DataFrame, alexnet=_DEFAULT) -> dict:
     return out
 
 
-__all__ = ["Results", "CorruptionSummary", "alexnet_table", "corruption_summaries", "cell_label", "fmt_eps",
+__all__ = ["Results", "CorruptionSummary", "alexnet_table", "corruption_summaries", "cell_label",
            "normalize", "CELL_KEY", "KEY"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from robench.run.store import Store
+from robench.run.store import Store, params_hash
 
 
 def clean(dataset: str = "digits", protocol: str = "standard") -> dict:
@@ -72,8 +72,6 @@ def synthetic_store(path, models: dict, n: int = 200, seed: int = 0, flags: dict
         for f in fl:
             cids = []
             for p in f.get("cells", []):
-                from robench.run.store import params_hash
-
                 hit = cells[(cells["model"] == label) & (cells["params_hash"] == params_hash(dict(p)))]
                 cids += [int(x) for x in hit["cell_id"]]
             rows.append({"flag": f["flag"], "message": f["message"], "cells": cids})

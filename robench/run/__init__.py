@@ -4,6 +4,7 @@
     results = run_plan(Plan(models=[ModelEntry("demo-quest")], data="digits", attacks=["pgd"], out="results/x"))
 """
 
+from robench.common import fmt_eps
 from robench.run.plan import ModelEntry, Plan, load_config, load_plan, resolve_data  # noqa: F401
 from robench.run.store import Store, export  # noqa: F401
 
@@ -35,8 +36,8 @@ def summarize(results):
                              value=cor.value.mean(), ci_low=None, ci_high=None))
         for r in df[df.threat == "attack"].itertuples():
             tag = " [paper protocol]" if r.protocol == "paper" else ""
-            rows.append(dict(info, threat=f"{r.attack} {r.norm} eps={_eps(r.eps)}{tag}", n=r.n, value=r.value,
-                             ci_low=r.ci_low, ci_high=r.ci_high))
+            rows.append(dict(info, threat=f"{r.attack} {r.norm} eps={fmt_eps(r.eps, r.norm)}{tag}", n=r.n,
+                             value=r.value, ci_low=r.ci_low, ci_high=r.ci_high))
     return pd.DataFrame(rows)
 
 
@@ -45,11 +46,6 @@ def weights_tag(sha) -> str:
     if not isinstance(sha, str) or not sha:
         return ""
     return "RANDOM-INIT" if sha.startswith("random-init") else sha[:8]
-
-
-def _eps(e: float) -> str:
-    k = e * 255
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{e:.4g}"
 
 
 def summary_notes(summary) -> list[str]:

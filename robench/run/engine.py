@@ -10,7 +10,6 @@ torchrun each chunk is split into contiguous per-rank shards; rank 0 gathers and
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import platform
@@ -24,12 +23,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-import robench
+from robench.corrupt import get_suite
 from robench.data.formats import DataSpec, load_clean, load_corrupted, parse_data
 from robench.data.specs import EvalData
 from robench.errors import RobenchError
 from robench.run import dist
-from robench.run.plan import ModelEntry, Plan
+from robench.run.plan import ModelEntry, Plan, suite_corruptions
+from robench.run.preflight import preflight
 from robench.run.store import Store, params_hash
 from robench.seeding import sample_seeds
 
@@ -105,8 +105,8 @@ def plan_jobs(plan: Plan, model, data: EvalData | None, data_spec: DataSpec | No
         job.cells.append(Cell({**base, **dset, "threat": "clean", "protocol": "standard"}, "clean"))
         n_cor = min(len(data), plan.corruption_limit) if plan.corruption_limit else len(data)
         for suite_name in plan.corruptions:
-            suite = _corruption_suite(suite_name)
-            for c in _suite_corruptions(suite, plan):
+            suite = get_suite(suite_name)
+            for c in suite_corruptions(suite, plan):
                 for s in plan.severities:
                     job.cells.append(Cell({**base, **dset, "n": n_cor, "threat": "corruption", "corruption": c,
                                            "severity": int(s),
@@ -129,8 +129,8 @@ def plan_jobs(plan: Plan, model, data: EvalData | None, data_spec: DataSpec | No
         jobs.append(job)
     else:  # pre-rendered corruption set: one job per (corruption, severity)
         for suite_name in plan.corruptions or [data_spec.format.default_suite]:
-            suite = _corruption_suite(suite_name)
-            for c in _suite_corruptions(suite, plan):
+            suite = get_suite(suite_name)
+            for c in suite_corruptions(suite, plan):
                 for s in plan.severities:
                     d = load_corrupted(data_spec, c, int(s), limit=plan.limit, subset=plan.subset, seed=plan.seed)
                     p = {**base, "dataset": d.name, "data_fingerprint": d.fingerprint, "n": len(d),
@@ -138,23 +138,6 @@ def plan_jobs(plan: Plan, model, data: EvalData | None, data_spec: DataSpec | No
                          "suite": suite.name, "backend": "prerendered", "protocol": "standard"}
                     jobs.append(Job(d, [Cell(p, "corruption")]))
     return jobs
-
-
-def _corruption_suite(name):
-    from robench.corrupt import get_suite
-
-    return get_suite(name)
-
-
-def _suite_corruptions(suite, plan: Plan) -> list[str]:
-    if not plan.corruption_names:
-        return list(suite.corruptions)
-    from robench.errors import suggest
-
-    for c in plan.corruption_names:
-        if c not in suite.corruptions:
-            raise RobenchError(f"corruption '{c}' is not in suite {suite.name}" + suggest(c, suite.corruptions))
-    return [c for c in suite.corruptions if c in plan.corruption_names]
 
 
 # ---- execution ---------------------------------------------------------------------------------------------------
@@ -181,8 +164,6 @@ class Runner:
     # failure). Other ranks receive cell ids and pending chunks by broadcast.
     def run(self):
         plan = self.plan
-        from robench.run.preflight import preflight
-
         preflight(plan)
         self.run_id = -1
         self._store_created = False
@@ -614,12 +595,10 @@ class Runner:
         if att.empty:
             return
         clean = mine[mine["threat"] == "clean"]["value"]
-        extras = dict(self.store.db.execute(
-            "SELECT cell_id, extra_json FROM aggregates WHERE cell_id IN (%s)" % ",".join("?" * len(att)),
-            [int(c) for c in att.cell_id]).fetchall())
+        extras = self.store.cell_extras(att.cell_id)
         rows = []
         for r in att.itertuples():
-            ex = json.loads(extras.get(r.cell_id) or "{}")
+            ex = extras.get(r.cell_id, {})
             n_att = ex.get("attacked") or 0
             kind = next((c.attack_spec.kind for j in jobs for c in j.cells if c.cell_id == r.cell_id), None)
             rows.append(dict(attack=r.attack, kind=kind, norm=r.norm, eps=r.eps, robust_acc=r.value, n=r.n,

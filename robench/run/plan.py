@@ -11,27 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from robench.errors import RobenchError, suggest
-
-
-@dataclass
-class ModelEntry:
-    """One model of a plan. `name` is anything robench.zoo.sources resolves: a registered name, timm:NAME,
-    path/to/file.py:Attr, package.module:factory or an entry-point name; `module` an nn.Module (Python API)."""
-
-    name: str
-    checkpoint: str | None = None
-    label: str | None = None
-    checkpoint_key: str | None = None
-    num_classes: int | None = None
-    random_init: bool = False  # evaluate random weights on purpose (registry models without weights need it)
-    args: dict | None = None  # constructor / factory keyword arguments (--model-arg key=value)
-    mean: list[float] | None = None  # input normalisation of a user model (default: from the model, else none)
-    std: list[float] | None = None
-    module: object = field(default=None, repr=False)  # an nn.Module object (Python API; not a plan file key)
-
-    @property
-    def display(self) -> str:
-        return self.label or self.name
+from robench.zoo.entry import ModelEntry  # noqa: F401  (the plan's model reference, defined with the sources)
 
 
 @dataclass
@@ -370,3 +350,14 @@ def plan_from_options(models, *, checkpoints=None, labels=None, model_args=None,
     defaults = {k: v for k, v in cfg.items() if k in PLAN_KEYS}
     return Plan(models=entries, **{**defaults, **{k: v for k, v in given.items() if v is not None},
                                    **{k: True for k, v in flags.items() if v}}, quiet=quiet, command=command)
+
+
+def suite_corruptions(suite, plan: Plan) -> list[str]:
+    """The corruptions of a suite (robench.corrupt.CorruptionSuite) that the plan evaluates: all of them, or those
+    named by --corruption-names, in the suite's order; a name the suite lacks is an error."""
+    if not plan.corruption_names:
+        return list(suite.corruptions)
+    for c in plan.corruption_names:
+        if c not in suite.corruptions:
+            raise RobenchError(f"corruption '{c}' is not in suite {suite.name}" + suggest(c, suite.corruptions))
+    return [c for c in suite.corruptions if c in plan.corruption_names]

@@ -12,15 +12,20 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from robench.attack import load_attack_suite
+from robench.common import fmt_eps
+from robench.corrupt import get_suite
+from robench.data.formats import parse_data
 from robench.errors import RobenchError
-from robench.run.plan import ModelEntry, Plan
+from robench.paths import check_dir, check_file
+from robench.run.plan import ModelEntry, Plan, suite_corruptions
+from robench.run.store import store_path
+from robench.zoo.registry import model_info
+from robench.zoo.sources import source_of
 
 
 
 def check_output(plan: Plan) -> None:
-    from robench.paths import check_dir, check_file
-    from robench.run.store import store_path
-
     path = store_path(plan.out)
     if path.name == Path(plan.out).name:  # --out points at the .sqlite file itself
         check_file(path, "results store")
@@ -33,8 +38,6 @@ def check_output(plan: Plan) -> None:
 def check_model(entry: ModelEntry):
     """The model's static info (None for user code, known only once built); an error when a model would silently
     get random weights or its checkpoint is missing."""
-    from robench.zoo.sources import source_of
-
     if entry.random_init and entry.checkpoint:
         raise RobenchError(f"model {entry.display}: both a checkpoint ({entry.checkpoint}) and random_init given; "
                            "choose one")
@@ -42,8 +45,6 @@ def check_model(entry: ModelEntry):
         raise RobenchError(f"checkpoint not found: {entry.checkpoint} (for model {entry.display})")
     if source_of(entry.module if entry.module is not None else entry.name) in ("module", "file", "python", "plugin"):
         return None  # user code or an nn.Module object: its weights are whatever that code builds or loads
-    from robench.zoo.registry import model_info
-
     info = model_info(entry.name)
     if not entry.checkpoint and not entry.random_init and not info.default_checkpoint:
         raise RobenchError(f"model {entry.display} has no weights: pass --checkpoint PATH (or set it in "
@@ -66,9 +67,6 @@ def check_eps(plan: Plan, infos) -> None:
     """Every attack eps within the image's range, unless plan.allow_large_eps."""
     if plan.allow_large_eps or not plan.attacks:
         return
-    from robench.attack import load_attack_suite
-    from robench.report.results import fmt_eps
-
     for name in plan.attacks:
         for spec in load_attack_suite(name, eps=plan.eps, steps=plan.steps):
             for info in infos:  # a user model's input size is known only once built: L-inf bound only
@@ -91,17 +89,13 @@ def check_eps(plan: Plan, infos) -> None:
 def check_corruptions(plan: Plan) -> None:
     if not plan.corruptions:
         return
-    from robench.run.engine import _corruption_suite, _suite_corruptions
-
     for name in plan.corruptions:
-        _suite_corruptions(_corruption_suite(name), plan)
+        suite_corruptions(get_suite(name), plan)
 
 
 def preflight(plan: Plan) -> list:
     """Validate the whole plan before any file is written or model built. Returns the models' static infos."""
     plan.validate()
-    from robench.data.formats import parse_data
-
     parse_data(plan.data)
     check_output(plan)
     infos = [check_model(m) for m in plan.models]

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import pandas as pd
 
-import robench
+from robench._version import __version__
+from robench.common import wilson
 from robench.errors import RobenchError
-from robench.report.stats import wilson
+from robench.paths import check_file
 
 SCHEMA_VERSION = 2
 STORE_NAME = "robench.sqlite"
@@ -108,7 +109,7 @@ class Store:
             if version != SCHEMA_VERSION:
                 made_by = self.db.execute("SELECT value FROM meta WHERE key='robench_version'").fetchone()
                 raise RobenchError(f"results store {self.path} has schema version {version} (made by robench "
-                                   f"{made_by[0] if made_by else '?'}); this robench {robench.__version__} reads "
+                                   f"{made_by[0] if made_by else '?'}); this robench {__version__} reads "
                                    f"version {SCHEMA_VERSION}: use a new --out directory")
             self._upgrade()
             return
@@ -117,7 +118,7 @@ class Store:
                 if statement.strip():
                     self.db.execute(statement)
             self.db.execute("INSERT INTO meta VALUES ('schema_version', ?), ('robench_version', ?)",
-                            (str(SCHEMA_VERSION), robench.__version__))
+                            (str(SCHEMA_VERSION), __version__))
 
     def _upgrade(self):
         """Columns added within schema version 2 (older stores lack them): runs.pid, runs.skipped. Then mark runs
@@ -164,7 +165,7 @@ class Store:
 
         prov = {"pid": os.getpid(), **prov}
         cols = ["started", "status", "robench_version"] + list(prov)
-        vals = [time.time(), "running", robench.__version__] + list(prov.values())
+        vals = [time.time(), "running", __version__] + list(prov.values())
         with self.transaction():
             cur = self.db.execute(f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", vals)
         return cur.lastrowid
@@ -309,6 +310,13 @@ class Store:
         return self._df("SELECT a.cell_id, a.extra_json FROM aggregates a JOIN cells c USING(cell_id) "
                         "WHERE c.status='done' ORDER BY a.cell_id")
 
+    def cell_extras(self, cell_ids) -> dict[int, dict]:
+        """{cell_id: its summed counters (the aggregate's extra_json, parsed; {} when none)} for the given cells."""
+        ids = [int(c) for c in cell_ids]
+        rows = self.db.execute("SELECT cell_id, extra_json FROM aggregates WHERE cell_id IN (%s)"
+                               % ",".join("?" * len(ids)), ids).fetchall()
+        return {cid: json.loads(ej or "{}") for cid, ej in rows}
+
     def cells(self) -> pd.DataFrame:
         return self._df("SELECT c.*, m.label AS model FROM cells c JOIN models m USING(model_id) ORDER BY cell_id")
 
@@ -352,8 +360,6 @@ def export(store: Store, dest, fmt: str | None = None, table: str = "results") -
     fmt = export_format(dest, fmt)
     df = store.diagnostics() if table == "diagnostics" else store.results()
     dest = Path(dest)
-    from robench.paths import check_file
-
     check_file(dest, "export file")
     if fmt == "parquet":
         try:

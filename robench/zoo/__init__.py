@@ -7,7 +7,7 @@ _EXPORTS = {
     "ATTENTION_VARIANTS": "robench.zoo.attention", "attention_layer": "robench.zoo.attention",
     "set_elliptical_adaptive": "robench.zoo.attention", "register_attention": "robench.zoo.attention",
     "link_value_chain": "robench.zoo.attention",
-    "convert_checkpoint": "robench.zoo.checkpoint", "load_state_dict": "robench.zoo.checkpoint",
+    "convert_checkpoint": "robench.zoo.registry", "load_state_dict": "robench.zoo.checkpoint",
     "RobenchModel": "robench.zoo.registry", "create_model": "robench.zoo.registry",
     "list_models": "robench.zoo.registry", "model_info": "robench.zoo.registry",
 }

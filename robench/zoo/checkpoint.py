@@ -165,33 +165,3 @@ def guess_variant(state: dict) -> str:
     if "qknorm-ds" in hint:
         return "qknorm-ds"
     return hint.pop() if len(hint) == 1 else "unknown"
-
-
-def convert_checkpoint(src, dst, model: str | None = None, key: str | None = None) -> dict:
-    """Write a clean safetensors copy of a checkpoint with metadata. With `model`, it is validated by loading."""
-    from safetensors.torch import save_file
-
-    import robench
-    from robench.zoo.registry import create_model, model_info
-
-    dst = Path(dst)
-    if dst.suffix != ".safetensors":
-        raise RobenchError(f"output must end in .safetensors: {dst}")
-    state, meta = load_state_dict(src, key=key)
-    meta_out = {"format": "pt", "robench_version": robench.__version__, "source": Path(src).name,
-                "source_sha256": file_sha256(src)}
-    if model is not None:
-        net = create_model(model, checkpoint=src, checkpoint_key=key)
-        info = model_info(model)
-        meta_out.update(model=model, arch=info.arch, variant=info.variant, num_classes=str(net.info.num_classes))
-    else:
-        meta_out.update(arch=meta.get("arch", "unknown"), variant=meta.get("variant", guess_variant(state)))
-        head = state.get("head.weight")
-        if head is not None:
-            meta_out["num_classes"] = str(head.shape[0])
-    state = {k: v.contiguous() for k, v in state.items()}
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta_out)
-    tmp.replace(dst)
-    return meta_out

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from robench.zoo.catalog import DEMO_TIMM_KWARGS, DEMO_VARIANTS  # (one definition, shared with the catalog)
-from robench.zoo.registry import ModelInfo, register_model
+from robench.zoo.info import ModelInfo, register_model
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 

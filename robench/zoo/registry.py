@@ -6,16 +6,22 @@ which takes images in [0, 1] and applies the model's own normalisation.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Callable
+from pathlib import Path
 
 import timm
 import torch
 from torch import nn
 
+from robench._version import __version__
+from robench.common import atomic_write
 from robench.errors import RobenchError, suggest
+import robench.zoo.demo  # noqa: F401  (registers the demo zoo, demo-<variant>, before any lookup)
 from robench.zoo import catalog
 from robench.zoo.attention import ATTENTION_VARIANTS, attention_layer, link_value_chain
+from robench.zoo.checkpoint import file_sha256, guess_variant, load_into, load_state_dict
+# ModelInfo and register_model live in robench.zoo.info (below the demo zoo, which registers with them); imported
+# here under their public names
+from robench.zoo.info import _EXTRA, ModelInfo, register_model  # noqa: F401
 
 ARCHS = {arch: timm_name for arch, (timm_name, _shape, _norm) in catalog.ARCHS.items()}  # arch -> timm name
 ARCH_ALIASES = {"deit": "deit-tiny", "vit": "vit-tiny"}
@@ -24,31 +30,6 @@ RANDOM_INIT_SHA = "random-init-seed0"  # what the store records as the checkpoin
 
 def is_random_init(sha) -> bool:
     return isinstance(sha, str) and sha.startswith("random-init")
-
-
-@dataclass
-class ModelInfo:
-    name: str
-    arch: str
-    variant: str
-    timm_name: str
-    input_size: tuple = (3, 224, 224)
-    mean: tuple = (0.485, 0.456, 0.406)
-    std: tuple = (0.229, 0.224, 0.225)
-    interpolation: str = "bicubic"
-    crop_pct: float = 0.875
-    num_classes: int = 1000
-    params: int | None = None
-    timm_kwargs: dict = field(default_factory=dict)
-    default_checkpoint: str | None = None  # weights shipped with robench (demo zoo), used when none is given
-    # provenance, filled by robench.zoo.sources when the model is built
-    source: str = "registry"  # registry | timm | file | python | plugin | module (see robench.zoo.sources)
-    checkpoint: str | None = None  # the weights file loaded (None: none)
-    checkpoint_sha256: str | None = None  # its sha256, or "weights:<sha256 of the state dict>" without a file
-    provenance: dict = field(default_factory=dict)  # what defines a non-registry model (code hash, args, norm)
-
-    def to_dict(self):
-        return asdict(self)
 
 
 class RobenchModel(nn.Module):
@@ -97,14 +78,6 @@ class ClassSubset(nn.Module):
         return self.net(x).index_select(1, self.classes.to(x.device))
 
 
-# Extra registered models (the demo zoo registers `demo-<variant>` here): name -> ModelInfo factory.
-_EXTRA: dict[str, Callable[[], ModelInfo]] = {}
-
-
-def register_model(name: str, info_fn: Callable[[], ModelInfo]) -> None:
-    _EXTRA[name] = info_fn
-
-
 def _split_name(name: str) -> tuple[str, str]:
     for arch in sorted(list(ARCHS) + list(ARCH_ALIASES), key=len, reverse=True):
         if name.startswith(arch + "-") and name[len(arch) + 1:] in ATTENTION_VARIANTS:
@@ -120,7 +93,6 @@ def model_names(include_aliases: bool = False) -> list[str]:
 
 def model_info(name: str) -> ModelInfo:
     """Static description of a registered model name (no weights built)."""
-    _load_plugins()
     if name in _EXTRA:
         return _EXTRA[name]()
     if name.startswith("timm:"):
@@ -177,8 +149,6 @@ def create_model(name: str, num_classes: int | None = None, checkpoint=None, *, 
     if checkpoint is None and not random_init:
         checkpoint = info.default_checkpoint
     if checkpoint is not None:
-        from robench.zoo.checkpoint import load_state_dict
-
         state, meta = load_state_dict(checkpoint, key=checkpoint_key)
         _check_meta(info, meta, checkpoint)
         inferred = state.get(classifier_key(info) + ".weight")
@@ -193,8 +163,6 @@ def create_model(name: str, num_classes: int | None = None, checkpoint=None, *, 
         net = build_net(info, info.num_classes, **overrides)
     info.params = sum(p.numel() for p in net.parameters())
     if state is not None:
-        from robench.zoo.checkpoint import load_into
-
         load_into(net, state, info, checkpoint)
     return RobenchModel(net, info).eval()
 
@@ -215,7 +183,6 @@ def count_params(info: ModelInfo, **overrides) -> int:
 
 
 def list_models(with_params: bool = True) -> list[ModelInfo]:
-    _load_plugins()
     infos = []
     for name in model_names():
         info = model_info(name)
@@ -225,16 +192,26 @@ def list_models(with_params: bool = True) -> list[ModelInfo]:
     return infos
 
 
-_PLUGINS_LOADED = False
+def convert_checkpoint(src, dst, model: str | None = None, key: str | None = None) -> dict:
+    """Write a clean safetensors copy of a checkpoint with metadata. With `model`, it is validated by loading."""
+    from safetensors.torch import save_file
 
-
-def _load_plugins():
-    """Register the built-in demo zoo (lazy, avoids an import cycle)."""
-    global _PLUGINS_LOADED
-    if not _PLUGINS_LOADED:
-        _PLUGINS_LOADED = True
-        try:
-            import robench.zoo.demo  # noqa: F401  (registers demo-<variant>)
-        except ModuleNotFoundError as e:
-            if e.name != "robench.zoo.demo":
-                raise
+    dst = Path(dst)
+    if dst.suffix != ".safetensors":
+        raise RobenchError(f"output must end in .safetensors: {dst}")
+    state, meta = load_state_dict(src, key=key)
+    meta_out = {"format": "pt", "robench_version": __version__, "source": Path(src).name,
+                "source_sha256": file_sha256(src)}
+    if model is not None:
+        net = create_model(model, checkpoint=src, checkpoint_key=key)
+        info = model_info(model)
+        meta_out.update(model=model, arch=info.arch, variant=info.variant, num_classes=str(net.info.num_classes))
+    else:
+        meta_out.update(arch=meta.get("arch", "unknown"), variant=meta.get("variant", guess_variant(state)))
+        head = state.get("head.weight")
+        if head is not None:
+            meta_out["num_classes"] = str(head.shape[0])
+    state = {k: v.contiguous() for k, v in state.items()}
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(dst, lambda tmp: save_file(state, str(tmp), metadata=meta_out))
+    return meta_out

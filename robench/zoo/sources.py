@@ -31,7 +31,9 @@ import torch
 from torch import nn
 
 from robench.errors import RobenchError, suggest
-from robench.zoo.registry import RANDOM_INIT_SHA, ModelInfo, RobenchModel
+from robench.zoo.checkpoint import file_sha256, load_into, load_state_dict
+from robench.zoo.registry import (_EXTRA, RANDOM_INIT_SHA, ModelInfo, RobenchModel, _split_name, create_model,
+                                  model_names)
 
 ENTRY_POINT_GROUP = "robench.models"
 
@@ -45,7 +47,7 @@ class Source:
 
 
 def build_model(entry) -> RobenchModel:
-    """The model of a plan entry (robench.run.plan.ModelEntry), in eval mode, with its provenance in .info.
+    """The model of a plan entry (robench.zoo.entry.ModelEntry), in eval mode, with its provenance in .info.
     An entry whose `module` is already a RobenchModel (built before, e.g. by `robench inspect`) is used as it is."""
     ref = entry.module if entry.module is not None else entry.name
     if isinstance(ref, RobenchModel):
@@ -66,9 +68,6 @@ def source_of(ref) -> str | None:
 
 # ---- registry and timm -------------------------------------------------------------------------------------------
 def _from_registry(entry) -> RobenchModel:
-    from robench.zoo.checkpoint import file_sha256
-    from robench.zoo.registry import create_model
-
     if entry.mean is not None or entry.std is not None:
         raise RobenchError(f"--mean/--std set the normalisation of user models; {entry.name} normalises its inputs "
                            "itself (robench models shows how)")
@@ -87,9 +86,6 @@ def _from_registry(entry) -> RobenchModel:
 def _is_registered(ref) -> bool:
     if not isinstance(ref, str) or ":" in ref:
         return False
-    from robench.zoo.registry import _load_plugins, _split_name, _EXTRA
-
-    _load_plugins()
     if ref in _EXTRA:
         return True
     try:
@@ -100,8 +96,6 @@ def _is_registered(ref) -> bool:
 
 
 def _known_names() -> list[str]:
-    from robench.zoo.registry import model_names
-
     return model_names(include_aliases=True) + sorted(_entry_points())
 
 
@@ -164,8 +158,6 @@ def _attr(obj, attr: str, what: str):
 
 
 def _from_file(entry) -> RobenchModel:
-    from robench.zoo.checkpoint import file_sha256
-
     where, attr = _split_ref(entry.name)
     path = Path(where).expanduser()
     if not path.is_file():
@@ -233,8 +225,6 @@ def _module_file(module) -> Path | None:
 
 
 def _file_hash(path: Path | None) -> str | None:
-    from robench.zoo.checkpoint import file_sha256
-
     return file_sha256(path) if path is not None and path.is_file() else None
 
 
@@ -285,8 +275,6 @@ def _norm_from(net: nn.Module, entry):
 
 
 def _wrap(net, entry, code_sha256: str | None, extra: dict | None = None) -> RobenchModel:
-    from robench.zoo.checkpoint import file_sha256, load_into, load_state_dict
-
     if not isinstance(net, nn.Module):
         raise RobenchError(f"model {entry.display} is a {type(net).__name__}, not a torch.nn.Module")
     mean, std, size, crop, interp, norm_from = _norm_from(net, entry)

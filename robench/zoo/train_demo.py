@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from timm.layers import build_sincos2d_pos_embed
 
-import robench
 from robench.data.digits import digits_tensors
+from robench._version import __version__
+from robench.common import atomic_write
 from robench.errors import RobenchError, suggest
 from robench.seeding import derive_seed, generator
 from robench.zoo.demo import DEMO_VARIANTS, WEIGHTS_DIR, demo_info, demo_name
@@ -110,14 +111,12 @@ def save_demo_checkpoint(model: RobenchModel, path, seed: int, epochs: int, test
 
     info = model.info
     meta = {"format": "pt", "model": info.name, "arch": info.arch, "variant": info.variant,
-            "num_classes": str(info.num_classes), "robench_version": robench.__version__, "seed": str(seed),
+            "num_classes": str(info.num_classes), "robench_version": __version__, "seed": str(seed),
             "epochs": str(epochs), "test_acc": f"{test_acc:.4f}", "data": "digits/train"}
     state = {k: v.detach().contiguous() for k, v in model.net.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
 def train_demo(variants=None, out_dir=WEIGHTS_DIR, epochs: int = EPOCHS, seed: int = 0, threads: int | None = 1,

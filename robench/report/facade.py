@@ -1,0 +1,37 @@
+"""The report half of the Python API, `robench.leaderboard(...)` and `robench.report(...)` (re-exported by
+robench.api; calling the robench.report package calls `report` here): results directories, stores or a DataFrame
+returned by `robench.evaluate` in, a leaderboard or an HTML report out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from robench.errors import RobenchError
+from robench.report.leaderboard import format_leaderboard, leaderboard as make_leaderboard
+from robench.report.render import report as make_report
+from robench.report.results import Results
+
+
+def leaderboard(results, *, sort: str | None = None, variant=None, model=None, dataset=None, ci: bool = False,
+                fmt: str | None = None):
+    """The leaderboard (one row per model and dataset, RobustBench-like columns) of results directories / stores,
+    or of a DataFrame returned by `evaluate`. With fmt ('md', 'csv', 'json', 'latex') the formatted text."""
+    src = Results.from_frame(results) if isinstance(results, pd.DataFrame) else _stores(results)
+    df = make_leaderboard(src, sort=sort, variant=variant, model=model, dataset=dataset, ci=ci)
+    return format_leaderboard(df, fmt) if fmt else df
+
+
+def report(results, out=None, *, baseline: str | None = None, title: str = "robench report") -> Path:
+    """Write the HTML report (and its markdown twin) of results directories; returns the HTML path."""
+    if isinstance(results, pd.DataFrame):
+        raise RobenchError("a report needs a results store (per-sample outcomes): run "
+                           "robench.evaluate(..., out='results/DIR') and pass that directory")
+    stores = _stores(results)
+    out = out if out is not None else Path(stores[0]) / "report"
+    return Path(make_report(stores, out, baseline=baseline, title=title))
+
+
+def _stores(results) -> list:
+    return [results] if isinstance(results, (str, Path)) else list(results)

@@ -1,0 +1,39 @@
+"""What a registered model is (ModelInfo) and the table of extra registered names (`register_model`), below the
+registry's lookups and the demo zoo that registers into it: plain data, no torch."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    arch: str
+    variant: str
+    timm_name: str
+    input_size: tuple = (3, 224, 224)
+    mean: tuple = (0.485, 0.456, 0.406)
+    std: tuple = (0.229, 0.224, 0.225)
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+    num_classes: int = 1000
+    params: int | None = None
+    timm_kwargs: dict = field(default_factory=dict)
+    default_checkpoint: str | None = None  # weights shipped with robench (demo zoo), used when none is given
+    # provenance, filled by robench.zoo.sources when the model is built
+    source: str = "registry"  # registry | timm | file | python | plugin | module (see robench.zoo.sources)
+    checkpoint: str | None = None  # the weights file loaded (None: none)
+    checkpoint_sha256: str | None = None  # its sha256, or "weights:<sha256 of the state dict>" without a file
+    provenance: dict = field(default_factory=dict)  # what defines a non-registry model (code hash, args, norm)
+
+    def to_dict(self):
+        return asdict(self)
+
+
+_EXTRA: dict[str, Callable[[], ModelInfo]] = {}  # name -> its ModelInfo factory (robench.zoo.demo, plugins)
+
+
+def register_model(name: str, info_fn: Callable[[], ModelInfo]) -> None:
+    _EXTRA[name] = info_fn
