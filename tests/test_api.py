@@ -52,11 +52,11 @@ def test_evaluate_with_store_then_leaderboard_and_report(tmp_path):
 
 
 def test_inspect_out_builds_the_model_once(tmp_path, run_cli, monkeypatch):
-    import robench.zoo.registry as registry
+    import robench.zoo.sources as sources  # every model source builds registry models through this name
 
     calls = []
-    real = registry.create_model
-    monkeypatch.setattr(registry, "create_model", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = sources.create_model
+    monkeypatch.setattr(sources, "create_model", lambda *a, **k: calls.append(a) or real(*a, **k))
     code, out, err = run_cli("inspect", "--model", "demo-quest", "--data", "digits", "--limit", "8", "--out",
                              tmp_path / "s", "--json")
     assert code == 0, err
