@@ -35,6 +35,7 @@ def evaluate(model, data, *, attacks=None, corruptions=None, eps=None, limit=Non
     its device, training mode and requires_grad flags as they were. robench.toml (or `config`) supplies defaults
     as for `robench eval`.
     """
+    # local: `import robench` (which exposes evaluate) must not load torch/timm (~3.6 s) for the CLI's light commands
     import torch
     from torch import nn
 

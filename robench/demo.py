@@ -8,7 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from robench.report.leaderboard import format_leaderboard, leaderboard
+from robench.report.render import report
+from robench.run.engine import run_plan
 from robench.run.plan import ModelEntry, Plan
+from robench.zoo.demo import DEMO_VARIANTS, demo_name
 
 QUICK_VARIANTS = ("standard", "quest", "elliptical")
 QUICK_CORRUPTIONS = ["gaussian_noise", "defocus_blur", "fog", "contrast", "jpeg_compression"]
@@ -21,8 +25,6 @@ def demo_plan(out="results/demo", quick: bool = False, quiet: bool = False) -> P
     """The demo sweep. Default: every demo model; clean accuracy on the 540 test digits; the 15 ImageNet-C
     corruptions (CIFAR-10-C parameters) x 5 severities on the first 64 of them, the attacks on the first 48.
     --quick: 3 models, 200 digits, 5 corruptions x 3 severities, FGSM and PGD-5."""
-    from robench.zoo.demo import DEMO_VARIANTS, demo_name
-
     variants = QUICK_VARIANTS if quick else DEMO_VARIANTS
     return Plan(
         models=[ModelEntry(demo_name(v)) for v in variants],
@@ -55,10 +57,6 @@ class DemoOutputs:
 def run_demo(out="results/demo", quick: bool = False, progress=None, quiet: bool = False,
              baseline_model: str = "demo-standard") -> DemoOutputs:
     """Run the demo sweep, then write leaderboard.csv / leaderboard.md and report.html into `out`."""
-    from robench.report.leaderboard import format_leaderboard, leaderboard
-    from robench.report.render import report
-    from robench.run.engine import run_plan
-
     out = Path(out)
     plan = demo_plan(out, quick=quick, quiet=quiet)
     results = run_plan(plan, progress)

@@ -26,7 +26,7 @@ def __getattr__(name):
     # Computed on first use, and the registry imported here: robench.corrupt imports torch (~1 s measured), which
     # reading a store does not need.
     if name == "CORRUPTION_ORDER":
-        from robench.corrupt import registry
+        from robench.corrupt import registry  # local: robench.corrupt imports torch (~1.7 s) that tables don't need
 
         return registry.names(builtin_only=True)
     raise AttributeError(name)

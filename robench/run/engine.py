@@ -23,15 +23,20 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from robench.corrupt import get_suite
+from robench.attack import get_kind, large_eps_probe, load_attack_suite, run_attack
+from robench.attack.base import confirm
+from robench.corrupt import corrupt_batch, get_suite
 from robench.data.formats import DataSpec, load_clean, load_corrupted, parse_data
-from robench.data.specs import EvalData
+from robench.data.specs import EvalData, TensorData
+from robench.diag import inspect_model
 from robench.errors import RobenchError
 from robench.run import dist
 from robench.run.plan import ModelEntry, Plan, suite_corruptions
 from robench.run.preflight import preflight
-from robench.run.store import Store, params_hash
+from robench.run.store import Store, params_hash, store_path
 from robench.seeding import sample_seeds
+from robench.zoo.registry import is_random_init
+from robench.zoo.sources import build_model
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 ATTACK_BLOCK = 32  # samples per call of a batch-random attack kind (AutoAttack, torchattacks: one draw per call)
@@ -113,8 +118,6 @@ def plan_jobs(plan: Plan, model, data: EvalData | None, data_spec: DataSpec | No
                                            "category": suite.category(c), "suite": suite.name,
                                            "params_set": suite.params, "backend": plan.corruption_backend,
                                            "protocol": "standard"}, "corruption"))
-        from robench.attack import large_eps_probe, load_attack_suite
-
         specs = [spec for name in plan.attacks for spec in load_attack_suite(name, eps=plan.eps, steps=plan.steps)]
         n_att = min(len(data), plan.attack_limit) if plan.attack_limit else len(data)
         probe_norms = sorted({s.norm for s in specs if s.protocol == "standard"}) if plan.sanity_probe else []
@@ -200,8 +203,6 @@ class Runner:
         """Create/open the store and start this run's record (rank 0), once, right before the first cell."""
         if self.store is not None or not self.rank0:
             return
-        from robench.run.store import store_path
-
         path = store_path(self.plan.out)
         self._store_created = not path.exists()
         missing = [p for p in [path.parent.absolute(), *path.parent.absolute().parents] if not p.exists()]
@@ -269,9 +270,6 @@ class Runner:
 
     def load_model(self, entry: ModelEntry):
         """The entry's model (any source: robench.zoo.sources) on the device, eval mode, parameters frozen."""
-        from robench.zoo.registry import is_random_init
-        from robench.zoo.sources import build_model
-
         model = build_model(entry).to(self.device).eval()
         if is_random_init(model.info.checkpoint_sha256):
             self.warn(f"model {entry.display}: RANDOM weights (--random-init); its results are flagged random-init")
@@ -488,8 +486,6 @@ class Runner:
         pred = self._logits(forward, x, name).argmax(1)
         if self.amp is None:
             return pred
-        from robench.attack.base import confirm
-
         pred, rejected = confirm(model, x, y, pred)
         _add(self._extras.setdefault(cell_id, {}), "rejected_hits", int(rejected.sum()))
         return pred
@@ -513,8 +509,6 @@ class Runner:
         for c in cells:
             if c.kind != "corruption" or c.params.get("backend") == "prerendered":
                 continue
-            from robench.corrupt import corrupt_batch
-
             keep = idx < c.params["n"]  # --corruption-limit
             if not keep.any():
                 continue
@@ -543,8 +537,6 @@ class Runner:
             clean_pred = clean_pred[keep.to(clean_pred.device)]
         spec = group[0].attack_spec
         spec = dataclasses.replace(spec, eps=tuple(spec.eps[c.eps_index] for c in group))
-        from robench.attack import run_attack
-
         seeds = sample_seeds(self.plan.seed, ia, "attack", spec.name, params_hash(group[0].params["attack_params"]))
         out = run_attack(model, xa, ya, spec, seeds, amp_dtype=self.amp, clean_pred=clean_pred,
                          compile=self.plan.compile)
@@ -574,8 +566,6 @@ class Runner:
                 self._attack_group(model, group, x[sel.to(x.device)], y[sel.to(y.device)], idx[sel], res)
 
     def _loader(self, dataset: Dataset, lo: int, hi: int):
-        from robench.data.specs import TensorData
-
         sub = torch.utils.data.Subset(dataset, range(lo, hi))
         workers = self.plan.workers
         if workers is None:
@@ -611,8 +601,6 @@ class Runner:
     def write_model_flags(self, model_id, label: str, sha: str):
         """Flags of the model itself, shown in every table and report: random weights. (Skipped images are in
         the results' `skipped` column.)"""
-        from robench.zoo.registry import is_random_init
-
         flags = []
         if is_random_init(sha):
             flags.append({"flag": "random-init", "message": f"{label} was evaluated with RANDOM weights "
@@ -620,8 +608,6 @@ class Runner:
         self.store.add_flags(model_id, flags, self.run_id)
 
     def run_diagnostics(self, model, model_id, data: EvalData):
-        from robench.diag import inspect_model
-
         n = min(len(data), self.plan.diagnostics_limit)
         params = {"dataset": data.name, "data_fingerprint": data.fingerprint, "n": n, "threat": "diagnostics",
                   "seed": self.plan.seed, "protocol": "standard"}
@@ -705,8 +691,6 @@ def _add(d: dict, key: str, v):
 
 def _attack_groups(cells: list[Cell], per_sample: bool) -> list[list[Cell]]:
     """Attack cells grouped by spec (one run covers all its eps): per-sample-random kinds or the others."""
-    from robench.attack import get_kind
-
     groups: dict[int, list[Cell]] = {}
     for c in cells:
         if c.kind == "attack" and (not get_kind(c.attack_spec.kind).batch_random) == per_sample:
@@ -717,8 +701,6 @@ def _attack_groups(cells: list[Cell], per_sample: bool) -> list[list[Cell]]:
 def _check_readable(data: EvalData) -> None:
     """At least one image decodes (checked in order, so usually after one image): a dataset with no readable
     image is an error before any store or cell exists."""
-    from robench.data.specs import TensorData
-
     if isinstance(data.dataset, TensorData):
         return
     for i in range(len(data)):

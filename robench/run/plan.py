@@ -145,7 +145,7 @@ def load_plan(path, config: dict | None = None) -> Plan:
     check_types(plan, f"plan {path}")
     plan.data = resolve_data(plan.data, config)
     if plan.eps is not None:
-        from robench.attack import parse_eps
+        from robench.attack import parse_eps  # local: robench.attack imports torch (~1.3 s); plans are read cold
 
         plan.eps = parse_eps(plan.eps) if isinstance(plan.eps, str) else [float(parse_eps(str(e))[0]) for e in plan.eps]
     return plan.validate()
