@@ -445,13 +445,12 @@ def inspect_(
     from robench.diag import inspect, layer_summary
     from robench.paths import check_file
     from robench.run import ModelEntry
-    from robench.run.preflight import check_model
-    from robench.zoo.sources import build_model
+    from robench.zoo.sources import build_model, check_entry
 
     if csv_out is not None:
         check_file(csv_out, "CSV file")
     entry = ModelEntry(model, str(checkpoint) if checkpoint else None, random_init=random_init and not checkpoint)
-    check_model(entry)
+    check_entry(entry)
     built = build_model(entry)  # once: the store and the diagnostics below share it
     if out is not None:
         from robench.run import Plan, run_plan

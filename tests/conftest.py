@@ -35,9 +35,10 @@ def run_cli(capsys):
     return run
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
 def one_thread():
-    """Tiny models are fastest single-threaded (and 2 OpenMP threads crawl on a busy 2-core machine)."""
+    """One torch thread for the whole test session: the test models are tiny, and 2 OpenMP threads crawl on a busy
+    2-core machine (the full suite took 16.6 min with default threads, 3.6 min with one)."""
     import torch
 
     n = torch.get_num_threads()

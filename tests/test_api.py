@@ -8,7 +8,6 @@ import pytest
 import robench
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def readme_block(marker: str) -> str:

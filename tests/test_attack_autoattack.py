@@ -8,7 +8,6 @@ from robench.attack.autoattack import autoattack_seed, make_autoattack
 from robench.zoo.registry import create_model
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_autoattack_flags_equal_direct_pyautoattack():

@@ -15,7 +15,6 @@ from robench.attack.draws import row_keys, uniform, uniform_start
 from robench.errors import RobenchError
 from robench.zoo.registry import create_model
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 M64 = (1 << 64) - 1
 
 
@@ -286,7 +285,7 @@ class _WrongUnderAutocast(torch.nn.Module):
         return logits
 
 
-def test_bf16_clean_and_corruption_verdicts_confirmed_in_fp32(one_thread, tmp_path):
+def test_bf16_clean_and_corruption_verdicts_confirmed_in_fp32(tmp_path):
     """Every 'misclassified' verdict of a bf16 forward is re-checked in fp32, in the clean and corruption cells too:
     a model that is wrong only under autocast gets its fp32 accuracy, and each rejected hit is counted."""
     import robench

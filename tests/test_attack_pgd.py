@@ -14,7 +14,6 @@ from robench.errors import RobenchError
 from robench.zoo.registry import create_model
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_deit(variant="standard", seed=0):

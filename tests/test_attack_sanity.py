@@ -7,7 +7,6 @@ from torch import nn
 from robench.attack import AttackSpec, large_eps_probe, run_attack, sanity_flags
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TemplateNet(nn.Module):

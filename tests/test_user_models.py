@@ -16,7 +16,6 @@ import torch
 import robench
 from robench.run import Store
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 # AutoAttack's own example layout (pyautoattack/examples/resnet.py): BasicBlock, ResNet, ResNet18(); here narrow
 # (width) so the test is fast.

@@ -33,13 +33,14 @@ class CorruptionDef:
     replayable: bool = False         # the reference's own noise can be replayed through ops.Replay (fidelity tests)
     validated: str = "none"          # imagecorruptions | hendrycks (an oracle of the original definition) | none
     builtin: bool = False            # one of the 19 of ImageNet-C / CIFAR-10-C
+    version: int = 1                 # bump when the function's output changes: part of every result cell's identity
 
 
 _REGISTRY: dict[str, CorruptionDef] = {}
 
 
 def corruption(name: str | None = None, *, family: str = "other", order: int | None = None, reference: bool = False,
-               replayable: bool = False, validated: str = "none", _builtin: bool = False):
+               replayable: bool = False, validated: str = "none", version: int = 1, _builtin: bool = False):
     """Decorator registering fn(x, p, draws, **options) -> corrupted x under `name` (default: the function's name).
 
     Registering a name twice with a different function is an error (re-importing the same module is not)."""
@@ -54,7 +55,7 @@ def corruption(name: str | None = None, *, family: str = "other", order: int | N
         if old is not None and (old.fn.__module__, old.fn.__qualname__) != (fn.__module__, fn.__qualname__):
             raise RobenchError(f"corruption '{n}' is already registered (by {old.fn.__module__}.{old.fn.__qualname__})")
         o = order if order is not None else (old.order if old else 1000 + len(_REGISTRY))
-        _REGISTRY[n] = CorruptionDef(n, fn, family, o, reference, replayable, validated, _builtin)
+        _REGISTRY[n] = CorruptionDef(n, fn, family, o, reference, replayable, validated, _builtin, version)
         return fn
     return register
 

@@ -50,6 +50,15 @@ class CorruptionSuite:
         check_severity(severity)
         return self._entry(name)["severity"][severity - 1]
 
+    def identity(self, name: str) -> dict:
+        """Every value that defines the images of `name` under this suite, for a result cell's hash: the parameter
+        family, all five severity values and the options as resolved (never the suite's name, which a user file
+        may share with a shipped suite), and the implementation's version."""
+        entry = self._entry(name)
+        d = registry.get(name)
+        return {"corruption": name, "params": self.params, "severity_values": entry["severity"],
+                "options": self.options(name), "impl": f"{d.fn.__module__}.{d.fn.__qualname__}@{d.version}"}
+
     def options(self, name: str) -> dict:
         """Extra per-corruption keys (e.g. frost's texture_scale)."""
         return {k: v for k, v in self._entry(name).items() if k not in ("category", "alexnet_err", "severity")}

@@ -18,10 +18,9 @@ from robench.corrupt import get_suite
 from robench.data.formats import parse_data
 from robench.errors import RobenchError
 from robench.paths import check_dir, check_file
-from robench.run.plan import ModelEntry, Plan, suite_corruptions
+from robench.run.plan import Plan, suite_corruptions
 from robench.run.store import store_path
-from robench.zoo.registry import model_info
-from robench.zoo.sources import source_of
+from robench.zoo.sources import check_entry
 
 
 
@@ -33,24 +32,6 @@ def check_output(plan: Plan) -> None:
         check_dir(plan.out, "output directory")
         if path.exists():
             check_file(path, "results store")
-
-
-def check_model(entry: ModelEntry):
-    """The model's static info (None for user code, known only once built); an error when a model would silently
-    get random weights or its checkpoint is missing."""
-    if entry.random_init and entry.checkpoint:
-        raise RobenchError(f"model {entry.display}: both a checkpoint ({entry.checkpoint}) and random_init given; "
-                           "choose one")
-    if entry.checkpoint and not Path(entry.checkpoint).is_file():
-        raise RobenchError(f"checkpoint not found: {entry.checkpoint} (for model {entry.display})")
-    if source_of(entry.module if entry.module is not None else entry.name) in ("module", "file", "python", "plugin"):
-        return None  # user code or an nn.Module object: its weights are whatever that code builds or loads
-    info = model_info(entry.name)
-    if not entry.checkpoint and not entry.random_init and not info.default_checkpoint:
-        raise RobenchError(f"model {entry.display} has no weights: pass --checkpoint PATH (or set it in "
-                           "robench.toml [checkpoints]), or --random-init to evaluate random weights on purpose "
-                           "(plan: random_init = true)")
-    return info
 
 
 def eps_limit(norm: str, input_size, protocol: str = "standard", std=None) -> float:
@@ -98,7 +79,7 @@ def preflight(plan: Plan) -> list:
     plan.validate()
     parse_data(plan.data)
     check_output(plan)
-    infos = [check_model(m) for m in plan.models]
+    infos = [check_entry(m) for m in plan.models]
     check_corruptions(plan)
     check_eps(plan, infos)
     return infos

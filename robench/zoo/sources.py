@@ -33,7 +33,7 @@ from torch import nn
 from robench.errors import RobenchError, suggest
 from robench.zoo.checkpoint import file_sha256, load_into, load_state_dict
 from robench.zoo.registry import (_EXTRA, RANDOM_INIT_SHA, ModelInfo, RobenchModel, _split_name, create_model,
-                                  model_names)
+                                  model_info, model_names)
 
 ENTRY_POINT_GROUP = "robench.models"
 
@@ -64,6 +64,28 @@ def build_model(entry) -> RobenchModel:
 
 def source_of(ref) -> str | None:
     return next((s.name for s in SOURCES if s.match(ref)), None)
+
+
+USER_CODE_SOURCES = ("module", "file", "python", "plugin")  # their weights are whatever that code builds or loads
+
+
+def check_entry(entry):
+    """Before anything is built: the model's static info (None for user code, known only once built), or a
+    one-line RobenchError when a model would silently get random weights or its checkpoint is missing. The one
+    place that knows which sources need weights (run.preflight asks here)."""
+    if entry.random_init and entry.checkpoint:
+        raise RobenchError(f"model {entry.display}: both a checkpoint ({entry.checkpoint}) and random_init given; "
+                           "choose one")
+    if entry.checkpoint and not Path(entry.checkpoint).is_file():
+        raise RobenchError(f"checkpoint not found: {entry.checkpoint} (for model {entry.display})")
+    if source_of(entry.module if entry.module is not None else entry.name) in USER_CODE_SOURCES:
+        return None
+    info = model_info(entry.name)
+    if not entry.checkpoint and not entry.random_init and not info.default_checkpoint:
+        raise RobenchError(f"model {entry.display} has no weights: pass --checkpoint PATH (or set it in "
+                           "robench.toml [checkpoints]), or --random-init to evaluate random weights on purpose "
+                           "(plan: random_init = true)")
+    return info
 
 
 # ---- registry and timm -------------------------------------------------------------------------------------------
