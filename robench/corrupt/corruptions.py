@@ -21,10 +21,11 @@ from robench.corrupt import ops, registry
 from robench.corrupt.registry import corruption
 
 
-def _builtin(family: str, order: int, replayable: bool = False, validated: str = "imagenet"):
-    """Register one of the 19 corruptions of ImageNet-C / CIFAR-10-C (all present in imagecorruptions)."""
+def _builtin(family: str, order: int, replayable: bool = False, validated: str = "imagenet", extra: bool = False):
+    """Register one of the 19 corruptions of ImageNet-C / CIFAR-10-C (all present in imagecorruptions); extra: one
+    of the 4 outside the 15-corruption benchmark set."""
     return corruption(family=family, order=order, reference=True, replayable=replayable, _builtin=True,
-                      validated="imagecorruptions" if validated == "imagenet" else validated)
+                      validated="imagecorruptions" if validated == "imagenet" else validated, extra=extra)
 
 
 # ---------------------------------------------------------------- noise
@@ -55,14 +56,14 @@ def impulse_noise(x, p, draws, **_):
     return torch.where(u <= p, (u <= p / 2).to(x.dtype), x)
 
 
-@_builtin("noise", 15, replayable=True)
+@_builtin("noise", 15, replayable=True, extra=True)
 def speckle_noise(x, p, draws, **_):
     return x + x * draws.normal(0.0, p, x.shape[1:])
 
 
 # ---------------------------------------------------------------- blur
 
-@_builtin("blur", 16)
+@_builtin("blur", 16, extra=True)
 def gaussian_blur(x, p, draws, **_):
     return ops.gaussian_blur(x, p)
 
@@ -279,7 +280,7 @@ def brightness(x, p, draws, **_):
     return torch.where(v > 0, x * (v2 / v.clamp(min=1e-12)), v2.expand_as(x))
 
 
-@_builtin("digital", 18)
+@_builtin("digital", 18, extra=True)
 def saturate(x, p, draws, **_):
     # skimage rgb2hsv, S = clip(S*a + b), hsv2rgb, in closed form: out_i = V (1 - S' (V - x_i) / (V - min));
     # grey pixels have hue 0 (red) in skimage, so they become (V, V(1-S'), V(1-S')).
@@ -293,7 +294,7 @@ def saturate(x, p, draws, **_):
     return torch.where(delta > 0, colour, grey)
 
 
-@_builtin("weather", 17, replayable=True)
+@_builtin("weather", 17, replayable=True, extra=True)
 def spatter(x, p, draws, **_):
     loc, scale, sigma, thr, intensity, mud = p
     B, C, H, W = x.shape

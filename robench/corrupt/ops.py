@@ -286,22 +286,6 @@ def clipped_zoom(x: torch.Tensor, z: float) -> torch.Tensor:
     return out[..., th:th + H, tw:tw + W]
 
 
-def sample_bilinear(x: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, mode: str) -> torch.Tensor:
-    """Bilinear sampling of x (B, C, H, W) at pixel coordinates ys, xs (B, H', W') beyond whose borders the image
-    is extended with `mode`: "reflect" (= scipy map_coordinates(order=1, mode="reflect")) or "mirror" (= OpenCV
-    BORDER_REFLECT_101). Linear interpolation of a symmetrically extended image equals interpolation at the
-    reflected coordinate, which is what grid_sample's reflection padding computes."""
-    H, W = x.shape[-2:]
-    if mode == "reflect":  # reflect about -0.5 and N - 0.5: align_corners=False
-        gx, gy = (2 * xs + 1) / W - 1, (2 * ys + 1) / H - 1
-    elif mode == "mirror":  # reflect about 0 and N - 1: align_corners=True
-        gx, gy = 2 * xs / max(W - 1, 1) - 1, 2 * ys / max(H - 1, 1) - 1
-    else:
-        raise ValueError(mode)
-    grid = torch.stack([gx, gy], dim=-1).to(x.dtype)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=(mode == "mirror"))
-
-
 def pad_index(x: torch.Tensor, r: int, mode: str) -> torch.Tensor:
     """Pad the last two axes of x by r on every side with a boundary_index mode (any r)."""
     H, W = x.shape[-2:]
