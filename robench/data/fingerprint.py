@@ -9,9 +9,9 @@
 The hash mode comes from the data spec (`DataSpec.hash`, e.g. `load_clean(..., data_hash="content")`), else from
 the environment variable ROBENCH_DATA_HASH (`stat` or `content`), else "stat".
 
-File digests are cached in memory for the life of the process, keyed by (absolute path, size, mtime_ns, inode): a
-run (one process) reads each file at most once, however many corruptions, severities or cells use it, and a file
-replaced or rewritten in place gets a new key. (No on-disk cache: nothing is written outside the store, and a cold
+File digests are cached in memory for the life of the process, keyed by (absolute path, size, mtime_ns, ctime_ns,
+inode): a run (one process) reads each file at most once, however many corruptions, severities or cells use it,
+and a file replaced or rewritten in place gets a new key (ctime changes on every write, even when mtime is set back). (No on-disk cache: nothing is written outside the store, and a cold
 content hash of ImageNet val is seconds, not minutes.)
 """
 
@@ -41,11 +41,11 @@ def hash_mode(mode: str | None = None) -> str:
 
 
 def _key(path: Path, st: os.stat_result) -> tuple:
-    return (str(path.absolute()), st.st_size, st.st_mtime_ns, st.st_ino)
+    return (str(path.absolute()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 def file_digest(path) -> str:
-    """sha256 of the file's bytes (hex), cached by (absolute path, size, mtime_ns, inode)."""
+    """sha256 of the file's bytes (hex), cached by (absolute path, size, mtime_ns, ctime_ns, inode)."""
     path = Path(path)
     try:
         st = path.stat()
