@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 
 from robench.corrupt import corruptions  # noqa: F401  (registers the 19 built-ins before any lookup)
-from robench.corrupt import ops, registry
+from robench.corrupt import registry
+from robench.corrupt.randomness import Draws
 from robench.corrupt.reference import corrupt_reference
 from robench.corrupt.suite import check_corruption, check_severity, get_suite
 from robench.errors import RobenchError
@@ -66,10 +67,10 @@ def corrupt_batch(x: torch.Tensor, corruption: str, severity: int, seeds, *, sui
 
 
 def apply(x, corruption, severity, seeds_or_draws, suite="imagenet-c", quantize: bool = True) -> torch.Tensor:
-    """The torch backend without input checks; seeds_or_draws may be an ops.Draws (to inject noise in tests)."""
+    """The torch backend without input checks; seeds_or_draws may be a Draws (to inject noise in tests)."""
     suite = get_suite(suite)
     p = suite.severity_params(corruption, severity)
-    draws = seeds_or_draws if isinstance(seeds_or_draws, ops.Draws) else ops.Draws(seeds_or_draws, x.device)
+    draws = seeds_or_draws if isinstance(seeds_or_draws, Draws) else Draws(seeds_or_draws, x.device)
     dtype = x.dtype
     work = x.float() if dtype in (torch.float16, torch.bfloat16) else x
     with torch.no_grad():

@@ -30,7 +30,7 @@ class CorruptionDef:
     family: str = "other"            # the category of Hendrycks & Dietterich (a suite TOML may override it)
     order: int = 0                   # display order (report tables, suite listings)
     reference: bool = False          # imagecorruptions has it (backend "reference")
-    replayable: bool = False         # the reference's own noise can be replayed through ops.Replay (fidelity tests)
+    replayable: bool = False         # the reference's own noise can be replayed through randomness.Replay (fidelity tests)
     validated: str = "none"          # imagecorruptions | hendrycks (an oracle of the original definition) | none
     builtin: bool = False            # one of the 19 of ImageNet-C / CIFAR-10-C
     version: int = 1                 # bump when the function's output changes: part of every result cell's identity
