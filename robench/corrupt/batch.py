@@ -59,7 +59,8 @@ def corrupt_batch(x: torch.Tensor, corruption: str, severity: int, seeds, *, sui
             raise RobenchError("the reference backend (imagecorruptions) only has ImageNet-C parameters; "
                                f"suite '{suite.name}' uses {suite.params} parameters: use backend 'torch'")
         shipped = get_suite("imagenet-c")
-        if suite.severity_params(corruption, severity) != shipped.severity_params(corruption, severity):
+        if (suite.severity_params(corruption, severity), suite.options(corruption)) != \
+                (shipped.severity_params(corruption, severity), shipped.options(corruption)):
             raise RobenchError(f"suite '{suite.name}' changes the parameters of {corruption}; the reference backend "
                                "(imagecorruptions) has the ImageNet-C ones built in: use backend 'torch'")
         return corrupt_reference(x, corruption, severity, seeds)
