@@ -3,8 +3,10 @@
 
 A data spec is `FORMAT:DIR` (`digits[:split]` needs no directory). `parse_data(text)` parses it once into a
 `DataSpec`; `load_clean(spec, model_info, ...)` / `load_corrupted(spec, corruption, severity, ...)` give an
-`EvalData` (items: x float [3, H, W] in [0, 1], label, sample index). Adding a format = one reader function and one
-`DataFormat` entry here (plus its test).
+`EvalData` (items: x float [3, H, W] in [0, 1], label, sample index) whose fingerprint is the data's content
+(robench.data.fingerprint: sha256 of single files, relative path + label + size + mtime of every file of an image
+tree, or its sha256 with `data_hash="content"`), never its absolute path. Adding a format = one reader function and
+one `DataFormat` entry here (plus its test).
 
 Layouts (as released):
     imagenet:DIR          DIR/<wnid>/*.JPEG (ImageNet val, or a root holding val/)

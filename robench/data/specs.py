@@ -78,6 +78,7 @@ class IndexItems(Dataset):
 
 
 def fingerprint(*parts) -> str:
+    """A short hash of the parts (their repr): callers pass content digests and settings, never absolute paths."""
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
