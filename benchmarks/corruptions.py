@@ -27,7 +27,8 @@ from PIL import Image
 
 from robench.corrupt import CORRUPTIONS, corrupt_batch
 from robench.corrupt import apply
-from robench.corrupt.ops import Replay, device_paths
+from robench.corrupt.ops import device_paths
+from robench.corrupt.randomness import Replay
 from robench.corrupt.reference import REPLAYABLE, corrupt_one, corrupt_reference, get_pool, reference_with_draws
 from robench.seeding import sample_seeds
 

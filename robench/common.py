@@ -54,7 +54,8 @@ def atomic_write(path, write) -> Path:
 
 
 def open_rgb(path):
-    """The image at path as a loaded RGB PIL image; unreadable -> RobenchError naming the file."""
+    """The image at path as a loaded RGB PIL image; unreadable (missing, truncated, not an image, or a decompression
+    bomb: more than twice PIL's MAX_IMAGE_PIXELS) -> RobenchError naming the file."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -62,5 +63,5 @@ def open_rgb(path):
             img = im.convert("RGB")
             img.load()
         return img
-    except (OSError, UnidentifiedImageError, ValueError) as e:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
         raise RobenchError(f"unreadable image {path} ({type(e).__name__})") from None

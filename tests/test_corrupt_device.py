@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from robench.corrupt import apply, corrupt_batch, ops
-from robench.corrupt.corruptions import _glass_permutation, glass_permutation_torch
+from robench.corrupt.glass import glass_permutation, glass_permutation_torch
 from robench.corrupt.jpeg import jpeg
+from robench.corrupt.randomness import Draws, poisson_8bit
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -83,7 +84,7 @@ def test_torch_jpeg_odd_sizes_run():
 def test_glass_permutation_torch_equals_sequential_loop(H, W, d, iters):
     g = torch.Generator().manual_seed(H * W + d)
     off = torch.randint(-d, d, (3, iters, max(H - 2 * d, 0), max(W - 2 * d, 0), 2), generator=g)
-    assert np.array_equal(glass_permutation_torch(off, H, W, d).numpy(), _glass_permutation(off.numpy(), H, W, d))
+    assert np.array_equal(glass_permutation_torch(off, H, W, d).numpy(), glass_permutation(off.numpy(), H, W, d))
 
 
 @pytest.mark.parametrize("c, level", [(60.0, 1), (60.0, 200), (3.0, 128), (500.0, 255)])
@@ -91,7 +92,7 @@ def test_poisson_8bit_follows_the_poisson_law(c, level):
     from scipy.stats import poisson
 
     x = torch.full((1, 3, 128, 128), level / 255)
-    s = ops.poisson_8bit(x, c, ops.Draws([level], "cpu")).numpy().ravel()
+    s = poisson_8bit(x, c, Draws([level], "cpu")).numpy().ravel()
     lam = level / 255 * c
     n = s.size
     ks = np.arange(int(lam + 6 * np.sqrt(lam) + 6))
@@ -131,9 +132,9 @@ def test_cuda_deterministic_corruptions_match_cpu(corruption):
 @pytest.mark.parametrize("corruption", ["gaussian_noise", "impulse_noise", "speckle_noise", "glass_blur",
                                         "motion_blur", "snow", "fog", "spatter", "elastic_transform", "frost"])
 def test_cuda_stochastic_corruptions_match_cpu_with_the_same_draws(corruption):
-    from robench.corrupt.ops import Replay
+    from robench.corrupt.randomness import Replay
 
-    class Recorder(ops.Draws):  # CPU draws, recorded to be replayed on the GPU
+    class Recorder(Draws):  # CPU draws, recorded to be replayed on the GPU
         def __init__(self, seeds):
             super().__init__(seeds, "cpu")
             self.rec = []
@@ -143,7 +144,7 @@ def test_cuda_stochastic_corruptions_match_cpu_with_the_same_draws(corruption):
             return self.rec[-1]
 
         def uniform(self, low, high, shape=()):
-            self.rec.append(ops.Draws.random(self, shape) * (high - low) + low)
+            self.rec.append(Draws.random(self, shape) * (high - low) + low)
             return self.rec[-1]
 
         def normal(self, loc, scale, shape=()):

@@ -3,7 +3,7 @@ original definitions, on real photos (scikit-image samples resized to 224, ../sh
 
 - deterministic corruptions: mean |torch - reference| <= 1/255 at every severity;
 - stochastic ones with the reference's own noise injected (its numpy draws recorded, or regenerated from its seed,
-  and replayed through ops.Replay): the same bound;
+  and replayed through randomness.Replay): the same bound;
 - where imagecorruptions departs from the original (frost, elastic_transform, pixelate upsampling), an oracle of the
   original definition written here with numpy / OpenCV / scipy / PIL, with the same noise.
 """
@@ -21,7 +21,7 @@ skdata = pytest.importorskip("skimage.data")
 from PIL import Image  # noqa: E402
 
 from robench.corrupt import apply  # noqa: E402
-from robench.corrupt.ops import Replay  # noqa: E402
+from robench.corrupt.randomness import Replay  # noqa: E402
 from robench.corrupt.reference import REPLAYABLE, corrupt_one, reference_with_draws  # noqa: E402
 
 SEVERITIES = (1, 2, 3, 4, 5)

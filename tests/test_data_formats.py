@@ -177,3 +177,118 @@ def test_spec_errors():
     assert parse_data("digits").format.name == "digits"
     for fmt in FORMATS.values():  # every format says how to write it and how many classes it has
         assert fmt.syntax.startswith(fmt.name) and (fmt.num_classes > 0 or fmt.name == "folder")
+
+
+# ---- hostile inputs (issue 21): one line, exit 2, nothing written; or skipped and counted ---------------------------
+def bomb_png(path, side=20000):
+    """A tiny PNG claiming side x side pixels (> 2x PIL's MAX_IMAGE_PIXELS): PIL raises DecompressionBombError."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return path
+
+
+def cifar_c_dir(root, labels):
+    root.mkdir(parents=True)
+    np.save(root / "fog.npy", np.zeros((5 * 4, 32, 32, 3), np.uint8))
+    np.save(root / "labels.npy", np.asarray(labels))
+    return root
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hostile")
+    cifar_c_dir(d / "c99", [0, 1, 2, 99])
+    cifar_c_dir(d / "cneg", [0, -1, 2, 3])
+    cifar_c_dir(d / "c2d", [[0, 1], [2, 3]])
+    cifar_c_dir(d / "cfloat", [0.5, 1, 2, 3])
+    images(d / "latin" / "0", 1, size=(32, 32), ext="png")
+    (d / "latin" / "classes.txt").write_bytes("caf\xe9\n0\n".encode("latin-1"))
+    (d / "subset.txt").write_bytes("digits/test/\xe9\n".encode("latin-1"))
+    images(d / "bombs" / "0", 1, size=(32, 32), ext="png")
+    bomb_png(d / "bombs" / "0" / "bomb.png")
+    (d / "bombs" / "classes.txt").write_text("\n".join(str(i) for i in range(10)) + "\n")
+    bomb_png(d / "bomb.png")
+    for name, sev in [("words", '["a", "b", "c", "d", "e"]'), ("four", "[0.1, 0.2, 0.3, 0.4]"),
+                      ("shape", "[0.1, 0.2, 0.3, 0.4, 0.5]"), ("mixed", "[[1, 2], 0.5, [1, 2], [1, 2], [1, 2]]")]:
+        (d / f"{name}.toml").write_text(f'name = "{name}"\nparams = "cifar"\n[corruptions.fog]\nseverity = {sev}\n')
+    (d / "shadow.toml").write_text('name = "cifar10-c"\nparams = "cifar"\n[corruptions.gaussian_noise]\n'
+                                   'severity = [3.0, 3.0, 3.0, 3.0, 3.0]\n')
+    return d
+
+
+def _snapshot(root):
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+EVAL = ["eval", "-m", "demo-standard", "--out", "{d}/out", "-q"]
+HOSTILE = [
+    (["-d", "cifar10-c:{d}/c99", "--corruption", "fog"], r"labels.npy has label 99: labels must be in 0..9"),
+    (["-d", "cifar10-c:{d}/cneg", "--corruption", "fog"], r"labels.npy has label -1: labels must be in 0..9"),
+    (["-d", "cifar10-c:{d}/c2d", "--corruption", "fog"], r"labels.npy must hold one integer label per image \(1-D\)"),
+    (["-d", "cifar10-c:{d}/cfloat", "--corruption", "fog"], r"labels.npy must hold one integer label per image"),
+    (["-d", "folder:{d}/latin"], r"cannot read class list .*classes.txt \(UnicodeDecodeError: .*UTF-8"),
+    (["-d", "digits", "--subset", "{d}/subset.txt"], r"cannot read subset file .*subset.txt .*UTF-8"),
+    (["-d", "folder:{d}/bombs", "--strict"], r"unreadable image .*bomb.png \(DecompressionBombError\)"),
+    (["-d", "digits", "--corruptions", "{d}/words.toml"],
+     r"corruption suite .*words.toml: corruptions.fog.severity must hold 5 numbers or 5 lists"),
+    (["-d", "digits", "--corruptions", "{d}/four.toml"],
+     r"corruption suite .*four.toml: corruptions.fog.severity must list 5 values"),
+    (["-d", "digits", "--corruptions", "{d}/shape.toml"],
+     r"corruption suite .*shape.toml: corruptions.fog.severity values must each be a list of 2 numbers"),
+    (["-d", "digits", "--corruptions", "{d}/mixed.toml"], r"mixed.toml: corruptions.fog.severity must hold 5 numbers"),
+    (["-d", "digits", "--corruptions", "{d}/shadow.toml"],
+     r"shadow.toml is named 'cifar10-c' like a shipped suite but has other values"),
+]
+
+
+@pytest.mark.parametrize("args, msg", HOSTILE)
+def test_hostile_data_one_line_exit_2_nothing_written(hostile, run_cli, args, msg):
+    import re
+
+    before = _snapshot(hostile)
+    code, out, err = run_cli(*[a.format(d=hostile) for a in EVAL + args])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("robench: error: "), (code, out, err)
+    assert re.search(msg, lines[0]), (msg, lines[0])
+    assert "Traceback" not in out + err and _snapshot(hostile) == before
+
+
+def test_decompression_bomb_is_skipped_and_counted_in_eval(hostile, tmp_path, run_cli):
+    code, out, err = run_cli("eval", "-m", "demo-standard", "-d", f"folder:{hostile / 'bombs'}", "--out",
+                             tmp_path / "res", "-q")
+    assert code == 0, err
+    assert "Traceback" not in err and "skipping unreadable images" in err and "bomb.png" in err
+    res = Store(tmp_path / "res").results()
+    clean = res[res.threat == "clean"].iloc[0]
+    assert (clean.n, clean.skipped) == (1, 1)  # one image evaluated, the bomb skipped and counted
+
+
+def test_decompression_bomb_in_robench_corrupt(hostile, tmp_path, run_cli):
+    code, out, err = run_cli("corrupt", hostile / "bomb.png", "--out", tmp_path / "o", "--corruption", "fog")
+    assert code == 2 and err.strip().count("\n") == 0 and "DecompressionBombError" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_truncated_jpeg_in_imagenet_c_is_skipped_and_counted(tmp_path):
+    wn = imagenet_wnids()
+    folder = tmp_path / "c" / "fog" / "1" / wn[5]
+    images(folder, 3, size=(32, 32))
+    data = (folder / "2.JPEG").read_bytes()
+    (folder / "2.JPEG").write_bytes(data[:len(data) // 2])  # truncated
+    d = load_corrupted(f"imagenet-c:{tmp_path / 'c'}", "fog", 1)
+    x, y, _ = d.dataset[2]
+    assert y == -1 and x.shape == (3, 32, 32)  # placeholder of the set's size, label -1: skipped and counted
+    assert d.dataset[0][1] == 5
+    with pytest.raises(RobenchError, match=r"unreadable image .*2.JPEG"):
+        load_corrupted(f"imagenet-c:{tmp_path / 'c'}", "fog", 1, strict=True).dataset[2]
+    logits = torch.zeros(1000)
+    logits[5] = 1.0
+    df = robench.evaluate(Const(logits), f"imagenet-c:{tmp_path / 'c'}", corruption_names=["fog"], severities=[1],
+                          device="cpu")
+    assert df.value.iloc[0] == pytest.approx(1.0) and int(df.skipped.iloc[0]) == 1

@@ -1,6 +1,6 @@
 """The 19 corruptions of ImageNet-C / CIFAR-10-C as batched torch ops, following hendrycks/robustness
 (make_imagenet_c.py, make_cifar_c.py). Each function takes x (B, 3, H, W) float in [0, 1], the severity parameter
-`p` as written in the suite file, the per-sample random `draws` (ops.Draws) and the corruption's extra suite
+`p` as written in the suite file, the per-sample random `draws` (randomness.Draws) and the corruption's extra suite
 options, and returns the corrupted batch (unclipped values are clipped by the caller), or its uint8 levels. x is the
 caller's fresh copy, which a function may overwrite.
 
@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import importlib.resources
 import io
-import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from robench.corrupt import ops, registry
+from robench.corrupt import ops
+from robench.corrupt.glass import glass_permutation, glass_permutation_torch
+from robench.corrupt.randomness import Replay, poisson_8bit
 from robench.corrupt.registry import corruption
+from robench.corrupt.water import water_mask
 
 
-def _builtin(family: str, order: int, replayable: bool = False, validated: str = "imagenet"):
-    """Register one of the 19 corruptions of ImageNet-C / CIFAR-10-C (all present in imagecorruptions)."""
+def _builtin(family: str, order: int, replayable: bool = False, validated: str = "imagenet", extra: bool = False):
+    """Register one of the 19 corruptions of ImageNet-C / CIFAR-10-C (all present in imagecorruptions); extra: one
+    of the 4 outside the 15-corruption benchmark set."""
     return corruption(family=family, order=order, reference=True, replayable=replayable, _builtin=True,
-                      validated="imagecorruptions" if validated == "imagenet" else validated)
+                      validated="imagecorruptions" if validated == "imagenet" else validated, extra=extra)
 
 
 # ---------------------------------------------------------------- noise
@@ -36,9 +39,9 @@ def gaussian_noise(x, p, draws, **_):
 
 @_builtin("noise", 1, replayable=True)
 def shot_noise(x, p, draws, **_):
-    if isinstance(draws, ops.Replay):  # the reference's own Poisson draws
+    if isinstance(draws, Replay):  # the reference's own Poisson draws
         return draws.poisson(x * p) / p
-    return ops.poisson_8bit(x, float(p), draws) / p
+    return poisson_8bit(x, float(p), draws) / p
 
 
 @_builtin("noise", 2, replayable=True)
@@ -47,7 +50,7 @@ def impulse_noise(x, p, draws, **_):
     # to salt or pepper with probability 1/2 each. skimage draws two uniforms per pixel (flipped, then salted), which
     # is how the reference's noise is replayed; robench's own draws use one: u <= p/2 salt, p/2 < u <= p pepper
     # (the same law at half the random numbers)
-    if isinstance(draws, ops.Replay):
+    if isinstance(draws, Replay):
         flipped = draws.random(x.shape[1:]) <= p
         salted = draws.random(x.shape[1:]) <= 0.5
         return torch.where(flipped, salted.to(x.dtype), x)
@@ -55,14 +58,14 @@ def impulse_noise(x, p, draws, **_):
     return torch.where(u <= p, (u <= p / 2).to(x.dtype), x)
 
 
-@_builtin("noise", 15, replayable=True)
+@_builtin("noise", 15, replayable=True, extra=True)
 def speckle_noise(x, p, draws, **_):
     return x + x * draws.normal(0.0, p, x.shape[1:])
 
 
 # ---------------------------------------------------------------- blur
 
-@_builtin("blur", 16)
+@_builtin("blur", 16, extra=True)
 def gaussian_blur(x, p, draws, **_):
     return ops.gaussian_blur(x, p)
 
@@ -98,73 +101,6 @@ def defocus_blur(x, p, draws, **_):
     return ops.filter2d(x, torch.as_tensor(k, device=x.device))
 
 
-_glass_perm = None
-
-
-def _glass_permutation(offsets: np.ndarray, H: int, W: int, d: int) -> np.ndarray:
-    """Source index (B, H*W) of every pixel after hendrycks' sequential pixel-"swap" loop, computed exactly on
-    indices (compiled with numba); offsets (B, iters, nh, nw, 2) hold the (dx, dy) draws in loop order.
-
-    The original's `x[h, w], x[h', w'] = x[h', w'], x[h, w]` acts on numpy views of RGB pixels, so it is not a
-    swap: x[h, w] takes x[h', w'] and x[h', w'] keeps its value. We reproduce that."""
-    global _glass_perm
-    if _glass_perm is None:
-        from numba import njit
-
-        # no cache=True: numba would write .nbi/.nbc files into the installed package, and a later reinstall
-        # would then find a stray robench/ namespace directory left in site-packages
-        @njit
-        def perm(offsets, H, W, d):
-            B, iters = offsets.shape[0], offsets.shape[1]
-            out = np.empty((B, H * W), dtype=np.int64)
-            for b in range(B):
-                idx = np.arange(H * W)
-                for it in range(iters):
-                    i = 0
-                    for h in range(H - d, d, -1):
-                        j = 0
-                        for w in range(W - d, d, -1):
-                            dx, dy = offsets[b, it, i, j, 0], offsets[b, it, i, j, 1]
-                            a, c = h * W + w, (h + dy) * W + (w + dx)
-                            idx[a] = idx[c]
-                            j += 1
-                        i += 1
-                out[b] = idx
-            return out
-        _glass_perm = perm
-    return _glass_perm(offsets, H, W, d)
-
-
-def glass_permutation_torch(offsets: torch.Tensor, H: int, W: int, d: int) -> torch.Tensor:
-    """_glass_permutation in torch on offsets' device, in the original's order (rows bottom-up, each row right to
-    left), one row of every image at a time.
-
-    Within row h, pixel w takes the current value at (h + dy, w + dx): rows below were already rewritten in this
-    pass, rows above not yet, which the array being updated row by row gives. The one dependency inside the row is
-    a pixel reading a pixel to its right that this row already rewrote (dy = 0, 0 < dx, w + dx <= W - d): it takes
-    that pixel's new value. Those links point right only, so every pixel reaches its chain's end by pointer doubling
-    (ceil(log2 n) gathers) and takes the value read there."""
-    B, iters = offsets.shape[:2]
-    dev = offsets.device
-    idx = torch.arange(H * W, device=dev).repeat(B, 1)
-    ws = torch.arange(W - d, d, -1, device=dev)  # the row's columns in loop order
-    n = len(ws)
-    if n == 0 or H - 2 * d <= 0:
-        return idx
-    jj = torch.arange(n, device=dev).expand(B, n)
-    rounds = max(1, math.ceil(math.log2(n)))
-    for it in range(iters):
-        for i, h in enumerate(range(H - d, d, -1)):
-            dx, dy = offsets[:, it, i, :, 0], offsets[:, it, i, :, 1]
-            val = idx.gather(1, (h + dy) * W + ws + dx)
-            link = (dy == 0) & (dx > 0) & (ws + dx <= W - d)
-            ptr = torch.where(link, jj - dx, jj)  # column w + dx is loop position j - dx
-            for _ in range(rounds):
-                ptr = ptr.gather(1, ptr)
-            idx[:, h * W + ws] = val.gather(1, ptr)
-    return idx
-
-
 @_builtin("blur", 4, replayable=True)
 def glass_blur(x, p, draws, **_):
     sigma, d, iters = float(p[0]), int(p[1]), int(p[2])
@@ -173,7 +109,7 @@ def glass_blur(x, p, draws, **_):
     nh, nw = max(H - 2 * d, 0), max(W - 2 * d, 0)
     offsets = draws.integers(-d, d, (iters, nh, nw, 2))
     if ops.cpu_path(x):
-        perm = torch.as_tensor(_glass_permutation(offsets.numpy(), H, W, d))
+        perm = torch.as_tensor(glass_permutation(offsets.numpy(), H, W, d))
     else:
         perm = glass_permutation_torch(offsets.to(x.device), H, W, d)
     x = x.reshape(B, C, H * W).gather(2, perm[:, None].expand(B, C, -1)).reshape(B, C, H, W)
@@ -279,7 +215,7 @@ def brightness(x, p, draws, **_):
     return torch.where(v > 0, x * (v2 / v.clamp(min=1e-12)), v2.expand_as(x))
 
 
-@_builtin("digital", 18)
+@_builtin("digital", 18, extra=True)
 def saturate(x, p, draws, **_):
     # skimage rgb2hsv, S = clip(S*a + b), hsv2rgb, in closed form: out_i = V (1 - S' (V - x_i) / (V - min));
     # grey pixels have hue 0 (red) in skimage, so they become (V, V(1-S'), V(1-S')).
@@ -293,7 +229,7 @@ def saturate(x, p, draws, **_):
     return torch.where(delta > 0, colour, grey)
 
 
-@_builtin("weather", 17, replayable=True)
+@_builtin("weather", 17, replayable=True, extra=True)
 def spatter(x, p, draws, **_):
     loc, scale, sigma, thr, intensity, mud = p
     B, C, H, W = x.shape
@@ -306,11 +242,11 @@ def spatter(x, p, draws, **_):
         colour = torch.tensor([63, 42, 20], dtype=x.dtype, device=x.device).view(1, 3, 1, 1) / 255
         return x * (1 - m) + colour * m
     # water: Canny edges -> distance transform -> equalised, embossed highlight: OpenCV per image on the CPU,
-    # the same chain in torch elsewhere (ops.water_mask)
+    # the same chain in torch elsewhere (water.water_mask)
     if ops.cpu_path(x):
         m = torch.stack([torch.as_tensor(_water_mask(l)) for l in liquid.numpy()]).to(x.dtype)
     else:
-        m = ops.water_mask(liquid).to(x.dtype)
+        m = water_mask(liquid).to(x.dtype)
     m = m[:, None] * intensity
     colour = torch.tensor([175, 238, 238], dtype=x.dtype, device=x.device).view(1, 3, 1, 1) / 255
     return x + m * colour

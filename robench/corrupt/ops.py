@@ -1,5 +1,6 @@
-"""Batched building blocks of the corruptions: per-sample random draws, separable filters as matrices, resampling,
-motion blur, plasma fractal. Images are float tensors (B, C, H, W)."""
+"""Batched building blocks of the corruptions: CPU library paths vs device paths, separable filters as matrices,
+resampling, motion blur, plasma fractal. Images are float tensors (B, C, H, W). Per-sample random draws are in
+randomness.py, spatter's water mask in water.py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from robench.seeding import generator
+from robench.corrupt.randomness import Draws
 
 
 # ---------------------------------------------------------------- CPU library paths vs device paths
@@ -59,147 +60,6 @@ def _cv2():
 
 
 _CV2_BORDER = {"nearest": 1, "reflect": 2, "mirror": 4}  # BORDER_REPLICATE, BORDER_REFLECT, BORDER_REFLECT_101
-
-
-# ---------------------------------------------------------------- random draws (one generator per sample)
-
-class Draws:
-    """Random draws with numpy-like signatures, each sample drawing from its own generator: draw k of sample i
-    depends only on seeds[i], never on the batch. Every method returns a tensor (B, *shape)."""
-
-    def __init__(self, seeds, device):
-        self.device = torch.device(device)
-        self.gens = [generator(s, self.device) for s in seeds]
-
-    def __len__(self):
-        return len(self.gens)
-
-    # Each sample's draws fill its slice of one batch tensor in place (the values torch.rand / randn / randint
-    # would return for that generator, without stacking copies).
-    def _empty(self, shape, dtype=torch.float32):
-        shape = tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else (int(shape),)
-        return torch.empty((len(self.gens), *shape), dtype=dtype, device=self.device)
-
-    def random(self, shape=()) -> torch.Tensor:
-        out = self._empty(shape)
-        for o, g in zip(out, self.gens):
-            o.uniform_(0, 1, generator=g)
-        return out
-
-    def uniform(self, low, high, shape=()) -> torch.Tensor:
-        return self.random(shape) * (high - low) + low
-
-    def normal(self, loc, scale, shape=()) -> torch.Tensor:
-        out = self._empty(shape)
-        for o, g in zip(out, self.gens):
-            o.normal_(0, 1, generator=g)
-        return out.mul_(scale).add_(loc)
-
-    def integers(self, low, high, shape=()) -> torch.Tensor:
-        """Integers in [low, high) (numpy randint)."""
-        out = self._empty(shape, torch.int64)
-        for o, g in zip(out, self.gens):
-            o.random_(int(low), int(high), generator=g)
-        return out
-
-    def poisson(self, rates: torch.Tensor) -> torch.Tensor:
-        return torch.stack([torch.poisson(r, generator=g) for r, g in zip(rates, self.gens)])
-
-
-
-class Replay(Draws):
-    """Draws that return given arrays in order (to inject a reference implementation's noise in tests)."""
-
-    def __init__(self, arrays, device="cpu"):
-        self.device = torch.device(device)
-        self.arrays = [torch.as_tensor(np.asarray(a)).to(self.device) for a in arrays]
-        self.gens = [None] * (len(self.arrays[0]) if self.arrays else 0)
-
-    def _next(self, shape):
-        a = self.arrays.pop(0)
-        if shape is not None and tuple(a.shape[1:]) != tuple(shape):
-            raise ValueError(f"replayed draw has shape {tuple(a.shape)}, expected (B, {tuple(shape)})")
-        return a
-
-    def random(self, shape=()):
-        return self._next(shape).float()
-
-    def uniform(self, low, high, shape=()):
-        return self._next(shape).float()
-
-    def normal(self, loc, scale, shape=()):
-        return self._next(shape).float()
-
-    def integers(self, low, high, shape=()):
-        return self._next(shape).long()
-
-    def poisson(self, rates):
-        return self._next(rates.shape[1:]).to(rates.dtype)
-
-
-# ---------------------------------------------------------------- Poisson draws of 8-bit images by alias tables
-
-@lru_cache(maxsize=32)
-def poisson_alias_table(c: float, levels: int = 256):
-    """Walker/Vose alias tables of Poisson(level / (levels - 1) * c) for every level: (prob (L, K) float64,
-    alias (L, K) int64), K covering each distribution up to a tail below 1e-15 (renormalised). Vose's stacks of
-    small (< 1) and large scaled probabilities are run for all levels at once (one pairing per level per step)."""
-    lam = np.arange(levels) / (levels - 1) * c
-    K = int(lam[-1] + 12 * math.sqrt(lam[-1]) + 30)
-    k = np.arange(K)
-    log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, K)))])
-    with np.errstate(divide="ignore", invalid="ignore"):  # level 0: lambda = 0, all mass at k = 0
-        pmf = np.exp(k[None] * np.log(lam[:, None]) - lam[:, None] - log_fact[None])
-    pmf[0] = k == 0
-    q = pmf / pmf.sum(1, keepdims=True) * K
-    R = np.arange(levels)
-    prob, alias = np.ones((levels, K)), np.tile(np.arange(K), (levels, 1))
-    # stacks as arrays with per-row sizes: small holds indices with q < 1, large the others (in index order)
-    is_small = q < 1
-    small = np.where(is_small, np.arange(K), K + np.arange(K)).argsort(1, kind="stable")
-    large = np.where(~is_small, np.arange(K), K + np.arange(K)).argsort(1, kind="stable")
-    n_small, n_large = is_small.sum(1), (~is_small).sum(1)
-    while True:
-        act = (n_small > 0) & (n_large > 0)
-        if not act.any():
-            break
-        r = R[act]
-        s_ = small[r, n_small[r] - 1]
-        g_ = large[r, n_large[r] - 1]
-        n_small[r] -= 1
-        n_large[r] -= 1
-        prob[r, s_], alias[r, s_] = q[r, s_], g_
-        q[r, g_] -= 1 - q[r, s_]
-        to_small = q[r, g_] < 1
-        rs, rl = r[to_small], r[~to_small]
-        small[rs, n_small[rs]] = g_[to_small]
-        n_small[rs] += 1
-        large[rl, n_large[rl]] = g_[~to_small]
-        n_large[rl] += 1
-    # what is left has q == 1 up to rounding: prob 1, its own index
-    return torch.as_tensor(prob), torch.as_tensor(alias)
-
-
-def poisson_8bit(x: torch.Tensor, c: float, draws: Draws) -> torch.Tensor:
-    """Poisson(x * c) per element when x holds 8-bit levels (level / 255), by the level's alias table: one float32
-    uniform u per element picks column k = floor(K u) and keeps k when the rest K u - k is below prob[k], else takes
-    alias[k] (24-bit uniforms: the split probabilities are resolved to ~2^-17, a total-variation distance below
-    1e-5 from the exact Poisson law). A few elementwise ops instead of a sampling loop per element. Inputs off the
-    8-bit grid use torch.poisson."""
-    lev = x.mul(255)
-    L = lev.round()
-    if lev.sub_(L).abs_().max() > 1e-3:
-        return draws.poisson(x * c)
-    prob, alias = poisson_alias_table(float(c))
-    K = prob.shape[1]
-    prob = prob.to(x.device, torch.float32).reshape(-1)
-    alias = alias.to(x.device, torch.float32).reshape(-1)
-    t = draws.random(x.shape[1:]).mul_(K)
-    k = t.to(torch.int32).clamp_(max=K - 1)
-    frac = t.sub_(k)
-    idx = L.to(torch.int32).mul_(K).add_(k).reshape(-1)
-    keep = frac.reshape(-1) < prob.index_select(0, idx)
-    return torch.where(keep, k.reshape(-1).to(x.dtype), alias.index_select(0, idx).to(x.dtype)).reshape(x.shape)
 
 
 # ---------------------------------------------------------------- boundary handling and 1-D filters as matrices
@@ -284,22 +144,6 @@ def clipped_zoom(x: torch.Tensor, z: float) -> torch.Tensor:
     out = out.reshape(*lead, oh, ow)
     th, tw = (oh - H) // 2, (ow - W) // 2
     return out[..., th:th + H, tw:tw + W]
-
-
-def sample_bilinear(x: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, mode: str) -> torch.Tensor:
-    """Bilinear sampling of x (B, C, H, W) at pixel coordinates ys, xs (B, H', W') beyond whose borders the image
-    is extended with `mode`: "reflect" (= scipy map_coordinates(order=1, mode="reflect")) or "mirror" (= OpenCV
-    BORDER_REFLECT_101). Linear interpolation of a symmetrically extended image equals interpolation at the
-    reflected coordinate, which is what grid_sample's reflection padding computes."""
-    H, W = x.shape[-2:]
-    if mode == "reflect":  # reflect about -0.5 and N - 0.5: align_corners=False
-        gx, gy = (2 * xs + 1) / W - 1, (2 * ys + 1) / H - 1
-    elif mode == "mirror":  # reflect about 0 and N - 1: align_corners=True
-        gx, gy = 2 * xs / max(W - 1, 1) - 1, 2 * ys / max(H - 1, 1) - 1
-    else:
-        raise ValueError(mode)
-    grid = torch.stack([gx, gy], dim=-1).to(x.dtype)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=(mode == "mirror"))
 
 
 def pad_index(x: torch.Tensor, r: int, mode: str) -> torch.Tensor:
@@ -471,113 +315,6 @@ def motion_blur_batched(x: torch.Tensor, radius: int, sigma: float, angles: torc
         idx = (base[None] + shift[:, t, None]).unsqueeze(1).expand(B, C, -1)
         out.add_(flat.gather(2, idx) * weights[:, t, None, None].to(x.dtype))
     return out.reshape(B, C, H, W)
-
-
-# ---------------------------------------------------------------- spatter's water mask (OpenCV's chain in torch)
-
-def _shifted(x: torch.Tensor, dy: int, dx: int, mode: str, fill=0) -> torch.Tensor:
-    """x (B, H, W) shifted so out[i, j] = x[i + dy, j + dx], outside the image by `mode` ("replicate",
-    "mirror" = BORDER_REFLECT_101, or "const" with `fill`)."""
-    B, H, W = x.shape
-    r = max(abs(dy), abs(dx))
-    if mode == "const":
-        xp = F.pad(x, (r, r, r, r), value=fill)
-    else:
-        xp = pad_index(x, r, "nearest" if mode == "replicate" else "mirror")
-    return xp[:, r + dy:r + dy + H, r + dx:r + dx + W]
-
-
-def _corr3(x: torch.Tensor, k, mode: str) -> torch.Tensor:
-    """3x3 correlation of (B, H, W) with the nested list k."""
-    out = None
-    for i in range(3):
-        for j in range(3):
-            if k[i][j]:
-                t = _shifted(x, i - 1, j - 1, mode) * k[i][j]
-                out = t if out is None else out + t
-    return out
-
-
-def canny(img: torch.Tensor, low: int, high: int) -> torch.Tensor:
-    """cv2.Canny(img, low, high) (aperture 3, L1 gradient) of (B, H, W) integer images: bool edge map.
-
-    Sobel with replicated borders; non-maximum suppression with OpenCV's integer direction test (tan 22.5 deg in
-    15-bit fixed point) and its tie rules (strictly above the previous neighbour, at least the next one, both
-    strictly on diagonals); magnitudes outside the image are 0; hysteresis: candidates (> low) 8-connected to a
-    pixel above high, grown until nothing changes."""
-    img = img.to(torch.int32)
-    gx = _corr3(img, [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], "replicate")
-    gy = _corr3(img, [[-1, -2, -1], [0, 0, 0], [1, 2, 1]], "replicate")
-    mag = gx.abs() + gy.abs()
-
-    def m(dy, dx):
-        return _shifted(mag, dy, dx, "const", 0)
-    ax, ay = gx.abs().to(torch.int64), gy.abs().to(torch.int64) << 15
-    tg22 = ax * int(0.4142135623730950488016887242097 * (1 << 15) + 0.5)
-    tg67 = tg22 + (ax << 16)
-    horiz = ay < tg22
-    vert = ~horiz & (ay > tg67)
-    diag = ~horiz & ~vert
-    s_neg = (gx ^ gy) < 0  # s = -1: neighbours (-1, +1) and (+1, -1); else (-1, -1) and (+1, +1)
-    keep_h = (mag > m(0, -1)) & (mag >= m(0, 1))
-    keep_v = (mag > m(-1, 0)) & (mag >= m(1, 0))
-    keep_d = torch.where(s_neg, (mag > m(-1, 1)) & (mag > m(1, -1)), (mag > m(-1, -1)) & (mag > m(1, 1)))
-    cand = (mag > low) & torch.where(horiz, keep_h, torch.where(vert, keep_v, keep_d))
-    edges = cand & (mag > high)
-    while True:
-        grown = cand & (F.max_pool2d(edges[:, None].float(), 3, 1, 1)[:, 0] > 0)
-        if torch.equal(grown, edges):
-            return edges
-        edges = grown
-
-
-def distance_l2_5(zero: torch.Tensor, cap: float) -> torch.Tensor:
-    """cv2.distanceTransform(src, DIST_L2, 5) of (B, H, W), where `zero` marks src's zero pixels, as float32,
-    exact up to `cap` (larger distances come out >= cap): OpenCV's 5x5 chamfer weights 1, 1.4, 2.1969 in 16-bit
-    fixed point, by parallel relaxation (every hop adds >= 1, so ceil(cap) + 1 rounds settle all distances <= cap;
-    OpenCV's two raster passes give the same shortest-path distances); outside the image counts as infinitely far."""
-    a, b, c = 65536, round(float(np.float32(1.4)) * 65536), round(float(np.float32(2.1969)) * 65536)
-    big = 1 << 40
-    D = torch.where(zero, torch.zeros((), dtype=torch.int64, device=zero.device), torch.full((), big, device=zero.device))
-    steps = [(dy, dx, w) for dy in range(-2, 3) for dx in range(-2, 3)
-             for w in [{1: a, 2: b}.get(dy * dy + dx * dx, c if dy * dy + dx * dx == 5 else 0)] if w]
-    for _ in range(int(math.ceil(cap)) + 1):
-        best = D
-        for dy, dx, w in steps:
-            best = torch.minimum(best, _shifted(D, dy, dx, "const", big) + w)
-        D = best
-    return D.to(torch.float32) * (1.0 / 65536)
-
-
-def water_mask(liquid: torch.Tensor) -> torch.Tensor:
-    """spatter's water mask (imagecorruptions / hendrycks, OpenCV on uint8) of liquid (B, H, W) float64: uint8 cast
-    (numpy's: truncation, modulo 256), Canny(50, 150), distanceTransform of the non-edges (L2, 5x5) truncated at 20,
-    3x3 box mean -> uint8, equalizeHist, emboss filter2D -> uint8, 3x3 box mean -> uint8; times the liquid; / max."""
-    B, H, W = liquid.shape
-    lu = torch.remainder(torch.trunc(liquid * 255), 256).to(torch.int32)
-    edges = canny(lu, 50, 150)
-    dist = distance_l2_5(edges, 20.0).clamp_(max=20.0)
-    # cv2.blur on float32: double row / column sums times 1/9, stored as float32; then astype(uint8) truncates
-    box = _corr3(dist.double(), [[1] * 3] * 3, "mirror") * (1 / 9)
-    d8 = box.to(torch.float32).floor().to(torch.int64)
-    # equalizeHist: lut[j] = round(cumulative count above the first used level * 255 / (total - its count))
-    hist = torch.zeros(B, 256, dtype=torch.int64, device=liquid.device).scatter_add_(
-        1, d8.reshape(B, -1), torch.ones_like(d8.reshape(B, -1)))
-    cum = hist.cumsum(1)
-    first = (hist > 0).to(torch.int64).argmax(1, keepdim=True)
-    n_first = hist.gather(1, first)
-    total = H * W
-    scale = (torch.tensor(255.0, dtype=torch.float32, device=liquid.device)
-             / (total - n_first).clamp(min=1).to(torch.float32))
-    lut = torch.round((cum - cum.gather(1, first)).to(torch.float32) * scale).clamp_(0, 255).to(torch.int64)
-    lut = torch.where(n_first == total, first.expand(-1, 256), lut)  # a constant image stays that level
-    eq = lut.gather(1, d8.reshape(B, -1)).reshape(B, H, W)
-    emb = _corr3(eq, [[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], "mirror").clamp_(0, 255)
-    # cv2.blur on uint8: rounded mean
-    dist8 = torch.div(_corr3(emb, [[1] * 3] * 3, "mirror") * 2 + 9, 18, rounding_mode="floor").to(torch.float32)
-    mask = lu.to(torch.float32) * dist8
-    mx = mask.amax(dim=(1, 2), keepdim=True)
-    return torch.where(mx > 0, mask / mx.clamp(min=1e-30), mask)
 
 
 # ---------------------------------------------------------------- plasma fractal (diamond-square), batched

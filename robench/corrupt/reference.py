@@ -86,14 +86,14 @@ def record_numpy_draws():
             setattr(np.random, name, f)
 
 
-# Corruptions whose reference noise can be handed to the torch backend (ops.Replay) to compare like for like
+# Corruptions whose reference noise can be handed to the torch backend (randomness.Replay) to compare like for like
 # (registered with replayable=True next to their functions).
 REPLAYABLE = tuple(d.name for d in registry.registered() if d.replayable)
 
 
 def reference_with_draws(imgs: list[np.ndarray], corruption: str, severity: int, seeds: list[int]):
     """Run the reference in this process on HxWx3 uint8 images and return (outputs, draws): draws is the list of
-    per-draw arrays (B, ...) in the torch backend's layout, for ops.Replay."""
+    per-draw arrays (B, ...) in the torch backend's layout, for randomness.Replay."""
     outs, draws = [], []
     for img, seed in zip(imgs, seeds):
         if corruption in SEEDED:  # not drawn through np.random.<fn> (numba would not compile a patched one)

@@ -30,20 +30,24 @@ class CorruptionDef:
     family: str = "other"            # the category of Hendrycks & Dietterich (a suite TOML may override it)
     order: int = 0                   # display order (report tables, suite listings)
     reference: bool = False          # imagecorruptions has it (backend "reference")
-    replayable: bool = False         # the reference's own noise can be replayed through ops.Replay (fidelity tests)
+    replayable: bool = False         # the reference's own noise can be replayed through randomness.Replay (fidelity tests)
     validated: str = "none"          # imagecorruptions | hendrycks (an oracle of the original definition) | none
     builtin: bool = False            # one of the 19 of ImageNet-C / CIFAR-10-C
     version: int = 1                 # bump when the function's output changes: part of every result cell's identity
+    extra: bool = False              # one of the 4 extras of ImageNet-C (not in the 15-corruption benchmark set)
 
 
 _REGISTRY: dict[str, CorruptionDef] = {}
 
 
 def corruption(name: str | None = None, *, family: str = "other", order: int | None = None, reference: bool = False,
-               replayable: bool = False, validated: str = "none", version: int = 1, _builtin: bool = False):
+               replayable: bool = False, validated: str = "none", version: int = 1, extra: bool = False,
+               _builtin: bool = False):
     """Decorator registering fn(x, p, draws, **options) -> corrupted x under `name` (default: the function's name).
 
-    Registering a name twice with a different function is an error (re-importing the same module is not)."""
+    extra=True marks a corruption that a suite without a `benchmark` list leaves out of its benchmark set (the 4
+    extras of ImageNet-C). Registering a name twice with a different function is an error (re-importing the same
+    module is not)."""
     if family not in FAMILIES:
         raise RobenchError(f"corruption family must be one of {', '.join(FAMILIES)}, got {family!r}")
     if validated not in VALIDATION:
@@ -55,7 +59,7 @@ def corruption(name: str | None = None, *, family: str = "other", order: int | N
         if old is not None and (old.fn.__module__, old.fn.__qualname__) != (fn.__module__, fn.__qualname__):
             raise RobenchError(f"corruption '{n}' is already registered (by {old.fn.__module__}.{old.fn.__qualname__})")
         o = order if order is not None else (old.order if old else 1000 + len(_REGISTRY))
-        _REGISTRY[n] = CorruptionDef(n, fn, family, o, reference, replayable, validated, _builtin, version)
+        _REGISTRY[n] = CorruptionDef(n, fn, family, o, reference, replayable, validated, _builtin, version, extra)
         return fn
     return register
 

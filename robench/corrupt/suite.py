@@ -6,17 +6,26 @@ Suites are TOML files (corruptions/imagenet-c.toml, imagenet-c-extra.toml, cifar
     [corruptions.gaussian_noise]
     category = "noise"; alexnet_err = 0.886428; severity = [0.08, 0.12, 0.18, 0.26, 0.38]
 
+`benchmark = [...]` names the suite's benchmark set (shipped: the 15 of ImageNet-C / CIFAR-10-C); without it, every
+corruption not registered as extra. The others are category "extra" (reported apart, never in the headline means).
+A user suite is cached by path and text (an edited file is loaded again) and must not reuse a shipped suite's name
+with other values (refused: results would be labelled as the shipped suite's).
+
 A user suite may list `modules = ["my_corruptions.py"]` (paths relative to the suite file, or module names): they are
 imported first, so the corruptions they register (@robench.corrupt.corruption) can be used from the command line.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
 
 from robench.corrupt import registry
 from robench.errors import RobenchError, suggest
-from robench.suites import load_suite, suite_names
+from robench.suites import is_suite_path, parse_suite, read_suite, suite_names
 
 # The 19 built-in corruptions in the canonical order of hendrycks/robustness (15 benchmark + 4 extra), derived from
 # the registry (robench/corrupt/registry.py); check_corruption accepts any registered name, built in or not.
@@ -34,11 +43,25 @@ class CorruptionSuite:
     table: dict[str, dict] = field(repr=False, default_factory=dict)  # per corruption: category, severity, ...
     alexnet_clean_err: float | None = None
     severities: list[int] = field(default_factory=lambda: list(SEVERITIES))
+    benchmark: list[str] | None = None  # the benchmark set (None: every corruption not registered as extra)
+    source: str = ""                 # where it was loaded from (shipped: "<name>.toml", else the path as given)
 
-    def category(self, name: str) -> str:
-        """The suite file's category, else the registered family."""
+    def is_benchmark(self, name: str) -> bool:
+        """Whether `name` is in the suite's benchmark set (the 15 of ImageNet-C / CIFAR-10-C for shipped suites;
+        `benchmark = [...]` in the TOML): headline accuracy, family columns and mCE average over these only."""
+        if self.benchmark is not None:
+            return name in self.benchmark
+        d = registry.get(name)
+        return not (d and d.extra)
+
+    def family(self, name: str) -> str:
+        """The suite file's category of `name` (noise, blur, weather, digital...), else the registered family."""
         d = registry.get(name)
         return self._entry(name).get("category", d.family if d else "other")
+
+    def category(self, name: str) -> str:
+        """What results are grouped by: "extra" outside the benchmark set, else the family."""
+        return self.family(name) if self.is_benchmark(name) else "extra"
 
     def alexnet_err(self, name: str) -> float | None:
         """AlexNet error for `name` averaged over severities (ImageNet-C mCE normaliser), or None (extras)."""
@@ -93,42 +116,125 @@ def check_severity(severity) -> int:
     return int(severity)
 
 
-_cache: dict[str, CorruptionSuite] = {}
+# Loaded suites, by what defines them: ("shipped", name) or (resolved path, sha256 of the file's text). Editing a
+# user suite file therefore loads it again; a path never shares an entry with a shipped suite's name.
+_cache: dict[tuple, CorruptionSuite] = {}
+# Compatibility: a user suite loaded from a path can be found by its (non-shipped) name afterwards, the latest loaded
+# file of that name. Result cells never rely on it: they carry `identity()`, and callers pass suite objects.
+_by_name: dict[str, CorruptionSuite] = {}
 
 
-def get_suite(name_or_path: str | CorruptionSuite) -> CorruptionSuite:
-    """Load a corruption suite by name (imagenet-c, imagenet-c-extra, cifar10-c) or TOML path (validated, cached)."""
+def get_suite(name_or_path) -> CorruptionSuite:
+    """A corruption suite by name (imagenet-c, imagenet-c-extra, cifar10-c), by TOML path (validated; loaded again
+    whenever the file's text changes) or as it is (a CorruptionSuite). A user file named like a shipped suite is
+    refused unless its values are the shipped ones."""
     if isinstance(name_or_path, CorruptionSuite):
         return name_or_path
-    if name_or_path in _cache:
-        return _cache[name_or_path]
-    data = load_suite("corruptions", name_or_path)
+    if not isinstance(name_or_path, (str, PathLike)):
+        raise RobenchError(f"a corruption suite is a name, a TOML path or a CorruptionSuite, got {name_or_path!r}")
+    key_text = str(name_or_path)
+    if not is_suite_path(key_text):
+        if ("shipped", key_text) in _cache:
+            return _cache[("shipped", key_text)]
+        if key_text in _by_name and key_text not in suite_names("corruptions"):
+            return _by_name[key_text]
+    text, where = read_suite("corruptions", key_text)
+    user = is_suite_path(key_text)
+    key = (str(Path(key_text).resolve()), hashlib.sha256(text.encode()).hexdigest()) if user else ("shipped", key_text)
+    if key in _cache:
+        return _cache[key]
+    suite = _build(parse_suite("corruptions", text, where), where, key_text, user)
+    if user and suite.name in suite_names("corruptions"):
+        shipped = get_suite(suite.name)
+        if _values(suite) != _values(shipped):
+            raise RobenchError(f"corruption suite {where} is named '{suite.name}' like a shipped suite but has other "
+                               "values: give it its own `name`")
+    _cache[key] = suite
+    if user:
+        _by_name[suite.name] = suite
+    return suite
+
+
+def _values(s: CorruptionSuite) -> tuple:
+    return s.params, s.corruptions, s.table, s.benchmark, s.alexnet_clean_err
+
+
+def _build(data: dict, where: str, name_or_path: str, user: bool) -> CorruptionSuite:
     name = data["name"]
+    if not isinstance(name, str) or not name:
+        raise RobenchError(f"corruption suite {where}: name must be a non-empty string, got {name!r}")
     params = data.get("params", "imagenet")
     if params not in FAMILY_SUITES:
-        raise RobenchError(f"suite {name}: params must be 'imagenet' or 'cifar', got {params!r}")
-    for module in data.get("modules", []):  # Python files / modules registering the suite's own corruptions
+        raise RobenchError(f"corruption suite {where}: params must be 'imagenet' or 'cifar', got {params!r}")
+    modules = data.get("modules", [])
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise RobenchError(f"corruption suite {where}: modules must be a list of strings")
+    for module in modules:  # Python files / modules registering the suite's own corruptions
         _import_corruptions(module, name_or_path)
     table = data.get("corruptions", {})
-    if not table:
-        raise RobenchError(f"suite {name} defines no [corruptions.<name>] tables")
+    if not isinstance(table, dict) or not table or not all(isinstance(e, dict) for e in table.values()):
+        raise RobenchError(f"corruption suite {where} defines no [corruptions.<name>] tables")
+    table = {c: dict(e) for c, e in table.items()}
     for c, entry in table.items():
         check_corruption(c)
-        sev = entry.get("severity")
-        if sev is not None and (not isinstance(sev, list) or len(sev) != 5):
-            raise RobenchError(f"suite {name}: corruptions.{c}.severity must list 5 values (one per severity)")
-    suite = CorruptionSuite(name=name, params=params, corruptions=list(table), table=table,
-                            alexnet_clean_err=data.get("alexnet_clean_err"))
-    # A user suite may omit `severity` to reuse the family's parameters.
-    for c in list(table):
-        if "severity" not in table[c]:
-            table[c] = {**_family_entry(params, c), **table[c]}
-    _cache[name_or_path] = suite
-    # a suite loaded from a path can then be found by its name too (results store the name), unless it would
-    # shadow a shipped suite
-    if name not in suite_names("corruptions"):
-        _cache.setdefault(name, suite)
-    return suite
+        _check_entry(where, c, entry)
+        if "severity" not in entry:  # a user suite may omit `severity` to reuse the family's parameters
+            table[c] = entry = {**_family_entry(params, c), **entry}
+        if user:
+            _check_shape(where, c, entry["severity"], params)
+    benchmark = data.get("benchmark")
+    if benchmark is None:
+        benchmark = [c for c in table if not registry.get(c).extra]
+    elif not isinstance(benchmark, list) or any(c not in table for c in benchmark):
+        raise RobenchError(f"corruption suite {where}: benchmark must list corruptions of the suite, got {benchmark!r}")
+    clean = data.get("alexnet_clean_err")
+    if clean is not None and not _is_number(clean):
+        raise RobenchError(f"corruption suite {where}: alexnet_clean_err must be a number, got {clean!r}")
+    return CorruptionSuite(name=name, params=params, corruptions=list(table), table=table, alexnet_clean_err=clean,
+                           benchmark=[c for c in table if c in benchmark], source=where)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _shape(v):
+    """None for a number, the length for a list of numbers, False for anything else."""
+    if _is_number(v):
+        return None
+    if isinstance(v, list) and v and all(_is_number(e) for e in v):
+        return len(v)
+    return False
+
+
+def _check_entry(where: str, c: str, entry: dict):
+    key = f"corruptions.{c}"
+    sev = entry.get("severity")
+    if sev is not None:
+        if not isinstance(sev, list) or len(sev) != 5:
+            raise RobenchError(f"corruption suite {where}: {key}.severity must list 5 values (one per severity), got "
+                               f"{sev!r}")
+        shapes = [_shape(v) for v in sev]
+        if False in shapes or len(set(shapes)) != 1:
+            raise RobenchError(f"corruption suite {where}: {key}.severity must hold 5 numbers or 5 lists of numbers "
+                               f"of one length, got {sev!r}")
+    if "alexnet_err" in entry and not _is_number(entry["alexnet_err"]):
+        raise RobenchError(f"corruption suite {where}: {key}.alexnet_err must be a number, got {entry['alexnet_err']!r}")
+    if "category" in entry and not isinstance(entry["category"], str):
+        raise RobenchError(f"corruption suite {where}: {key}.category must be a string, got {entry['category']!r}")
+
+
+def _check_shape(where: str, c: str, sev: list, params: str):
+    """A built-in corruption's values must have the shape of the family's (fog takes 2 numbers per severity)."""
+    try:
+        ref = _family_entry(params, c)["severity"]
+    except RobenchError:
+        return  # a corruption of the user's own: its function defines what it takes
+    want, got = _shape(ref[0]), _shape(sev[0])
+    if want != got:
+        what = "a number" if want is None else f"a list of {want} numbers"
+        raise RobenchError(f"corruption suite {where}: corruptions.{c}.severity values must each be {what} (as in "
+                           f"the shipped {params} parameters), got {sev[0]!r}")
 
 
 def _import_corruptions(module: str, suite_path: str):

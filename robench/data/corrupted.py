@@ -29,9 +29,10 @@ def _check_name(corruption: str, available: list[str], root: Path, what: str):
 
 
 class ImageNetCFolder(Dataset):
-    """One (corruption, severity) of ImageNet-C; labels from class_index (wnid -> int), not from folder order."""
+    """One (corruption, severity) of ImageNet-C; labels from class_index (wnid -> int), not from folder order.
+    An unreadable image (e.g. a truncated JPEG) yields label -1 (skipped and counted), or raises with strict=True."""
 
-    def __init__(self, root, corruption: str, severity: int, class_index: dict[str, int]):
+    def __init__(self, root, corruption: str, severity: int, class_index: dict[str, int], strict: bool = False):
         root = Path(root)
         check_severity(severity)
         if not root.is_dir():
@@ -42,7 +43,7 @@ class ImageNetCFolder(Dataset):
             have = sorted(p.name for p in (root / corruption).iterdir() if p.is_dir())
             raise RobenchError(f"ImageNet-C {corruption} has no severity {severity} folder ({folder}); "
                                f"found: {', '.join(have) or 'none'}")
-        self.folder = folder
+        self.folder, self.strict, self._size = folder, strict, None
         items = scan_class_folders(folder, class_index, f"ImageNet-C {corruption}/{severity}")
         self.sample_ids = [rel for rel, _ in items]
         self.labels = [y for _, y in items]
@@ -52,15 +53,49 @@ class ImageNetCFolder(Dataset):
 
     def __getitem__(self, i):
         path = self.folder / self.sample_ids[i]
-        a = np.array(open_rgb(path), dtype=np.uint8)
+        try:
+            a = np.array(open_rgb(path), dtype=np.uint8)
+        except RobenchError:
+            if self.strict:
+                raise
+            return torch.zeros(3, *self._image_size()), -1, self.sample_ids[i]
         return torch.from_numpy(a).permute(2, 0, 1).float().div_(255), self.labels[i], self.sample_ids[i]
+
+    def _image_size(self) -> tuple[int, int]:
+        """(H, W) of the set's images, for the placeholder of an unreadable one (from the first readable header;
+        ImageNet-C's 224x224 if none)."""
+        if self._size is None:
+            from PIL import Image
+
+            self._size = (224, 224)
+            for sid in self.sample_ids:
+                try:
+                    with Image.open(self.folder / sid) as im:
+                        self._size = (im.height, im.width)
+                    break
+                except Exception:  # noqa: BLE001 - any unreadable header: try the next file
+                    continue
+        return self._size
+
+
+def _check_labels(labels: np.ndarray, n: int, num_classes: int, path: Path):
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise RobenchError(f"{path} must hold one integer label per image (1-D), got {labels.dtype} "
+                           f"{tuple(labels.shape)}")
+    if len(labels) not in (n, 5 * n):
+        raise RobenchError(f"{path} has {len(labels)} labels for {n} images per severity (must be {n} or {5 * n})")
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
+        bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
+        raise RobenchError(f"{path} has label {bad}: labels must be in 0..{num_classes - 1} ({num_classes} classes)")
 
 
 class Cifar10C(Dataset):
     """One (corruption, severity) of CIFAR-10-C: rows (severity-1)*n .. severity*n of <corruption>.npy.
-    CIFAR-100-C has the same layout (what="CIFAR100-C", id_prefix="test": ids match the clean set's)."""
+    CIFAR-100-C has the same layout (what="CIFAR100-C", id_prefix="test": ids match the clean set's). labels.npy must
+    hold N or 5N integer labels in 0..num_classes-1 (1-D)."""
 
-    def __init__(self, root, corruption: str, severity: int, what: str = "CIFAR-10-C", id_prefix: str = "test_batch"):
+    def __init__(self, root, corruption: str, severity: int, what: str = "CIFAR-10-C", id_prefix: str = "test_batch",
+                 num_classes: int = 10):
         root = Path(root)
         check_severity(severity)
         if not root.is_dir():
@@ -71,15 +106,15 @@ class Cifar10C(Dataset):
             raise RobenchError(f"{what} directory {root} has no labels.npy")
         try:
             data = np.load(root / f"{corruption}.npy", mmap_mode="r")
-            labels = np.load(root / "labels.npy")
+            labels = np.load(root / "labels.npy", allow_pickle=False)
         except (OSError, ValueError) as e:
             raise RobenchError(f"cannot read {what} {corruption} in {root} ({e})") from None
         if data.ndim != 4 or data.shape[-1] != 3 or data.shape[0] % 5 or data.dtype != np.uint8:
             raise RobenchError(f"{root / (corruption + '.npy')} should hold 5 x N uint8 images (5N, H, W, 3), got "
                                f"{data.dtype} {data.shape}")
         n = data.shape[0] // 5
-        if len(labels) not in (n, 5 * n):
-            raise RobenchError(f"labels.npy has {len(labels)} labels for {n} images per severity")
+        _check_labels(labels, n, num_classes, root / "labels.npy")
+        self.root = root
         self.data = data[(severity - 1) * n:severity * n]
         if len(labels) == 5 * n:
             labels = labels[(severity - 1) * n:severity * n]

@@ -3,8 +3,10 @@
 
 A data spec is `FORMAT:DIR` (`digits[:split]` needs no directory). `parse_data(text)` parses it once into a
 `DataSpec`; `load_clean(spec, model_info, ...)` / `load_corrupted(spec, corruption, severity, ...)` give an
-`EvalData` (items: x float [3, H, W] in [0, 1], label, sample index). Adding a format = one reader function and one
-`DataFormat` entry here (plus its test).
+`EvalData` (items: x float [3, H, W] in [0, 1], label, sample index) whose fingerprint is the data's content
+(robench.data.fingerprint: sha256 of single files, relative path + label + size + mtime of every file of an image
+tree, or its sha256 with `data_hash="content"`), never its absolute path. Adding a format = one reader function and
+one `DataFormat` entry here (plus its test).
 
 Layouts (as released):
     imagenet:DIR          DIR/<wnid>/*.JPEG (ImageNet val, or a root holding val/)
@@ -42,7 +44,7 @@ class DataFormat:
     about: str
     num_classes: int  # label space of the data
     load: Callable | None = None  # (DataSpec, model_info, strict) -> EvalData; None for pre-rendered sets
-    load_corruption: Callable | None = None  # (DataSpec, corruption, severity) -> EvalData (pre-rendered sets)
+    load_corruption: Callable | None = None  # (DataSpec, corruption, severity, strict) -> EvalData (pre-rendered)
     class_subset: str | None = None  # file of the wnids of a subset of ImageNet-1k: logits restricted to them
     dataset: str | None = None  # name in the store (default: the format's name); pre-rendered sets: the clean set's
     default_suite: str | None = None  # corruption suite of the format's images (parameters, pre-rendered names)
@@ -69,6 +71,7 @@ class DataSpec:
     text: str
     format: DataFormat
     arg: str | None
+    hash: str | None = None  # image trees' fingerprint: "stat" or "content" (None: $ROBENCH_DATA_HASH, else stat)
 
     @property
     def path(self) -> Path:
@@ -94,12 +97,23 @@ def parse_data(spec) -> DataSpec:
     return DataSpec(spec, fmt, arg or None)
 
 
-def load_clean(spec, model_info=None, *, limit: int | None = None, subset=None, seed: int = 0,
-               strict: bool = False) -> EvalData:
-    """The evaluation set of a (non pre-rendered) spec, with the model's eval transform for image folders."""
-    from robench.data.specs import select
+def with_hash(spec, data_hash: str | None) -> DataSpec:
+    """The spec with its image-tree hash mode set ("stat" or "content", robench.data.fingerprint); None: as it is."""
+    from dataclasses import replace
+
+    from robench.data.fingerprint import hash_mode
 
     spec = parse_data(spec)
+    return spec if data_hash is None else replace(spec, hash=hash_mode(data_hash))
+
+
+def load_clean(spec, model_info=None, *, limit: int | None = None, subset=None, seed: int = 0,
+               strict: bool = False, data_hash: str | None = None) -> EvalData:
+    """The evaluation set of a (non pre-rendered) spec, with the model's eval transform for image folders.
+    data_hash: "content" fingerprints image trees by their bytes instead of size and mtime (see with_hash)."""
+    from robench.data.specs import select
+
+    spec = with_hash(spec, data_hash)
     fmt = spec.format
     if fmt.prerendered:
         raise RobenchError(f"'{fmt.name}' is a pre-rendered corruption set: evaluate it with --corruptions "
@@ -107,15 +121,17 @@ def load_clean(spec, model_info=None, *, limit: int | None = None, subset=None, 
     return select(fmt.load(spec, model_info, strict), limit, subset, seed)
 
 
-def load_corrupted(spec, corruption: str, severity: int, *, limit=None, subset=None, seed: int = 0) -> EvalData:
-    """One (corruption, severity) of a pre-rendered set, read as it is (no resize / crop)."""
+def load_corrupted(spec, corruption: str, severity: int, *, limit=None, subset=None, seed: int = 0,
+                   strict: bool = False, data_hash: str | None = None) -> EvalData:
+    """One (corruption, severity) of a pre-rendered set, read as it is (no resize / crop). Unreadable images are
+    skipped and counted (label -1) unless strict."""
     from robench.data.specs import select
 
-    spec = parse_data(spec)
+    spec = with_hash(spec, data_hash)
     if not spec.format.prerendered:
         raise RobenchError(f"'{spec}' is not a pre-rendered corruption set ("
                            + ", ".join(f.syntax for f in FORMATS.values() if f.prerendered) + ")")
-    return select(spec.format.load_corruption(spec, corruption, int(severity)), limit, subset, seed)
+    return select(spec.format.load_corruption(spec, corruption, int(severity), strict), limit, subset, seed)
 
 
 def dataset_format(dataset: str) -> DataFormat | None:
@@ -168,14 +184,15 @@ def _transform(model_info):
 
 
 def _image_folder(spec: DataSpec, root: Path, index: dict, model_info, strict: bool, hint: str = "") -> EvalData:
+    from robench.data.fingerprint import tree_digest
     from robench.data.imagenet import ImageFolderDataset, scan_class_folders
     from robench.data.specs import EvalData, fingerprint
 
     fmt = spec.format
     items = scan_class_folders(root, index, fmt.name, hint=hint)
     ds = ImageFolderDataset(root, items, _transform(model_info), fmt.num_classes, strict=strict)
-    fp = fingerprint(fmt.name, str(root.resolve()), len(items), items[0], items[-1],
-                     getattr(ds.transform, "size", None), getattr(ds.transform, "crop_pct", None))
+    t = ds.transform
+    fp = fingerprint(fmt.name, tree_digest(root, items, spec.hash), t.size, t.crop_pct, t.interpolation)
     return EvalData(ds, fmt.dataset or fmt.name, f"{fmt.name}:{root}", fmt.num_classes, ds.sample_ids, fp,
                     class_mask=fmt.class_mask(), model_classes=fmt.model_classes)
 
@@ -222,7 +239,7 @@ def _folder(spec, model_info, strict):
                            "line i = class index i)")
     index = {c: i for i, c in enumerate(read_class_list(classes_file))}
     fmt = DataFormat("folder", "folder:DIR", "", len(index))
-    return _image_folder(DataSpec(spec.text, fmt, spec.arg), root, index, model_info, strict)
+    return _image_folder(DataSpec(spec.text, fmt, spec.arg, spec.hash), root, index, model_info, strict)
 
 
 def _digits(spec, model_info, strict):
@@ -259,6 +276,7 @@ def _cifar(spec, model_info, strict):
     import numpy as np
     import torch
 
+    from robench.data.fingerprint import file_digest
     from robench.data.specs import EvalData, TensorData, fingerprint
 
     fmt, root = spec.format, spec.path
@@ -279,32 +297,37 @@ def _cifar(spec, model_info, strict):
     x = torch.from_numpy(data).float().div_(255)
     ids = [f"{name}/{i}" for i in range(len(labels))]
     return EvalData(TensorData(x, labels, fmt.num_classes), fmt.name, f"{fmt.name}:{root}", fmt.num_classes, ids,
-                    fingerprint(fmt.name, str(root.resolve()), len(labels)))
+                    fingerprint(fmt.name, name, file_digest(cand), len(labels)))
 
 
-def _prerendered(spec, ds, corruption, severity) -> EvalData:
+def _prerendered(spec, ds, corruption, severity, content: str) -> EvalData:
     from robench.data.specs import EvalData, IndexItems, fingerprint
 
     fmt = spec.format
     ids = [str(s) for s in ds.sample_ids]
     return EvalData(IndexItems(ds), fmt.dataset, spec.text, fmt.num_classes, ids,
-                    fingerprint(fmt.name, str(spec.path.resolve()), corruption, severity, len(ds)))
+                    fingerprint(fmt.name, corruption, severity, content, len(ds)))
 
 
-def _imagenet_c(spec, corruption, severity):
+def _imagenet_c(spec, corruption, severity, strict=False):
     from robench.data.corrupted import ImageNetCFolder
+    from robench.data.fingerprint import tree_digest
     from robench.data.imagenet import imagenet_class_index
 
-    return _prerendered(spec, ImageNetCFolder(spec.arg, corruption, severity, imagenet_class_index()), corruption,
-                        severity)
+    ds = ImageNetCFolder(spec.arg, corruption, severity, imagenet_class_index(), strict=strict)
+    return _prerendered(spec, ds, corruption, severity, tree_digest(ds.folder, zip(ds.sample_ids, ds.labels),
+                                                                    spec.hash))
 
 
-def _cifar_c(spec, corruption, severity):
+def _cifar_c(spec, corruption, severity, strict=False):
     from robench.data.corrupted import Cifar10C
+    from robench.data.fingerprint import file_digest
 
-    clean = spec.format.dataset
-    ds = Cifar10C(spec.arg, corruption, severity, what=spec.format.name.upper(), id_prefix=CIFAR_PICKLES[clean][1])
-    return _prerendered(spec, ds, corruption, severity)
+    fmt = spec.format
+    ds = Cifar10C(spec.arg, corruption, severity, what=fmt.name.upper(), id_prefix=CIFAR_PICKLES[fmt.dataset][1],
+                  num_classes=fmt.num_classes)
+    content = (file_digest(ds.root / f"{corruption}.npy"), file_digest(ds.root / "labels.npy"))
+    return _prerendered(spec, ds, corruption, severity, content)
 
 
 def _formats(*fmts: DataFormat) -> dict[str, DataFormat]:

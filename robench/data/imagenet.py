@@ -38,7 +38,11 @@ def read_class_list(path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise RobenchError(f"class list not found: {path}")
-    names = [ln.split("\t")[0].split()[0] for ln in path.read_text().splitlines() if ln.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RobenchError(f"cannot read class list {path} ({type(e).__name__}: the file must be UTF-8 text)") from None
+    names = [ln.split("\t")[0].split()[0] for ln in text.splitlines() if ln.strip()]
     if len(set(names)) != len(names):
         raise RobenchError(f"class list {path} has duplicate names")
     return names

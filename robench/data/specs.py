@@ -23,7 +23,8 @@ class EvalData:
     spec: str
     num_classes: int
     sample_ids: list = field(default_factory=list)
-    fingerprint: str = ""  # changes whenever the evaluated samples change (limit, subset, folder contents)
+    fingerprint: str = ""  # what the samples are (file contents, robench.data.fingerprint) and the limit/subset
+    # selection; never the absolute path (a moved dataset keeps its identity)
     class_mask: list[int] | None = None  # the model's logits of these classes, in label order (200-class subsets)
     model_classes: int | None = None  # logits the model must output (default: num_classes)
 
@@ -77,6 +78,7 @@ class IndexItems(Dataset):
 
 
 def fingerprint(*parts) -> str:
+    """A short hash of the parts (their repr): callers pass content digests and settings, never absolute paths."""
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
@@ -88,7 +90,12 @@ def select(data: EvalData, limit: int | None, subset, seed: int) -> EvalData:
         path = Path(subset)
         if not path.is_file():
             raise RobenchError(f"subset file not found: {path}")
-        wanted = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise RobenchError(f"cannot read subset file {path} ({type(e).__name__}: it must be UTF-8 text, one "
+                               "sample id per line)") from None
+        wanted = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
         where = {sid: i for i, sid in enumerate(data.sample_ids)}
         missing = [w for w in wanted if w not in where]
         if missing:
