@@ -12,7 +12,8 @@ import pytest
 from robench.cli import main
 from robench.errors import RobenchError
 from robench.report.compare import compare, format_comparison
-from robench.report.render import report, screenshot
+from robench.report.render import report
+from robench.report.screenshot import screenshot
 from robench.report.testing import attack, clean, corruption, synthetic_store
 
 VARIANTS = ("standard", "quest", "elliptical")

@@ -49,10 +49,6 @@ def _attack_base(attack: str, norm, eps, single_aa: bool) -> str:
     return f"{slug}_{(norm or '').lower()}_acc@{fmt_eps(eps, norm)}"
 
 
-def _attack_rank(attack: str) -> int:
-    return attack_rank(attack)
-
-
 def _as_results(stores) -> Results:
     return stores if isinstance(stores, Results) else Results(stores)
 
@@ -181,7 +177,7 @@ def _cell_metrics(put, g: pd.DataFrame, place: dict, single_aa: bool) -> None:
             put("clean_acc", r.value, (0, *prot, 0), r.ci_low, r.ci_high, sfx, pfx)
         elif r.threat == "attack":
             base = _attack_base(r.attack, r.norm, r.eps, single_aa)
-            put(base, r.value, (2, *prot, _attack_rank(r.attack), r.attack, r.norm or "", r.eps or 0.0),
+            put(base, r.value, (2, *prot, attack_rank(r.attack), r.attack, r.norm or "", r.eps or 0.0),
                 r.ci_low, r.ci_high, sfx, pfx)
 
 
@@ -320,6 +316,9 @@ def _footnote(df: pd.DataFrame) -> str:
     text = ("Accuracies, mCE and relative mCE in %" if mce else "Accuracies in %") + "; empty = not evaluated"
     if "corruptions_acc" in df.columns and not mce:
         text += " (mCE needs ImageNet-C's AlexNet errors: ImageNet data only)"
+    if any(c.startswith("extra_corruptions_acc") for c in df.columns):
+        text += ("; corruptions_acc, its categories and mCE are over the benchmark corruptions only, "
+                 "extra_corruptions_acc over the suite's extra corruptions")
     if "skipped" in df.columns:
         text += "; skipped = unreadable images left out"
     return text

@@ -1,6 +1,6 @@
-"""The report half of the Python API, `robench.leaderboard(...)` and `robench.report(...)` (re-exported by
-robench.api; calling the robench.report package calls `report` here): results directories, stores or a DataFrame
-returned by `robench.evaluate` in, a leaderboard or an HTML report out."""
+"""The report half of the Python API, `robench.leaderboard(...)` and `robench.write_report(...)` (re-exported by
+robench.api): results directories, stores or a DataFrame returned by `robench.evaluate` in, a leaderboard or an
+HTML report out."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def leaderboard(results, *, sort: str | None = None, variant=None, model=None, d
     return format_leaderboard(df, fmt) if fmt else df
 
 
-def report(results, out=None, *, baseline: str | None = None, title: str = "robench report") -> Path:
+def write_report(results, out=None, *, baseline: str | None = None, title: str = "robench report") -> Path:
     """Write the HTML report (and its markdown twin) of results directories; returns the HTML path."""
     if isinstance(results, pd.DataFrame):
         raise RobenchError("a report needs a results store (per-sample outcomes): run "
@@ -34,4 +34,12 @@ def report(results, out=None, *, baseline: str | None = None, title: str = "robe
 
 
 def _stores(results) -> list:
-    return [results] if isinstance(results, (str, Path)) else list(results)
+    """Results directories / store files: one path, or a list of them (anything else: one clear error)."""
+    from robench.run.store import Store
+
+    if isinstance(results, (str, Path, Store)):
+        return [results]
+    if isinstance(results, (list, tuple)) and results and all(isinstance(r, (str, Path, Store)) for r in results):
+        return list(results)
+    raise RobenchError(f"results must be a results directory (str or Path), a list of them, or a DataFrame "
+                       f"returned by robench.evaluate; got {type(results).__name__}")
