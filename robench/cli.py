@@ -338,12 +338,16 @@ def report(
     from robench.report.render import report as make_report
     from robench.report.screenshot import find_browser, screenshot as take_screenshot
 
-    stores = list(stores or [Path("results")])
-    check_dir(out or Path(stores[0]) / "report", "report directory")
+    from robench.report.results import Results
+    from robench.run.store import store_path
+
+    res = Results(list(stores or [Path("results")]))  # read-only: a bad store is reported before anything else
+    out = out or store_path(res.stores[0].path).parent / "report"
+    check_dir(out, "report directory")
     if screenshot is not None:
         check_file(screenshot, "screenshot file")
         find_browser()  # before the report is written
-    path = make_report(stores, out or Path(stores[0]) / "report", baseline=baseline, title=title)
+    path = make_report(res, out, baseline=baseline, title=title)
     console.print(f"report: {path}  (markdown: {path.with_suffix('.md')})")
     if screenshot is not None:
         console.print(f"screenshot: {take_screenshot(path, screenshot)}")

@@ -34,7 +34,7 @@ import pandas as pd
 from robench._version import __version__
 from robench.common import wilson
 from robench.errors import RobenchError
-from robench.paths import probe_dir as _probe_dir
+from robench.paths import make_dir, probe_dir as _probe_dir
 
 SCHEMA_VERSION = 2
 STORE_NAME = "robench.sqlite"
@@ -100,10 +100,12 @@ class Store:
         if not self.path.exists():
             if not create or readonly:
                 raise RobenchError(f"no results store at {self.path} (run `robench eval` or `robench sweep` first)")
-            _probe_dir(self.path.parent)
+            _probe_dir(make_dir(self.path.parent, "output directory"))
         try:
-            if readonly:
-                uri = f"file:{quote(str(self.path.absolute()))}?mode=ro"
+            if readonly:  # no -wal file: no writer is open and nothing is left to checkpoint, so read the file as
+                # it is (immutable: SQLite creates no -wal/-shm beside it); else read through the existing WAL
+                wal = Path(f"{self.path}-wal").exists()
+                uri = f"file:{quote(str(self.path.absolute()))}?mode=ro" + ("" if wal else "&immutable=1")
                 self.db = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
             else:
                 self.db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
@@ -123,7 +125,8 @@ class Store:
             return
         missing = [t for t in REQUIRED_TABLES if t not in tables]
         if missing:
-            raise RobenchError(f"not a robench store: {self.path} (no robench table {', '.join(missing)})")
+            what = "no robench tables" if len(missing) == len(REQUIRED_TABLES) else f"missing {', '.join(missing)}"
+            raise RobenchError(f"not a robench store: {self.path} ({what})")
         row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         version = row[0] if row else None
         if version != str(SCHEMA_VERSION):
