@@ -2,9 +2,11 @@
 
 Columns (accuracies and mCE as fractions in the DataFrame, csv and json; percent in md and latex):
     model, variant, arch, params, dataset, clean_acc,
-    corruptions_acc (mean over the benchmark corruptions of each one's mean accuracy over severities),
+    corruptions_acc (mean over the benchmark corruptions of each one's mean accuracy over severities; the suite's
+    extras, category "extra" such as speckle_noise, never enter it, its categories or mCE),
     corruptions_mce, corruptions_rel_mce (ImageNet-C, AlexNet-normalised; empty unless every corruption has all 5
-    severities), corruptions_<category>_acc, extra_corruptions_acc,
+    severities), corruptions_<category>_acc (noise, blur, weather, digital), extra_corruptions_acc (the same mean
+    over the extra corruptions, when any was evaluated),
     <attack>_<norm>_acc@<eps> per attack, norm and eps present (fgsm_linf_acc@1/255, pgd_l2_acc@0.5); AutoAttack at a
     single threat model is plain `autoattack_acc` as on RobustBench,
     imagenet_a_acc, imagenet_r_acc, imagenet_sketch_acc, imagenet_v2_acc: the companion test sets join the ImageNet
