@@ -1,4 +1,5 @@
-"""The `robench` command: a thin Typer shell over the Python API. Each command's docstring is its help.
+"""The `robench` command: Typer commands over the library (robench.run, robench.report, robench.diag, ...); each
+command validates its options, calls one library function and prints. Each command's docstring is its help.
 
 Each command imports what it runs inside its own body, on purpose: torch and timm take ~3.6 s to import on the
 2-core CI machine, while `robench --help` takes 0.11 s and `robench models` 0.17 s with the imports where they are
@@ -473,14 +474,12 @@ def inspect_(
 
     Example: `robench inspect --model demo-quest --data digits --limit 64 --csv quest_diag.csv`
     """
-    from robench.diag import inspect, layer_summary
-    from robench.paths import check_file
+    from robench.diag import inspect
+    from robench.paths import check_file, write_file
     from robench.run import ModelEntry
     from robench.zoo.sources import build_model, check_entry
 
-    for name, v in (("--limit", limit), ("--batch-size", batch_size), ("--max-tokens", max_tokens)):
-        if v is not None and v < 1:
-            raise RobenchError(f"{name} must be >= 1, got {v}")
+    _at_least_one(limit=limit, batch_size=batch_size, max_tokens=max_tokens)
     if csv_out is not None:
         check_file(csv_out, "CSV file")
     entry = ModelEntry(model, str(checkpoint) if checkpoint else None, random_init=random_init and not checkpoint)
@@ -496,26 +495,38 @@ def inspect_(
     df = inspect(built, None, data, limit=limit, batch_size=batch_size, max_tokens=max_tokens,
                  corruption=corruption, severity=severity, suite=suite, attack=attack, eps=eps)
     if csv_out is not None:
-        from robench.paths import write_file
-
         write_file(csv_out, lambda p: df.to_csv(p, index=False), "CSV file")
     if as_json:
         print(df.to_json(orient="records", indent=1))
         return
+    _print_layers(df, f"robench inspect {model} on {data} ({limit} samples; mean over heads)")
+    if csv_out is not None:
+        console.print(f"wrote {csv_out}")
+
+
+def _at_least_one(**options):
+    """Counts that must be >= 1 (None: not given), checked before any work."""
+    for name, v in options.items():
+        if v is not None and v < 1:
+            raise RobenchError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+
+
+def _print_layers(df, title: str):
+    """inspect's table: per layer, each statistic's mean over heads."""
     from rich.table import Table
+
+    from robench.diag import layer_summary
 
     summary = layer_summary(df)
     cols = [c for c in ("q_norm_mean", "k_norm_mean", "k_raw_norm_max_over_mean", "attn_entropy_mean",
                         "attn_max_mean", "top_key_share", "m_std", "collapse_cos") if c in summary.columns]
-    t = Table(title=f"robench inspect {model} on {data} ({limit} samples; mean over heads)")
+    t = Table(title=title)
     t.add_column("layer", justify="right")
     for c in cols:
         t.add_column(c, justify="right")
     for layer, row in summary.iterrows():
         t.add_row(str(layer), *(f"{row[c]:.3f}" for c in cols))
     console.print(t)
-    if csv_out is not None:
-        console.print(f"wrote {csv_out}")
 
 
 @app.command()
