@@ -9,9 +9,11 @@ from pathlib import Path
 import pandas as pd
 
 from robench.errors import RobenchError
+from robench.paths import check_dir
 from robench.report.leaderboard import format_leaderboard, leaderboard as make_leaderboard
 from robench.report.render import report as make_report
 from robench.report.results import Results
+from robench.run.store import Store, store_path
 
 
 def leaderboard(results, *, sort: str | None = None, variant=None, model=None, dataset=None, ci: bool = False,
@@ -28,15 +30,14 @@ def write_report(results, out=None, *, baseline: str | None = None, title: str =
     if isinstance(results, pd.DataFrame):
         raise RobenchError("a report needs a results store (per-sample outcomes): run "
                            "robench.evaluate(..., out='results/DIR') and pass that directory")
-    stores = _stores(results)
-    out = out if out is not None else Path(stores[0]) / "report"
-    return Path(make_report(stores, out, baseline=baseline, title=title))
+    res = Results(_stores(results))
+    out = out if out is not None else store_path(res.stores[0].path).parent / "report"  # beside a .sqlite file
+    check_dir(out, "report directory")
+    return Path(make_report(res, out, baseline=baseline, title=title))
 
 
 def _stores(results) -> list:
     """Results directories / store files: one path, or a list of them (anything else: one clear error)."""
-    from robench.run.store import Store
-
     if isinstance(results, (str, Path, Store)):
         return [results]
     if isinstance(results, (list, tuple)) and results and all(isinstance(r, (str, Path, Store)) for r in results):
