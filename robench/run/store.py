@@ -123,17 +123,18 @@ class Store:
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if not tables and not self.readonly:
             return
-        missing = [t for t in REQUIRED_TABLES if t not in tables]
-        if missing:
-            what = "no robench tables" if len(missing) == len(REQUIRED_TABLES) else f"missing {', '.join(missing)}"
-            raise RobenchError(f"not a robench store: {self.path} ({what})")
-        row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        version = row[0] if row else None
-        if version != str(SCHEMA_VERSION):
+        row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() \
+            if "meta" in tables else None
+        if row is not None and row[0] != str(SCHEMA_VERSION):
             made_by = self.db.execute("SELECT value FROM meta WHERE key='robench_version'").fetchone()
-            raise RobenchError(f"results store {self.path} has schema version {version} (made by robench "
+            raise RobenchError(f"results store {self.path} has schema version {row[0]} (made by robench "
                                f"{made_by[0] if made_by else '?'}); this robench {__version__} reads "
                                f"version {SCHEMA_VERSION}: use a new --out directory")
+        missing = [t for t in REQUIRED_TABLES if t not in tables]
+        if missing or row is None:
+            what = ("no robench tables" if len(missing) == len(REQUIRED_TABLES) else
+                    f"missing {', '.join(missing)}" if missing else "no schema version")
+            raise RobenchError(f"not a robench store: {self.path} ({what})")
 
     def _init_schema(self):
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
