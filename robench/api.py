@@ -1,4 +1,4 @@
-"""The Python API: `robench.evaluate`, `robench.leaderboard`, `robench.report`.
+"""The Python API: `robench.evaluate`, `robench.leaderboard`, `robench.write_report`.
 
     import robench
     df = robench.evaluate(model, "cifar10:data/cifar-10-batches-py", attacks="autoattack", eps="8/255", limit=1000)
@@ -16,7 +16,7 @@ import tempfile
 
 import pandas as pd
 
-from robench.report.facade import leaderboard, report  # noqa: F401  (the API's names)
+from robench.report.api import leaderboard, write_report  # noqa: F401  (the API's names)
 
 
 def evaluate(model, data, *, attacks=None, corruptions=None, eps=None, limit=None, device: str = "auto",

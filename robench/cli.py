@@ -1,4 +1,5 @@
-"""The `robench` command: a thin Typer shell over the Python API. Each command's docstring is its help.
+"""The `robench` command: Typer commands over the library (robench.run, robench.report, robench.diag, ...); each
+command validates its options, calls one library function and prints. Each command's docstring is its help.
 
 Each command imports what it runs inside its own body, on purpose: torch and timm take ~3.6 s to import on the
 2-core CI machine, while `robench --help` takes 0.11 s and `robench models` 0.17 s with the imports where they are
@@ -18,6 +19,22 @@ from rich.console import Console
 from robench._version import __version__
 from robench.errors import RobenchError
 
+def _flag_type_hidden():
+    """Typer (0.2x with click 8.2+) shows a `<bool>` type beside every on/off flag, --help included; a flag takes no
+    value, so its help row shows none."""
+    try:
+        from typer.core import TyperOption
+    except ImportError:  # another typer layout: its own help rows
+        return
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) and self.metavar is None else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flag_type_hidden()
 app = typer.Typer(
     name="robench",
     add_completion=False,
@@ -253,19 +270,23 @@ def export_(
     out: Path = typer.Option(..., "--out", "-o", help="Output file."),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="csv, parquet, jsonl or json (default: from --out's suffix)."),
     diagnostics: bool = typer.Option(False, "--diagnostics", help="Export the attention diagnostics table instead."),
+    per_sample: bool = typer.Option(False, "--per-sample", help="One row per model x cell x sample: the sample's identity, label, prediction, correct, and for attacks the final (adversarial) prediction."),
 ):
     """Write the tidy results table (one row per model x cell) as CSV, Parquet, JSON lines or JSON, the format
-    taken from the file name (.csv, .parquet, .jsonl, .json).
+    taken from the file name (.csv, .parquet, .jsonl, .json). With --per-sample: every sample's outcome.
 
-    Example: `robench export results/ --out results/baseline.csv`
+    Example: `robench export results/ --out results/baseline.csv` or `robench export results/ --per-sample --out samples.parquet`
     """
     from robench.paths import check_file
-    from robench.run import Store, export
-    from robench.run.store import export_format
+    from robench.run.export import export, export_format
+    from robench.run.store import Store
 
+    if diagnostics and per_sample:
+        raise RobenchError("--diagnostics and --per-sample are two different tables: choose one")
     export_format(out, fmt)
     check_file(out, "export file")
-    path = export(Store(store), out, fmt, table="diagnostics" if diagnostics else "results")
+    table = "diagnostics" if diagnostics else "samples" if per_sample else "results"
+    path = export(Store(store, readonly=True), out, fmt, table=table)
     console.print(f"wrote {path}")
 
 
@@ -296,8 +317,9 @@ def leaderboard(
     if out is None:
         sys.stdout.write(text)
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    from robench.paths import write_text
+
+    write_text(out, text, "leaderboard file")
     console.print(f"wrote {out} ({len(df)} models)")
 
 
@@ -314,13 +336,19 @@ def report(
     Example: `robench report results/ --out report/ --baseline demo-standard`
     """
     from robench.paths import check_dir, check_file
-    from robench.report.render import report as make_report, screenshot as take_screenshot
+    from robench.report.render import report as make_report
+    from robench.report.screenshot import find_browser, screenshot as take_screenshot
 
-    stores = list(stores or [Path("results")])
-    check_dir(out or Path(stores[0]) / "report", "report directory")
+    from robench.report.results import Results
+    from robench.run.store import store_path
+
+    res = Results(list(stores or [Path("results")]))  # read-only: a bad store is reported before anything else
+    out = out or store_path(res.stores[0].path).parent / "report"
+    check_dir(out, "report directory")
     if screenshot is not None:
         check_file(screenshot, "screenshot file")
-    path = make_report(stores, out or Path(stores[0]) / "report", baseline=baseline, title=title)
+        find_browser()  # before the report is written
+    path = make_report(res, out, baseline=baseline, title=title)
     console.print(f"report: {path}  (markdown: {path.with_suffix('.md')})")
     if screenshot is not None:
         console.print(f"screenshot: {take_screenshot(path, screenshot)}")
@@ -381,9 +409,9 @@ def check(
     text = format_check(df)
     sys.stdout.write(text)
     if summary is not None:
-        summary.parent.mkdir(parents=True, exist_ok=True)
-        with open(summary, "a", encoding="utf-8") as f:
-            f.write(text + "\n")
+        from robench.paths import write_text
+
+        write_text(summary, text + "\n", "summary file", append=True)
     if code == 2:
         n = int((df["verdict"] == "missing").sum())
         print(f"robench: error: {n} baseline cells are missing from {store} (use --allow-missing to accept)",
@@ -413,8 +441,12 @@ def corrupt(
     check_dir(out, "output directory")
     if grid is not None:
         check_file(grid, "grid image")
-    written = render(images, out, suite=suite, corruptions=corruption, severities=severity, seed=seed,
-                     backend=backend, grid=grid)
+    try:
+        written = render(images, out, suite=suite, corruptions=corruption, severities=severity, seed=seed,
+                         backend=backend, grid=grid)
+    except OSError as e:  # the checks above passed, the file system still refused (full disk, /proc...)
+        raise RobenchError(f"cannot write under {out}: {e.strerror or e}"
+                           + (f" ({e.filename})" if getattr(e, "filename", None) else "")) from None
     print(f"wrote {len(written) - (1 if grid else 0)} images under {out}" + (f" and the grid {grid}" if grid else ""))
 
 
@@ -442,11 +474,12 @@ def inspect_(
 
     Example: `robench inspect --model demo-quest --data digits --limit 64 --csv quest_diag.csv`
     """
-    from robench.diag import inspect, layer_summary
-    from robench.paths import check_file
+    from robench.diag import inspect
+    from robench.paths import check_file, write_file
     from robench.run import ModelEntry
     from robench.zoo.sources import build_model, check_entry
 
+    _at_least_one(limit=limit, batch_size=batch_size, max_tokens=max_tokens)
     if csv_out is not None:
         check_file(csv_out, "CSV file")
     entry = ModelEntry(model, str(checkpoint) if checkpoint else None, random_init=random_init and not checkpoint)
@@ -462,24 +495,38 @@ def inspect_(
     df = inspect(built, None, data, limit=limit, batch_size=batch_size, max_tokens=max_tokens,
                  corruption=corruption, severity=severity, suite=suite, attack=attack, eps=eps)
     if csv_out is not None:
-        df.to_csv(csv_out, index=False)
+        write_file(csv_out, lambda p: df.to_csv(p, index=False), "CSV file")
     if as_json:
         print(df.to_json(orient="records", indent=1))
         return
+    _print_layers(df, f"robench inspect {model} on {data} ({limit} samples; mean over heads)")
+    if csv_out is not None:
+        console.print(f"wrote {csv_out}")
+
+
+def _at_least_one(**options):
+    """Counts that must be >= 1 (None: not given), checked before any work."""
+    for name, v in options.items():
+        if v is not None and v < 1:
+            raise RobenchError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+
+
+def _print_layers(df, title: str):
+    """inspect's table: per layer, each statistic's mean over heads."""
     from rich.table import Table
+
+    from robench.diag import layer_summary
 
     summary = layer_summary(df)
     cols = [c for c in ("q_norm_mean", "k_norm_mean", "k_raw_norm_max_over_mean", "attn_entropy_mean",
                         "attn_max_mean", "top_key_share", "m_std", "collapse_cos") if c in summary.columns]
-    t = Table(title=f"robench inspect {model} on {data} ({limit} samples; mean over heads)")
+    t = Table(title=title)
     t.add_column("layer", justify="right")
     for c in cols:
         t.add_column(c, justify="right")
     for layer, row in summary.iterrows():
         t.add_row(str(layer), *(f"{row[c]:.3f}" for c in cols))
     console.print(t)
-    if csv_out is not None:
-        console.print(f"wrote {csv_out}")
 
 
 @app.command()
@@ -498,10 +545,8 @@ def toy(
 
     Example: `robench toy --variants standard,qnorm,qknorm,quest --seeds 5 --lrs 3e-3,1e-2 --wds 0,0.1 --out toy-out`
     """
-    from robench.diag.toy import ToyConfig, toy_experiment
+    from robench.diag.toy import ToyConfig, check_grid, toy_experiment
     from robench.paths import check_dir
-
-    check_dir(out, "output directory")
 
     def floats(text, name):
         try:
@@ -512,7 +557,10 @@ def toy(
     overrides = {k: v for k, v in (("steps", steps), ("p_biased", p_biased)) if v is not None}
     cfg = ToyConfig(**overrides)
     names = [v.strip() for v in variants.split(",") if v.strip()]
-    res = toy_experiment(out, names, seeds, floats(lrs, "lrs"), floats(wds, "wds"), cfg=cfg, workers=workers,
+    lr_values, wd_values = floats(lrs, "lrs"), floats(wds, "wds")
+    check_grid(names, seeds, lr_values, wd_values)  # before anything is created
+    check_dir(out, "output directory")
+    res = toy_experiment(out, names, seeds, lr_values, wd_values, cfg=cfg, workers=workers,
                          progress=lambda r: print(f"  {r['variant']:<10} seed {r['seed']} lr {r['lr']:g} wd {r['wd']:g}:"
                                                   f" unbiased acc {r['test_acc']:.3f}", file=sys.stderr))
     from rich.table import Table

@@ -45,11 +45,20 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
 
 def atomic_write(path, write) -> Path:
     """Write a file all at once: `write(tmp)` fills path.tmp beside it, which then replaces path (readers never see
-    a half-written file; a failed write leaves the old one)."""
+    a half-written file; a failed write leaves the old one). An OS error is one RobenchError line naming the file
+    (as robench.paths.write_file, which the commands use; this one serves the layers below paths)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        tmp.replace(path)
+    except OSError as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise RobenchError(f"cannot write {path}: {e.strerror or e}") from None
     return path
 
 

@@ -40,10 +40,10 @@ def test_evaluate_with_store_then_leaderboard_and_report(tmp_path):
     board = robench.leaderboard(tmp_path / "r")
     assert board.loc[0, "clean_acc"] == pytest.approx(df.value.iloc[0])
     assert robench.leaderboard(df, fmt="csv").splitlines()[0].startswith("model,variant")
-    html = robench.report(tmp_path / "r")
+    html = robench.write_report(tmp_path / "r")
     assert html.is_file() and html.suffix == ".html"
     with pytest.raises(robench.RobenchError, match="a report needs a results store"):
-        robench.report(df)
+        robench.write_report(df)
     # a name works as well as a module; an unknown one is a one-line error
     assert robench.evaluate("demo-standard", "digits", limit=32, device="cpu").value.iloc[0] == df.value.iloc[0]
     with pytest.raises(robench.RobenchError, match="unknown model 'demo-qest'.*did you mean: demo-quest"):

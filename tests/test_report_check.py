@@ -8,7 +8,7 @@ from robench.cli import main
 from robench.errors import RobenchError
 from robench.report.check import check, format_check
 from robench.report.testing import attack, clean, corruption, synthetic_store
-from robench.run.store import export
+from robench.run import export
 
 PGD = attack("pgd", 4 / 255)
 

@@ -12,7 +12,8 @@ import pytest
 from robench.cli import main
 from robench.errors import RobenchError
 from robench.report.compare import compare, format_comparison
-from robench.report.render import report, screenshot
+from robench.report.render import report
+from robench.report.screenshot import screenshot
 from robench.report.testing import attack, clean, corruption, synthetic_store
 
 VARIANTS = ("standard", "quest", "elliptical")
@@ -136,3 +137,31 @@ def test_cli_report(store, tmp_path, capsys):
         main(["report", str(store), "--out", str(tmp_path / "r")])
     assert e.value.code == 0 and (tmp_path / "r" / "report.html").is_file()
     assert "report.html" in capsys.readouterr().out
+
+
+def test_screenshot_without_chromium_is_refused_before_the_report(store, tmp_path, run_cli, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no chromium, no google-chrome
+    code, out, err = run_cli("report", store, "--out", tmp_path / "r", "--screenshot", tmp_path / "s.png")
+    assert code == 2 and err.startswith("robench: error: a screenshot needs a headless Chromium"), err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "s.png").exists()
+
+
+def test_report_of_a_store_file_defaults_beside_it(store, tmp_path, run_cli):
+    """A store given as its .sqlite file: the default report directory is beside it (not inside the file)."""
+    import shutil as sh
+    import sqlite3
+
+    db = sqlite3.connect(store / "robench.sqlite")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the fixture's writer may still be open: copy a whole file
+    db.close()
+    sh.copy(store / "robench.sqlite", tmp_path / "copy.sqlite")
+    code, out, err = run_cli("report", tmp_path / "copy.sqlite")
+    assert code == 0, err
+    assert (tmp_path / "report" / "report.html").is_file()
+
+
+@pytest.mark.parametrize("command", ["check", "export", "eval", "leaderboard", "report", "inspect", "demo"])
+def test_help_shows_no_bool_metavar(run_cli, command):
+    code, out, err = run_cli(command, "--help")
+    assert code == 0 and "--help" in out
+    assert "<bool>" not in out and "BOOLEAN" not in out

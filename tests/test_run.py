@@ -311,7 +311,7 @@ def test_diagnostics_recorded_and_reported(tmp_path):
 
     html = Path(report([tmp_path], tmp_path / "rep")).read_text()
     assert "Attention diagnostics" in html and "No attention diagnostics" not in html
-    from robench.run.store import export
+    from robench.run import export
 
     rows = pd.read_csv(export(Store(tmp_path), tmp_path / "diag.csv", table="diagnostics"))
     assert len(rows) == len(diag) and {"model", "layer", "head", "stat", "value"} <= set(rows.columns)

@@ -64,7 +64,36 @@ def world(tmp_path_factory):
     db = sqlite3.connect(d / "store" / "robench.sqlite")
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
+    _hostile_stores(d)
     return d
+
+
+def _hostile_stores(d: Path) -> None:
+    """Stores and baselines the read commands must refuse: a foreign SQLite database, a 0-byte file, a store
+    without its aggregates table, baseline CSVs with n = 0, a NaN value, an infinite n."""
+    import shutil
+    import sqlite3
+
+    db = sqlite3.connect(d / "foreign.db")
+    db.execute("CREATE TABLE people (name TEXT)")
+    db.execute("INSERT INTO people VALUES ('ada')")
+    db.commit()
+    db.close()
+    (d / "empty.sqlite").write_bytes(b"")
+    (d / "noagg").mkdir()
+    shutil.copy(d / "store" / "robench.sqlite", d / "noagg" / "robench.sqlite")
+    db = sqlite3.connect(d / "noagg" / "robench.sqlite")
+    db.execute("DROP TABLE aggregates")
+    db.commit()
+    db.execute("PRAGMA journal_mode=DELETE")  # a plain file, like the others: reading it creates nothing beside it
+    db.close()
+    base = Store(d / "store", readonly=True).results()
+    base.to_csv(d / "base.csv", index=False)
+    for name, col, value in (("base_n0", "n", 0), ("base_nan", "value", float("nan")), ("base_inf", "n", "inf")):
+        bad = base.copy()
+        bad[col] = bad[col].astype(object)
+        bad.loc[0, col] = value
+        bad.to_csv(d / f"{name}.csv", index=False)
 
 
 # (arguments, message regex); every case: exit 2, one line on stderr, no traceback, nothing written anywhere
@@ -103,6 +132,57 @@ BAD_INPUTS = [
     (["export", "{d}/store", "--out", "{d}/x.xlsx"], r"cannot tell the export format of .*x.xlsx"),
     (["export", "{d}/store", "--out", "{d}/x.csv", "--format", "jsonl"], r"--format jsonl does not match"),
     (["models", "--variant", "qest"], r"unknown variant 'qest' \(did you mean: quest"),
+    # ---- issue 21, read/report/CLI side (a separate block: other rows go after it) ------------------------------
+    # statistics arguments
+    (["check", "--baseline", "{d}/base.csv", "--store", "{d}/store", "--tolerance", "nan"],
+     r"--tolerance must be a finite number >= 0"),
+    (["check", "--baseline", "{d}/base.csv", "--store", "{d}/store", "--tolerance", "inf"],
+     r"--tolerance must be a finite number >= 0"),
+    (["check", "--baseline", "{d}/base.csv", "--store", "{d}/store", "--tolerance", "-1"],
+     r"--tolerance must be a finite number >= 0"),
+    (["check", "--baseline", "{d}/base.csv", "--store", "{d}/store", "--alpha", "nan"], r"--alpha must be in \(0, 1\)"),
+    (["check", "--baseline", "{d}/base_n0.csv", "--store", "{d}/store"], r"base_n0.csv row 2 .*n must be a whole number >= 1"),
+    (["check", "--baseline", "{d}/base_nan.csv", "--store", "{d}/store"], r"base_nan.csv row 2 .*value must be an accuracy"),
+    (["check", "--baseline", "{d}/base_inf.csv", "--store", "{d}/store"], r"base_inf.csv row 2 .*n must be a whole number"),
+    (["compare", "demo-standard", "demo-standard", "--store", "{d}/store", "--alpha", "5"], r"--alpha must be in \(0, 1\)"),
+    # stores that are not robench's, for every command that reads one (and eval writing into one)
+    *[(args, r"not a robench store: .*foreign.db \(no robench tables\)") for args in (
+        ["leaderboard", "{d}/foreign.db"], ["report", "{d}/foreign.db"], ["export", "{d}/foreign.db", "--out", "{d}/f.csv"],
+        ["export", "{d}/foreign.db", "--per-sample", "--out", "{d}/f.csv"],
+        ["check", "--baseline", "{d}/foreign.db", "--store", "{d}/store"],
+        ["check", "--baseline", "{d}/store", "--store", "{d}/foreign.db"],
+        ["compare", "a", "b", "--store", "{d}/foreign.db"], ["compare", "a@{d}/foreign.db", "b@{d}/store"],
+        ["eval", "-m", "demo-quest", "-d", "digits", "--limit", "8", "--out", "{d}/foreign.db"])],
+    *[(args, r"not a robench store: .*empty.sqlite") for args in (
+        ["leaderboard", "{d}/empty.sqlite"], ["report", "{d}/empty.sqlite"],
+        ["export", "{d}/empty.sqlite", "--out", "{d}/e.csv"], ["check", "--baseline", "{d}/empty.sqlite", "--store", "{d}/store"],
+        ["compare", "a", "b", "--store", "{d}/empty.sqlite"])],
+    *[(args, r"not a robench store: .*noagg.*missing aggregates") for args in (
+        ["leaderboard", "{d}/noagg"], ["report", "{d}/noagg"], ["export", "{d}/noagg", "--out", "{d}/n.csv"],
+        ["check", "--baseline", "{d}/noagg", "--store", "{d}/store"], ["check", "--baseline", "{d}/base.csv", "--store", "{d}/noagg"],
+        ["compare", "a", "b", "--store", "{d}/noagg"],
+        ["eval", "-m", "demo-quest", "-d", "digits", "--limit", "8", "--out", "{d}/noagg"])],
+    # outputs the OS refuses although os.access may say yes (as root under /proc): checked by writing a probe
+    (["export", "{d}/store", "--out", "/proc/robench-test/x.csv"], r"export file .* not writable"),
+    (["export", "{d}/store", "--per-sample", "--out", "/proc/x.jsonl"], r"export file .* not writable"),
+    (["leaderboard", "{d}/store", "--out", "/proc/lb.md"], r"leaderboard file .* not writable"),
+    (["report", "{d}/store", "--out", "/proc/robench-report"], r"report directory .* not writable"),
+    (["corrupt", "{d}/photo.jpg", "--out", "/proc/robench-corrupt"], r"output directory .* not writable"),
+    (["corrupt", "{d}/photo.jpg", "--out", "{d}/cout", "--grid", "/proc/g.png"], r"grid image .* not writable"),
+    (["check", "--baseline", "{d}/store", "--store", "{d}/store", "--summary", "/proc/s.md"], r"summary file .* not writable"),
+    (["inspect", "-m", "demo-quest", "--csv", "/proc/d.csv"], r"CSV file .* not writable"),
+    (["convert", "{d}/one.safetensors", "/proc/one.safetensors"], r"output checkpoint .* not writable"),
+    (["toy", "--out", "/proc/robench-toy"], r"output directory .* not writable"),
+    # validated before any output exists
+    (["toy", "--variants", "bogus", "--out", "{d}/toyout"], r"unknown attention variant 'bogus'"),
+    (["toy", "--seeds", "0", "--out", "{d}/toyout"], r"need --seeds >= 1"),
+    (["toy", "--lrs", "-1", "--out", "{d}/toyout"], r"--lrs must be finite numbers > 0"),
+    (["inspect", "-m", "demo-quest", "--max-tokens", "0"], r"--max-tokens must be >= 1"),
+    (["inspect", "-m", "demo-quest", "--batch-size", "0"], r"--batch-size must be >= 1"),
+    (["inspect", "-m", "demo-quest", "--limit", "0"], r"--limit must be >= 1"),
+    (["export", "{d}/store", "--per-sample", "--diagnostics", "--out", "{d}/ps.csv"], r"two different tables"),
+    (["export", "{d}/store", "--diagnostics", "--out", "{d}/diag.csv"], r"nothing to export: .* no diagnostics rows"),
+    # ---- end of the issue-21 read/report/CLI block ------------------------------------------------------------
 ]
 
 

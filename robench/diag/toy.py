@@ -24,6 +24,7 @@ from torch import nn
 
 from robench.common import wilson
 from robench.errors import RobenchError, suggest
+from robench.paths import check_dir, write_file
 from robench.seeding import derive_seed, generator
 from robench.zoo.attention import ATTENTION_VARIANTS, attention_layer
 
@@ -144,6 +145,23 @@ RUN_COLUMNS = ["variant", "seed", "lr", "wd", "test_acc", "biased_acc", "train_a
                "key_norm_biased", "key_norm_unbiased", "seconds"]
 
 
+def check_grid(variants, seeds, lrs, wds) -> None:
+    """The grid's values, checked before any work or output: known variants, at least one seed, lr and wd."""
+    if not list(variants):
+        raise RobenchError("toy grid is empty: give at least one --variants value")
+    for v in variants:
+        if v not in ATTENTION_VARIANTS:
+            raise RobenchError(f"unknown attention variant '{v}'" + suggest(v, ATTENTION_VARIANTS)
+                               + f"; variants: {', '.join(ATTENTION_VARIANTS)}")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1 or not lrs or not wds:
+        raise RobenchError(f"toy grid is empty: need --seeds >= 1 (got {seeds}) and at least one --lrs and --wds "
+                           "value")
+    if any(not (math.isfinite(float(v)) and float(v) > 0) for v in lrs):
+        raise RobenchError(f"--lrs must be finite numbers > 0, got {', '.join(map(str, lrs))}")
+    if any(not (math.isfinite(float(v)) and float(v) >= 0) for v in wds):
+        raise RobenchError(f"--wds must be finite numbers >= 0, got {', '.join(map(str, wds))}")
+
+
 def run_toy_grid(variants=TOY_VARIANTS, seeds: int = 5, lrs=(3e-3, 1e-2), wds=(0.0, 0.1), *,
                  cfg: ToyConfig | None = None, workers: int | None = None, progress=None):
     """Train every (variant, seed, lr, wd) run. Returns (runs, traces) DataFrames.
@@ -157,11 +175,7 @@ def run_toy_grid(variants=TOY_VARIANTS, seeds: int = 5, lrs=(3e-3, 1e-2), wds=(0
     import pandas as pd
 
     cfg = cfg or ToyConfig()
-    for v in variants:
-        if v not in ATTENTION_VARIANTS:
-            raise RobenchError(f"unknown attention variant '{v}'" + suggest(v, ATTENTION_VARIANTS))
-    if seeds < 1 or not lrs or not wds:
-        raise RobenchError("toy grid is empty: need --seeds >= 1 and at least one --lrs and --wds value")
+    check_grid(variants, seeds, lrs, wds)
     jobs = [(v, s, float(lr), float(wd), cfg) for v in variants for lr in lrs for wd in wds for s in range(seeds)]
     workers = workers or min(4, os.cpu_count() or 1)
     results = []
@@ -235,7 +249,7 @@ def plot_toy(runs, traces, path) -> None:
     ax2.set_title("key norm of the answer token (mean over runs)")
     ax2.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -246,16 +260,16 @@ def toy_experiment(out, variants=TOY_VARIANTS, seeds: int = 5, lrs=(3e-3, 1e-2),
     Returns {"runs", "traces", "table" (DataFrames), "seconds", "paths"}.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_grid(variants, seeds, lrs, wds)
+    check_dir(out, "output directory")
     t0 = time.perf_counter()
     runs, traces = run_toy_grid(variants, seeds, lrs, wds, cfg=cfg, workers=workers, progress=progress)
     seconds = time.perf_counter() - t0
     table = success_table(runs)
     paths = {"runs": out / "toy_runs.csv", "trace": out / "toy_trace.csv", "table": out / "toy_success.csv",
              "plot": out / "toy.png"}
-    runs.to_csv(paths["runs"], index=False)
-    traces.to_csv(paths["trace"], index=False)
-    table.to_csv(paths["table"], index=False)
-    plot_toy(runs, traces, paths["plot"])
+    for key, df in (("runs", runs), ("trace", traces), ("table", table)):
+        write_file(paths[key], lambda p, df=df: df.to_csv(p, index=False), "toy CSV")
+    write_file(paths["plot"], lambda p: plot_toy(runs, traces, p), "toy plot")
     return {"runs": runs, "traces": traces, "table": table, "seconds": seconds, "paths": paths,
             "config": asdict(cfg or ToyConfig())}

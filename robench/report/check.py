@@ -13,12 +13,13 @@ allow_missing).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
 
 from robench.errors import RobenchError
-from robench.report.compare import _pp, difference, fmt_p
+from robench.report.compare import _pp, check_alpha, difference, fmt_p
 from robench.report.leaderboard import markdown_table
 from robench.report.results import cell_label, cell_sort_key, index_rows, normalize
 from robench.run.store import Store, store_path
@@ -36,8 +37,9 @@ def load_table(source):
     if path.is_dir() or path.suffix in (".sqlite", ".db"):
         if path.is_dir() and not store_path(path).exists():
             raise RobenchError(f"{path} is a directory without a results store (robench.sqlite)")
-        store = Store(path)
+        store = Store(path, readonly=True)
         table = normalize(store.results())
+        _check_rows(table, path)
         return table, (lambda r: store.outcomes(int(r["cell_id"])))
     try:
         df = pd.read_csv(path)
@@ -50,11 +52,30 @@ def load_table(source):
                            f"make one with `robench export`)")
     try:
         table = normalize(df)
-        table["n"] = table["n"].astype(int)
         table["value"] = table["value"].astype(float)
+        table["n"] = pd.to_numeric(table["n"], errors="raise").astype(float)
     except (TypeError, ValueError) as e:
         raise RobenchError(f"{path} is not a results CSV exported by robench (bad value: {e})") from None
+    _check_rows(table, path)
+    table["n"] = table["n"].astype(int)
     return table, None
+
+
+def _usable(row) -> bool:
+    n, v = row["n"], row["value"]
+    return not (pd.isna(n) or pd.isna(v)) and n >= 1 and math.isfinite(float(v))
+
+
+def _check_rows(table: pd.DataFrame, path) -> None:
+    """Every baseline row needs a sample count n >= 1 (whole) and an accuracy in [0, 1]: a row with n = 0 or a
+    NaN value can never show a regression, so it is an error rather than a pass."""
+    for i, r in table.iterrows():
+        line = f"{path} row {i + 2} ({cell_label(r)})"
+        n, v = (math.nan if pd.isna(r[c]) else float(r[c]) for c in ("n", "value"))
+        if not (math.isfinite(n) and n >= 1 and float(n).is_integer()):
+            raise RobenchError(f"{line}: n must be a whole number >= 1 (samples evaluated), got {n:g}")
+        if not (math.isfinite(v) and 0 <= v <= 1):
+            raise RobenchError(f"{line}: value must be an accuracy in [0, 1], got {v:g}")
 
 
 def check(baseline, store="results", tolerance: float = 1.0, alpha: float = 0.05,
@@ -65,14 +86,13 @@ def check(baseline, store="results", tolerance: float = 1.0, alpha: float = 0.05
     delta_pp, p, test, verdict (regression | drop, not significant | ok | improved | missing); exit_code 0 / 1 / 2
     as in the module doc. Unusable inputs raise RobenchError (exit 2).
     """
-    if tolerance < 0:
-        raise RobenchError(f"--tolerance must be >= 0 percentage points, got {tolerance}")
-    if not 0 < alpha < 1:
-        raise RobenchError(f"--alpha must be in (0, 1), got {alpha}")
+    check_alpha(alpha)
+    if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
+        raise RobenchError(f"--tolerance must be a finite number >= 0 (percentage points), got {tolerance}")
     base, base_outcomes = load_table(baseline)
     if base.empty:
         raise RobenchError(f"baseline {baseline} holds no results")
-    cur_store = store if isinstance(store, Store) else Store(store)
+    cur_store = store if isinstance(store, Store) else Store(store, readonly=True)
     cur = normalize(cur_store.results())
     base_rows, cur_rows = index_rows(base), index_rows(cur)
     rows = []
@@ -80,7 +100,7 @@ def check(baseline, store="results", tolerance: float = 1.0, alpha: float = 0.05
         row = {"model": rb["model"], "dataset": rb["dataset"], "cell": cell_label(rb), "n": int(rb["n"]),
                "baseline": float(rb["value"]), "current": None, "delta_pp": None, "p": None, "test": "",
                "verdict": "missing", "_sort": (rb["model"], cell_sort_key(rb))}
-        if k in cur_rows:
+        if k in cur_rows and _usable(cur_rows[k]):  # a current cell without samples counts as missing
             rc = cur_rows[k]
             d = difference(rb, rc, base_outcomes(rb) if base_outcomes else None,
                            cur_store.outcomes(int(rc["cell_id"])) if base_outcomes else None, alternative="greater")

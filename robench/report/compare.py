@@ -21,6 +21,17 @@ from robench.report.stats import (Difference, mcnemar_exact, paired_difference, 
 from robench.run.store import Store, store_path
 
 
+def check_alpha(alpha) -> float:
+    """A significance level: a finite number in (0, 1); RobenchError otherwise."""
+    try:
+        a = float(alpha)
+    except (TypeError, ValueError):
+        raise RobenchError(f"--alpha must be a number in (0, 1), got {alpha!r}") from None
+    if not (math.isfinite(a) and 0 < a < 1):
+        raise RobenchError(f"--alpha must be in (0, 1) (a significance level such as 0.05), got {alpha}")
+    return a
+
+
 def difference(row_a, row_b, out_a: pd.DataFrame | None = None, out_b: pd.DataFrame | None = None,
                alternative: str = "two-sided") -> Difference:
     """acc(B) - acc(A) for one cell. Paired on the shared sample indices when both outcome tables are given and
@@ -76,7 +87,7 @@ def resolve(spec: str, default_store=None):
         label, where = None, spec
     if where is None:
         raise RobenchError(f"'{spec}' is neither a results directory nor LABEL@DIR, and no --store was given")
-    store = where if isinstance(where, Store) else Store(where)
+    store = where if isinstance(where, Store) else Store(where, readonly=True)
     labels = list(dict.fromkeys(store.results()["model"]))
     if label is None:
         if len(labels) != 1:
@@ -95,6 +106,7 @@ def compare(a: str, b: str, store=None, alpha: float = 0.05) -> pd.DataFrame:
     a, b: model labels in `store`, 'LABEL@DIR' or a results directory holding one model (two runs of one model
     live in two out dirs). Returns compare_tables' rows; attrs a / b name the two sides.
     """
+    check_alpha(alpha)
     sa, la = resolve(a, store)
     sb, lb = resolve(b, store)
     if sa.path == sb.path and la == lb:

@@ -2,9 +2,11 @@
 
 Columns (accuracies and mCE as fractions in the DataFrame, csv and json; percent in md and latex):
     model, variant, arch, params, dataset, clean_acc,
-    corruptions_acc (mean over the benchmark corruptions of each one's mean accuracy over severities),
+    corruptions_acc (mean over the benchmark corruptions of each one's mean accuracy over severities; the suite's
+    extras, category "extra" such as speckle_noise, never enter it, its categories or mCE),
     corruptions_mce, corruptions_rel_mce (ImageNet-C, AlexNet-normalised; empty unless every corruption has all 5
-    severities), corruptions_<category>_acc, extra_corruptions_acc,
+    severities), corruptions_<category>_acc (noise, blur, weather, digital), extra_corruptions_acc (the same mean
+    over the extra corruptions, when any was evaluated),
     <attack>_<norm>_acc@<eps> per attack, norm and eps present (fgsm_linf_acc@1/255, pgd_l2_acc@0.5); AutoAttack at a
     single threat model is plain `autoattack_acc` as on RobustBench,
     imagenet_a_acc, imagenet_r_acc, imagenet_sketch_acc, imagenet_v2_acc: the companion test sets join the ImageNet
@@ -47,10 +49,6 @@ def _attack_base(attack: str, norm, eps, single_aa: bool) -> str:
     if attack == "autoattack" and single_aa:
         return "autoattack_acc"
     return f"{slug}_{(norm or '').lower()}_acc@{fmt_eps(eps, norm)}"
-
-
-def _attack_rank(attack: str) -> int:
-    return attack_rank(attack)
 
 
 def _as_results(stores) -> Results:
@@ -181,7 +179,7 @@ def _cell_metrics(put, g: pd.DataFrame, place: dict, single_aa: bool) -> None:
             put("clean_acc", r.value, (0, *prot, 0), r.ci_low, r.ci_high, sfx, pfx)
         elif r.threat == "attack":
             base = _attack_base(r.attack, r.norm, r.eps, single_aa)
-            put(base, r.value, (2, *prot, _attack_rank(r.attack), r.attack, r.norm or "", r.eps or 0.0),
+            put(base, r.value, (2, *prot, attack_rank(r.attack), r.attack, r.norm or "", r.eps or 0.0),
                 r.ci_low, r.ci_high, sfx, pfx)
 
 
@@ -320,6 +318,9 @@ def _footnote(df: pd.DataFrame) -> str:
     text = ("Accuracies, mCE and relative mCE in %" if mce else "Accuracies in %") + "; empty = not evaluated"
     if "corruptions_acc" in df.columns and not mce:
         text += " (mCE needs ImageNet-C's AlexNet errors: ImageNet data only)"
+    if any(c.startswith("extra_corruptions_acc") for c in df.columns):
+        text += ("; corruptions_acc, its categories and mCE are over the benchmark corruptions only, "
+                 "extra_corruptions_acc over the suite's extra corruptions")
     if "skipped" in df.columns:
         text += "; skipped = unreadable images left out"
     return text

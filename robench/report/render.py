@@ -19,6 +19,7 @@ import pandas as pd
 
 from robench._version import __version__
 from robench.errors import RobenchError
+from robench.paths import make_dir, write_file, write_text
 from robench.report import plots
 from robench.report.compare import _pp, compare_tables, fmt_p
 from robench.report.leaderboard import display_table, leaderboard, markdown_table
@@ -168,10 +169,6 @@ def report(stores, out_dir, baseline: str | None = None, alexnet=_DEFAULT, title
     if baseline is not None:
         baseline = res.check_models([baseline])[0]
     out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RobenchError(f"cannot create report directory {out_dir} ({e.strerror})") from None
     models = res.model_labels
     colors = plots.model_colors(models)
     datasets = list(dict.fromkeys(table["dataset"]))
@@ -192,11 +189,10 @@ def report(stores, out_dir, baseline: str | None = None, alexnet=_DEFAULT, title
     _diagnostics_section(doc, res, colors, multi)
     _provenance_section(doc, res)
 
-    html_path = out_dir / "report.html"
-    tmp = html_path.with_name("report.html.tmp")
-    tmp.write_text(doc.html(title), encoding="utf-8")
-    tmp.replace(html_path)
-    (out_dir / "report.md").write_text(doc.markdown(out_dir), encoding="utf-8")
+    html = doc.html(title)
+    make_dir(out_dir, "report directory")
+    html_path = write_text(out_dir / "report.html", html, "report")
+    write_file(out_dir / "report.md", lambda p: p.write_text(doc.markdown(out_dir), encoding="utf-8"), "report")
     return html_path
 
 
@@ -270,10 +266,16 @@ def _corruptions_section(doc: Doc, res: Results, lb: pd.DataFrame, cat_cols, col
     elif cat_cols:
         cats = lb[["model"] + (["dataset"] if multi else []) + cat_cols].dropna(how="all", subset=cat_cols)
         header, rows = display_table(cats)
-        doc.table([h.replace("corruptions_", "").replace("_acc", "") + (" %" if h in cat_cols else "")
-                   for h in header], rows, right=range(1 + multi, len(header)))
-        doc.note("Mean accuracy per corruption category (each corruption averaged over its severities first); "
-                 "'extra' corruptions are not part of mCE.")
+        doc.table([_category_header(h, h in cat_cols) for h in header], rows, right=range(1 + multi, len(header)))
+        doc.note("Mean accuracy per corruption category (each corruption averaged over its severities first), over "
+                 "the benchmark corruptions; 'extra corruptions' (the suite's extras, e.g. speckle_noise, "
+                 "gaussian_blur, spatter, saturate) are shown apart and enter neither the corruption mean nor mCE.")
+
+
+def _category_header(col: str, metric: bool) -> str:
+    if col.startswith("extra_corruptions_acc"):
+        return "extra corruptions (not in mean/mCE) %" + col[len("extra_corruptions_acc"):]
+    return col.replace("corruptions_", "").replace("_acc", "") + (" %" if metric else "")
 
 
 def _comparison_section(doc: Doc, res: Results, baseline, colors) -> None:
@@ -388,32 +390,3 @@ def _paired_section(doc: Doc, comp: pd.DataFrame, baseline: str, colors: dict):
         doc.details(None)
     doc.note("Δ = model − baseline; p per cell, not adjusted for multiple comparisons; unpaired two-proportion "
              "tests where the two cells share no samples.")
-
-
-def screenshot(html_path, png_path, width: int = 1280, height: int = 2400, browser: str | None = None) -> Path:
-    """Render a report page to PNG with a headless Chromium (Debian's `chromium`, or google-chrome), offline.
-    RobenchError when no such browser is installed or it fails."""
-    import shutil
-    import subprocess
-    import tempfile
-
-    exe = browser or next((b for b in ("chromium", "chromium-browser", "google-chrome", "chrome")
-                           if shutil.which(b)), None)
-    if exe is None or not shutil.which(exe):
-        raise RobenchError("a screenshot needs a headless Chromium: install Debian's `chromium` package "
-                           "(apt-get install chromium) or google-chrome")
-    png_path = Path(png_path).resolve()
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as profile:
-        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--hide-scrollbars", f"--user-data-dir={profile}", f"--screenshot={png_path}",
-               f"--window-size={width},{height}", Path(html_path).resolve().as_uri()]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-        except subprocess.TimeoutExpired:
-            raise RobenchError(f"{exe} took more than 180 s to render {html_path}") from None
-    if not png_path.is_file():
-        tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
-        raise RobenchError(f"{exe} did not write {png_path} (exit {proc.returncode}: {tail[0]})")
-    return png_path

@@ -86,11 +86,6 @@ def _missing(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA or v is pd.NaT
 
 
-def key_of(row) -> tuple:
-    """The matching key of a (normalized) row: (model, dataset, threat, attack, norm, eps, corruption, ...)."""
-    return tuple(row[k] for k in KEY)
-
-
 def cell_label(row, dataset: bool = False) -> str:
     """Short human name of a cell: 'clean', 'gaussian_noise s3', 'pgd Linf ε=4/255', with protocol markers."""
     threat = row["threat"]
@@ -137,7 +132,7 @@ class Results:
             stores = [stores]
         if not stores:
             raise RobenchError("no results store given")
-        self.stores = [s if isinstance(s, Store) else Store(s) for s in stores]
+        self.stores = [s if isinstance(s, Store) else Store(s, readonly=True) for s in stores]
         frames = []
         for i, s in enumerate(self.stores):
             df = distinguish_evaluations(s.results())
@@ -236,17 +231,42 @@ for _name in ("runs", "models", "diagnostics"):
 
 def distinguish_evaluations(df: pd.DataFrame) -> pd.DataFrame:
     """Two evaluations of one label with different weights (the checkpoint at a path changed, or random weights)
-    never merge into one row: the latest keeps the label, earlier ones become `label#<sha256 prefix>`."""
+    never merge into one row: the latest keeps the label, earlier ones become `label#<tag>` (weights_tags: a hex
+    prefix of the weights sha, as long as needed to tell every weights of the label apart)."""
     if "checkpoint_sha256" not in df:
         return df
     df = df.copy()
     df["model_name_label"] = df["model"]  # the label as stored (flags and runs refer to it)
     for label, g in df.groupby("model", sort=False):
         shas = list(dict.fromkeys(g["checkpoint_sha256"]))  # in model order: the last is the latest
+        tags = weights_tags(shas)
         for sha in shas[:-1]:
-            tag = "random-init" if str(sha).startswith("random-init") else str(sha)[:8]
-            df.loc[(df["model"] == label) & (df["checkpoint_sha256"] == sha), "model"] = f"{label}#{tag}"
+            df.loc[(df["model"] == label) & (df["checkpoint_sha256"] == sha), "model"] = f"{label}#{tags[sha]}"
     return df
+
+
+def weights_tags(shas) -> dict:
+    """{sha: short tag}, distinct for distinct shas: 'random-init' (with its seed when several), else the first 8
+    hex digits of the sha after any 'kind:' prefix ('weights:9f3a...' -> '9f3a...'), lengthened until unique; shas
+    that still agree (differing only in their prefix) get '-2', '-3'."""
+    shas = [str(s) for s in dict.fromkeys(shas)]
+
+    def body(sha: str) -> str:
+        return sha.rsplit(":", 1)[-1]
+
+    random = [s for s in shas if s.startswith("random-init")]
+    tags = {s: ("random-init" if len(random) == 1 else s) for s in random}
+    rest = [s for s in shas if s not in tags]
+    for width in (8, 12, 16, 24, 64, None):
+        cut = {s: (body(s)[:width] or "none") for s in rest}
+        if len(set(cut.values())) == len(rest) or width is None:
+            break
+    seen: dict = {}
+    for s in rest:
+        t = cut[s]
+        seen[t] = seen.get(t, 0) + 1
+        tags[s] = t if seen[t] == 1 else f"{t}-{seen[t]}"
+    return tags
 
 
 def alexnet_table() -> AlexNetTable | None:

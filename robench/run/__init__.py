@@ -6,7 +6,8 @@
 
 from robench.common import fmt_eps
 from robench.run.plan import ModelEntry, Plan, load_config, load_plan, resolve_data  # noqa: F401
-from robench.run.store import Store, export  # noqa: F401
+from robench.run.export import export  # noqa: F401
+from robench.run.store import Store  # noqa: F401
 
 
 def __getattr__(name):  # the engine imports torch and timm: load it only when a sweep runs

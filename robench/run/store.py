@@ -10,26 +10,31 @@ Tables
     aggregates  n, correct, accuracy and its 95% Wilson interval, per done cell
     flags       sanity flags (gradient masking signs) naming the cells that raised them
     diagnostics attention diagnostics rows (layer, head, stat, value) of diagnostics cells
+    sample_ids  per data fingerprint, each evaluated sample's identity (file path or dataset index) and label
 
-A chunk's outcomes and its `chunks` row are written in one transaction; a cell becomes 'done' (and gets its
-aggregate) only when all its chunks are in. A crash at any point therefore loses at most the chunk in flight.
+Readers open it read-only (`Store(path, readonly=True)`: mode=ro, no schema created or altered); a file without
+robench's tables is "not a robench store". A chunk's outcomes and its `chunks` row are written in one transaction;
+a cell becomes 'done' (with its aggregate) only when all its chunks are in: a crash loses at most one chunk.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import platform
 import sqlite3
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 
 from robench._version import __version__
 from robench.common import wilson
 from robench.errors import RobenchError
-from robench.paths import check_file
+from robench.paths import make_dir, probe_dir as _probe_dir
 
 SCHEMA_VERSION = 2
 STORE_NAME = "robench.sqlite"
@@ -60,7 +65,11 @@ CREATE TABLE IF NOT EXISTS flags (
     flag_id INTEGER PRIMARY KEY, model_id INTEGER, flag TEXT, message TEXT, cells_json TEXT, run_id INTEGER);
 CREATE TABLE IF NOT EXISTS diagnostics (
     cell_id INTEGER, layer INTEGER, head INTEGER, stat TEXT, value REAL);
+CREATE TABLE IF NOT EXISTS sample_ids (
+    data_fingerprint TEXT, sample INTEGER, sample_id TEXT, label INTEGER, PRIMARY KEY(data_fingerprint, sample));
 """
+# the tables a store must have to be read (sample_ids came later within schema version 2: optional)
+REQUIRED_TABLES = ("meta", "runs", "models", "cells", "chunks", "outcomes", "aggregates", "flags", "diagnostics")
 
 CELL_COLUMNS = ("dataset", "threat", "attack", "norm", "eps", "corruption", "severity", "category", "protocol",
                 "adaptive")
@@ -81,36 +90,55 @@ def store_path(out) -> Path:
 class Store:
     """A results store. `Store(out_dir)` opens (or with create=True creates) out_dir/robench.sqlite."""
 
-    def __init__(self, out, create: bool = False):
+    def __init__(self, out, create: bool = False, readonly: bool = False):
+        """readonly: open with SQLite's mode=ro (readers: leaderboard, report, export, check, compare); nothing in
+        the file is created or changed. create: make the store (and its directory) when absent."""
         self.path = store_path(out)
+        self.readonly = readonly
+        if self.path.is_dir():
+            raise RobenchError(f"not a robench store: {self.path} is a directory")
         if not self.path.exists():
-            if not create:
+            if not create or readonly:
                 raise RobenchError(f"no results store at {self.path} (run `robench eval` or `robench sweep` first)")
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                probe = self.path.parent / f".robench-write-test-{time.time_ns()}"
-                probe.write_text("")
-                probe.unlink()
-            except OSError as e:
-                raise RobenchError(f"output directory {self.path.parent} is not writable ({e.strerror})") from None
+            _probe_dir(make_dir(self.path.parent, "output directory"))
         try:
-            self.db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self._init_schema()
+            if readonly:  # no -wal file: no writer is open and nothing is left to checkpoint, so read the file as
+                # it is (immutable: SQLite creates no -wal/-shm beside it); else read through the existing WAL
+                wal = Path(f"{self.path}-wal").exists()
+                uri = f"file:{quote(str(self.path.absolute()))}?mode=ro" + ("" if wal else "&immutable=1")
+                self.db = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
+            else:
+                self.db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
+            self._check_schema()
+            if not readonly:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self._init_schema()
         except sqlite3.DatabaseError as e:
-            raise RobenchError(f"{self.path} is not a robench results store ({e})") from None
+            raise RobenchError(f"not a robench store: {self.path} ({e})") from None
+
+    def _check_schema(self):
+        """A non-empty database must hold robench's tables at this schema version (a foreign SQLite file is
+        refused before anything is written to it); an empty one is only good for writing."""
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables and not self.readonly:
+            return
+        row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() \
+            if "meta" in tables else None
+        if row is not None and row[0] != str(SCHEMA_VERSION):
+            made_by = self.db.execute("SELECT value FROM meta WHERE key='robench_version'").fetchone()
+            raise RobenchError(f"results store {self.path} has schema version {row[0]} (made by robench "
+                               f"{made_by[0] if made_by else '?'}); this robench {__version__} reads "
+                               f"version {SCHEMA_VERSION}: use a new --out directory")
+        missing = [t for t in REQUIRED_TABLES if t not in tables]
+        if missing or row is None:
+            what = ("no robench tables" if len(missing) == len(REQUIRED_TABLES) else
+                    f"missing {', '.join(missing)}" if missing else "no schema version")
+            raise RobenchError(f"not a robench store: {self.path} ({what})")
 
     def _init_schema(self):
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if "meta" in tables:
-            row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            version = int(row[0]) if row else None
-            if version != SCHEMA_VERSION:
-                made_by = self.db.execute("SELECT value FROM meta WHERE key='robench_version'").fetchone()
-                raise RobenchError(f"results store {self.path} has schema version {version} (made by robench "
-                                   f"{made_by[0] if made_by else '?'}); this robench {__version__} reads "
-                                   f"version {SCHEMA_VERSION}: use a new --out directory")
             self._upgrade()
             return
         with self.transaction():
@@ -121,9 +149,10 @@ class Store:
                             (str(SCHEMA_VERSION), __version__))
 
     def _upgrade(self):
-        """Columns added within schema version 2 (older stores lack them): runs.pid, runs.skipped. Then mark runs
-        whose process is gone as interrupted. A read-only store is left as it is."""
+        """Columns and tables added within schema version 2 (older stores lack them): runs.pid, runs.skipped,
+        sample_ids. Then mark runs whose process is gone as interrupted. A read-only file is left as it is."""
         try:
+            self.db.execute(SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS sample_ids"):])
             cols = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
             for col in ("pid", "skipped"):
                 if col not in cols:
@@ -135,8 +164,6 @@ class Store:
     def mark_stale_runs(self) -> int:
         """Runs still marked 'running' whose process (same host, recorded pid) no longer exists were killed:
         mark them 'interrupted'. Returns how many."""
-        import platform
-
         rows = self.db.execute("SELECT run_id, pid FROM runs WHERE status='running' AND host=? AND pid IS NOT NULL",
                                (platform.node(),)).fetchall()
         dead = [run_id for run_id, pid in rows if not _pid_alive(int(pid))]
@@ -161,8 +188,6 @@ class Store:
 
     # ---- runs and models -------------------------------------------------------------------------------------
     def start_run(self, **prov) -> int:
-        import os
-
         prov = {"pid": os.getpid(), **prov}
         cols = ["started", "status", "robench_version"] + list(prov)
         vals = [time.time(), "running", __version__] + list(prov.values())
@@ -283,6 +308,19 @@ class Store:
                                 [(cell_id, int(r.layer), int(r.head), str(r.stat), float(r.value))
                                  for r in rows.itertuples()])
 
+    def put_sample_ids(self, data_fingerprint: str, ids, labels=None):
+        """Record the identity (relative file path, or dataset index) and optionally the label of each evaluated
+        sample of one data selection, by position (the `sample` of outcomes). Idempotent: rewriting the same
+        fingerprint replaces its rows."""
+        ids = [str(i) for i in ids]
+        labels = [None] * len(ids) if labels is None else [None if v is None else int(v) for v in labels]
+        if len(labels) != len(ids):
+            raise RobenchError(f"{len(labels)} labels for {len(ids)} sample ids")
+        with self.transaction():
+            self.db.execute("DELETE FROM sample_ids WHERE data_fingerprint=?", (str(data_fingerprint),))
+            self.db.executemany("INSERT INTO sample_ids VALUES (?,?,?,?)",
+                                [(str(data_fingerprint), i, sid, lab) for i, (sid, lab) in enumerate(zip(ids, labels))])
+
     # ---- reading ------------------------------------------------------------------------------------------------
     def _df(self, sql: str, params=()) -> pd.DataFrame:
         return pd.read_sql_query(sql, self.db, params=params)
@@ -324,7 +362,16 @@ class Store:
         return self._df("SELECT * FROM models ORDER BY model_id")
 
     def runs(self) -> pd.DataFrame:
-        return self._df("SELECT * FROM runs ORDER BY run_id")
+        """Every run; read-only, a run still 'running' whose process is gone shows as 'interrupted'."""
+        df = self._df("SELECT * FROM runs ORDER BY run_id")
+        if self.readonly and len(df) and "pid" in df:
+            dead = [s == "running" and h == platform.node() and not pd.isna(p) and not _pid_alive(int(p))
+                    for s, h, p in zip(df["status"], df["host"], df["pid"])]
+            df.loc[dead, "status"] = "interrupted"
+        return df
+
+    def has_table(self, name: str) -> bool:
+        return bool(self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchall())
 
     def flags(self) -> pd.DataFrame:
         return self._df("SELECT m.label AS model, f.flag, f.message, f.cells_json, m.checkpoint_sha256 FROM flags f "
@@ -336,53 +383,7 @@ class Store:
                            USING(model_id) ORDER BY c.cell_id, d.layer, d.head""")
 
 
-EXPORT_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "json"}
-
-
-def export_format(dest, fmt: str | None = None) -> str:
-    """The format of an export: from the file's suffix (.csv, .parquet, .jsonl, .json); an explicit fmt must agree
-    with the suffix. Unknown suffixes and formats are errors (never CSV text under another name)."""
-    dest = Path(dest)
-    known = ", ".join(EXPORT_SUFFIXES)
-    if fmt is not None and fmt not in EXPORT_SUFFIXES.values():
-        raise RobenchError(f"unknown export format '{fmt}' (csv, parquet, jsonl, json)")
-    by_suffix = EXPORT_SUFFIXES.get(dest.suffix.lower())
-    if by_suffix is None:
-        raise RobenchError(f"cannot tell the export format of {dest}: use a file name ending in {known}")
-    if fmt is not None and fmt != by_suffix:
-        raise RobenchError(f"--format {fmt} does not match the file name {dest} (a {by_suffix} file)")
-    return by_suffix
-
-
-def export(store: Store, dest, fmt: str | None = None, table: str = "results") -> Path:
-    """Write the tidy long table (one row per model x cell; or the diagnostics rows) as csv, parquet, jsonl or
-    json (records), the format taken from dest's suffix (see export_format)."""
-    fmt = export_format(dest, fmt)
-    df = store.diagnostics() if table == "diagnostics" else store.results()
-    dest = Path(dest)
-    check_file(dest, "export file")
-    if fmt == "parquet":
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            raise RobenchError("parquet export needs pyarrow: pip install pyarrow") from None
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
-    if fmt == "csv":
-        df.to_csv(tmp, index=False)
-    elif fmt == "jsonl":
-        df.to_json(tmp, orient="records", lines=True)
-    elif fmt == "json":
-        df.to_json(tmp, orient="records", indent=1)
-    else:
-        df.to_parquet(tmp, index=False)
-    tmp.replace(dest)
-    return dest
-
-
 def _pid_alive(pid: int) -> bool:
-    import os
-
     if pid == os.getpid():
         return True
     try:
