@@ -39,7 +39,10 @@ class ModelInfo:
         return is_random_init(self.checkpoint_sha256)
 
     def to_dict(self):
-        return asdict(self)
+        """The description (notes are messages for the log, not part of it)."""
+        d = asdict(self)
+        d.pop("notes")
+        return d
 
 
 RANDOM_INIT_SHA = "random-init-seed0"  # what the store records as the checkpoint hash of random weights
