@@ -23,6 +23,7 @@ import copy
 import importlib
 import importlib.util
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -51,7 +52,9 @@ def isolated_timm_registry():
         elif isinstance(obj, set):
             saved.append((obj, set(obj)))
     try:
-        yield
+        with warnings.catch_warnings():  # "Overwriting <name> in registry": moot, the registry is restored below
+            warnings.filterwarnings("ignore", message=r"Overwriting \S+ in registry")
+            yield
     finally:
         for obj, before in saved:
             obj.clear()
