@@ -13,7 +13,6 @@ import argparse
 import hashlib
 import pickle
 import warnings
-import zipfile
 from pathlib import Path
 
 import torch

@@ -59,8 +59,7 @@ def build_model(entry) -> RobenchModel:
             model.info.source = src.name
             return model.eval()
     raise RobenchError(f"unknown model '{ref}'" + suggest(str(ref), _known_names())
-                       + "; give a registered name (robench models), timm:NAME, path/to/file.py:Class or "
-                       "package.module:factory")
+                       + "; give " + ", ".join(s.syntax for s in SOURCES if s.name != "module"))
 
 
 def source_of(ref) -> str | None:
