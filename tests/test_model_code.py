@@ -5,6 +5,7 @@ code that exits or is not found, files that are not checkpoints."""
 import re
 import sqlite3
 import sys
+import textwrap
 import warnings
 
 import pytest
@@ -374,3 +375,41 @@ def test_no_dead_names_in_sources():
     import robench.zoo.sources as sources
 
     assert not hasattr(sources, "MODEL_HELP")
+
+
+def test_deit_style_file_with_readme_values_equals_robench_deit(tmp_path):
+    """README's example line for a DeiT-style research file (generic `_cfg()`, ImageNet mean/std given) gives the
+    logits of robench's deit-tiny-standard on the same weights; without --mean/--std it is refused."""
+    from safetensors.torch import save_file
+
+    from robench.zoo.registry import create_model
+
+    shape = dict(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2)
+    ours = create_model("deit-tiny-standard", random_init=True, num_classes=10, **shape)
+    with torch.no_grad():
+        for p in ours.parameters():  # away from timm's init, so that a wrong normalisation shows
+            p.add_(torch.randn_like(p) * 0.2)
+    save_file({k: v.contiguous() for k, v in ours.net.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    f = tmp_path / "deit_file.py"
+    f.write_text(textwrap.dedent('''
+        from functools import partial
+        from torch import nn
+        from timm.models.vision_transformer import VisionTransformer, _cfg
+
+
+        def deit_tiny_patch16_224(**kw):
+            m = VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=10,
+                                  qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6))
+            m.default_cfg = _cfg()
+            return m
+    '''))
+    ref, ck = f"{f}:deit_tiny_patch16_224", str(tmp_path / "w.safetensors")
+    theirs = build_model(ModelEntry(ref, ck, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]))
+    x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    ours2 = create_model("deit-tiny-standard", checkpoint=ck, **shape)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), ours2(x), atol=1e-5, rtol=1e-5)
+        half = ours2.net((x - 0.5) / 0.5)  # what the generic cfg would have fed it
+        assert not torch.allclose(half, ours2(x), atol=1e-3)
+    with pytest.raises(RobenchError, match="only normalisation is timm's generic default_cfg"):
+        build_model(ModelEntry(ref, ck))
