@@ -23,6 +23,7 @@ import copy
 import importlib
 import importlib.util
 import sys
+import sysconfig
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +35,8 @@ from robench.errors import RobenchError, suggest
 
 WEIGHT_KEYS = ("url", "hf_hub_id", "file")  # a cfg with one of these set describes identified weights
 NO_NORM = "none"  # --mean none: the model takes [0, 1] images
+_ROBENCH = Path(__file__).resolve().parents[1]  # robench's and Python's own frames are not where user code failed
+_STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve()
 
 
 # ---- isolation ---------------------------------------------------------------------------------------------------
@@ -87,10 +90,12 @@ def failure(e: BaseException, path: Path | None = None) -> str:
     where = ""
     if isinstance(e, SyntaxError) and e.lineno:
         where = f" ({Path(e.filename or '?').name} line {e.lineno})"
-    elif path is not None:
-        frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() == path.resolve()]
+    else:  # the last frame in that file (in user code at all, when the file is not known)
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith("<")
+                  and (Path(f.filename).resolve() == path.resolve() if path is not None
+                       else not ({_ROBENCH, _STDLIB} & set(Path(f.filename).resolve().parents)))]
         if frames:
-            where = f" ({path.name} line {frames[-1].lineno})"
+            where = f" ({Path(frames[-1].filename).name} line {frames[-1].lineno})"
     return f"{type(e).__name__}: {text}{where}" if text else f"{type(e).__name__}{where}"
 
 
