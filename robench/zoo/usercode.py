@@ -207,4 +207,4 @@ def user_normalization(net: nn.Module, entry) -> tuple[list | None, list | None,
         f"model {entry.display}: its only normalisation is timm's generic {name} (mean {shown(mean)}, std "
         f"{shown(std)}, naming no weights), not necessarily what its weights were trained with: give "
         "--mean/--std (ImageNet: --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225), or --mean none for a model "
-        "that takes [0, 1] images")
+        "that takes [0, 1] images (Python: mean=..., std=...)")
