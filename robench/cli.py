@@ -78,7 +78,7 @@ def models(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     variant: Optional[str] = typer.Option(None, help="Only this attention variant."),
 ):
-    """List every registered model: name, arch, variant, params, input size, normalisation.
+    """List every registered model: name, arch, variant, params, input size, eval crop, normalisation.
 
     Example: `robench models --variant quest`
     """
@@ -96,12 +96,16 @@ def models(
     from rich.table import Table
 
     t = Table(title=f"robench models ({len(infos)})")
-    for col in ("name", "arch", "variant", "params", "input", "mean", "std"):
+    for col in ("name", "arch", "variant", "params", "input", "crop", "mean", "std"):
         t.add_column(col, justify="right" if col == "params" else "left")
     for i in infos:
+        side = i["input_size"][-1]
+        crop = f"{i['crop_pct']:g} ({int(side / i['crop_pct'])}->{side})" if i["crop_pct"] < 1 else "none"
         t.add_row(i["name"], i["arch"], i["variant"], f"{i['params'] / 1e6:.2f}M", "x".join(map(str, i["input_size"])),
-                  ",".join(f"{m:.3f}" for m in i["mean"]), ",".join(f"{s:.3f}" for s in i["std"]))
+                  crop, ",".join(f"{m:.3f}" for m in i["mean"]), ",".join(f"{s:.3f}" for s in i["std"]))
     console.print(t)
+    console.print("crop: the eval transform on image folders (resize the short side to input/crop, centre-crop to "
+                  "input); deit-* use their authors' 0.875 (256->224), vit-* timm's cfg.")
     console.print("Any timm model also works as timm:<name> (e.g. timm:resnet50).")
 
 

@@ -85,6 +85,10 @@ def TupleNet():
 
 def not_a_model():
     return {"weights": 1}
+
+
+def Seven():
+    return ResNet18(num_classes=7, width=4)
 '''
 
 SUITE = '''
@@ -246,7 +250,7 @@ def test_mean_std_normalise_user_models(setup, tmp_path):
         assert torch.allclose(built(s["x"]), s["net"](z), atol=1e-5)
         assert not torch.allclose(built(s["x"]), s["net"](s["x"]), atol=1e-2)  # the normalisation matters
     params = store_outcomes(out)["clean"][0]
-    assert params["model"]["mean"] == mean and params["model"]["normalization"] == "given"
+    assert params["model"]["mean"] == mean and params["model"]["normalization"] == "--mean/--std"
 
 
 def test_package_module_factory_and_entry_point(setup, tmp_path, monkeypatch):
@@ -291,8 +295,10 @@ def test_bad_user_models_and_data_one_line_exit_2_nothing_written(setup, tmp_pat
         (["--model", f"{boom}:Net", *data], r"importing model file .*boom\.py failed: ZeroDivisionError: "
                                             r"division by zero \(boom\.py line 4\)"),
         (["--model", f"{models}:not_a_model", *data], r"returned a dict, not a torch\.nn\.Module"),
-        (["--model", f"{models}:ResNet18", "--model-arg", "num_classes=7", "--model-arg", "width=4", *data],
+        (["--model", f"{models}:Seven", *data],
          r"returned logits of shape \(2, 7\) for 2 cifar10 images; expected \(2, 10\)"),
+        (["--model", f"{models}:ResNet18", "--model-arg", "num_classes=7", "--model-arg", "width=4", *data],
+         r"ResNet18 has 7 classes but data cifar10:.* has 10"),
         (["--model", f"{models}:TupleNet", *data], r"returned a tuple, not a tensor of logits"),
         (["--model", f"{models}:ResNet18", "--model-arg", "width", *data], r"--model-arg 'width' does not parse"),
         (["--model", f"{models}:ResNet18", "--model-arg", "width=[4,", *data], r"does not parse: '\[4,' is not"),
@@ -392,7 +398,11 @@ def test_normalisation_from_timm_pretrained_cfg():
     model = build_model(ModelEntry("r10", module=net))
     cfg = net.pretrained_cfg
     assert model.info.mean == tuple(cfg["mean"]) and model.info.provenance["normalization"] == "pretrained_cfg"
-    assert model.info.input_size == tuple(cfg["input_size"]) and model.info.checkpoint_sha256.startswith("weights:")
+    from robench.zoo.sources import state_sha256
+
+    assert model.info.input_size == tuple(cfg["input_size"])
+    assert model.info.checkpoint_sha256 == state_sha256(net) and re.fullmatch(r"[0-9a-f]{64}",
+                                                                              model.info.checkpoint_sha256)
     x = torch.rand(2, 3, 64, 64)
     z = (x - torch.tensor(cfg["mean"]).view(1, 3, 1, 1)) / torch.tensor(cfg["std"]).view(1, 3, 1, 1)
     with torch.no_grad():

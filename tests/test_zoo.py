@@ -129,6 +129,10 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path, run_cli):
     trunc.write_bytes(good.read_bytes()[:3000])
     text = tmp_path / "notes.pth"
     text.write_text("hello")
+    dot = tmp_path / "dot.pt"  # torch.load raised IndexError: pop from empty list
+    dot.write_text(".")
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
     trunc_st = tmp_path / "trunc.safetensors"
     save_file(m.net.state_dict(), str(trunc_st))
     trunc_st.write_bytes(trunc_st.read_bytes()[:500])
@@ -136,7 +140,9 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path, run_cli):
         (tmp_path / "missing.pth", "checkpoint not found"),
         (evil, "refused to load .*arbitrary code"),
         (trunc, "not a valid checkpoint"),
-        (text, "not a valid checkpoint"),
+        (text, "not a checkpoint: .*notes.pth is neither a safetensors file nor a torch.save file"),
+        (dot, "not a checkpoint: .*dot.pt is neither"),
+        (empty, "not a checkpoint: .*empty.pt is empty"),
         (trunc_st, "not a valid safetensors checkpoint"),
     ]
     for path, msg in cases:

@@ -273,6 +273,8 @@ class Runner:
         model = build_model(entry).to(self.device).eval()
         if is_random_init(model.info.checkpoint_sha256):
             self.warn(f"model {entry.display}: RANDOM weights (--random-init); its results are flagged random-init")
+        for note in model.info.notes:  # e.g. user code whose weights come from its own code (robench.zoo.sources)
+            self.log(note)
         for p in model.parameters():
             p.requires_grad_(False)
         prov = model.info.provenance

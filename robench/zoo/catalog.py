@@ -51,6 +51,11 @@ ARCHS = {
     "vit-small": ("vit_small_patch16_224", dict(embed_dim=384, depth=12, num_heads=6), _HALF),
     "vit-base": ("vit_base_patch16_224", dict(embed_dim=768, depth=12, num_heads=12), _HALF),
 }
+# The crop each family is evaluated with, as its authors do: DeiT (and the QUEST / Elliptical repositories built
+# on its training code) evaluate ImageNet with Resize(256) + CenterCrop(224), crop_pct 0.875 (DeiT's datasets.py);
+# the ViT family keeps timm's pretrained cfg (0.9). robench.zoo.registry applies it over timm's cfg.
+AUTHORS_CROP_PCT = {arch: 0.875 for arch in ARCHS if arch.startswith("deit-")}
+TIMM_CROP_PCT = 0.9
 # the demo zoo (robench.zoo.demo): a tiny ViT on 32x32 digits, one per variant with shipped weights
 DEMO_VARIANTS = ("standard", "quest", "qnorm", "qknorm", "qknorm-hs", "qknorm-ds", "elliptical", "elliptical-quest")
 DEMO_TIMM_KWARGS = dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0)
@@ -91,7 +96,8 @@ def catalog() -> list[dict]:
     variants = tuple(_declared_variants())
     for arch, (timm_name, shape, norm) in ARCHS.items():
         for v in variants:
-            rows.append(_row(f"{arch}-{v}", arch, v, timm_name, (3, 224, 224), norm, "bicubic", 0.9, 1000,
+            crop = AUTHORS_CROP_PCT.get(arch, TIMM_CROP_PCT)
+            rows.append(_row(f"{arch}-{v}", arch, v, timm_name, (3, 224, 224), norm, "bicubic", crop, 1000,
                              vit_params(v, **shape), {}, None))
     weights = Path(__file__).parent / "weights"
     for v in sorted(DEMO_VARIANTS, key=lambda v: f"demo-{v}"):

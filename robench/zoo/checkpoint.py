@@ -2,7 +2,9 @@
 
 Accepted: `.safetensors`; `.pth/.pt/.bin` holding a state dict, possibly nested under 'model' / 'state_dict' /
 'model_ema' (DeiT training-script format: {'model', 'optimizer', 'epoch', 'args'} with `args` an
-argparse.Namespace). `module.` / `_orig_mod.` prefixes are stripped.
+argparse.Namespace). Keys are loaded as they are; a known wrapper prefix (`module.` of DDP, `_orig_mod.` of
+torch.compile, `net.` / `model.` of wrappers) is stripped only when that is what makes them fit the model
+(`fit_keys`), so a wrapper that keeps its backbone as `self.net` loads its own state_dict().
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import pickle
-import zipfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -20,7 +22,8 @@ from robench.errors import RobenchError
 from robench.zoo.attention import VARIANT_PARAMS
 
 NEST_KEYS = ("model", "state_dict", "model_ema", "module")
-STRIP_PREFIXES = ("module.", "_orig_mod.", "net.")
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # training wrappers (DDP, torch.compile): `convert` drops them
+FIT_PREFIXES = WRAPPER_PREFIXES + ("net.", "model.")  # tried at load time, only when stripping makes keys fit
 # Harmless types found in training checkpoints (plain attribute bags, no code runs on load).
 SAFE_GLOBALS = [argparse.Namespace]
 
@@ -49,8 +52,10 @@ def read_checkpoint(path) -> tuple[object, dict]:
                 return {k: f.get_tensor(k) for k in f.keys()}, meta
         except Exception as e:  # SafetensorError and friends
             raise RobenchError(f"not a valid safetensors checkpoint (truncated or corrupt): {path} ({_first_line(e)})") from None
+    _check_container(path)
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
+        with torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's "Detected pickle protocol ..." noise before our one line
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
@@ -61,9 +66,24 @@ def read_checkpoint(path) -> tuple[object, dict]:
                 "if you trust it, load it yourself and save its state dict with safetensors "
                 "(safetensors.torch.save_file), then use that file or `robench convert`") from None
         raise RobenchError(f"not a valid checkpoint (truncated or corrupt): {path} ({_first_line(e)})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, KeyError) as e:
+    except Exception as e:  # RuntimeError, EOFError, BadZipFile, IndexError ("pop from empty list"), ...
         raise RobenchError(f"not a valid checkpoint (truncated or corrupt): {path} ({_first_line(e)})") from None
     return obj, {}
+
+
+def _check_container(path: Path) -> None:
+    """torch.save writes a zip archive (torch >= 1.6) or a pickle of protocol >= 2 (first byte 0x80); anything
+    else (a text file named .pt, an HTML error page) is not a checkpoint: said in one line before torch.load."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise RobenchError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    if not head:
+        raise RobenchError(f"not a checkpoint: {path} is empty")
+    if not (head == b"PK\x03\x04" or head[:1] == b"\x80"):  # zip local header / pickle PROTO >= 2
+        raise RobenchError(f"not a checkpoint: {path} is neither a safetensors file nor a torch.save file (zip or "
+                           f"pickle); it starts with {head!r}")
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -104,11 +124,35 @@ def extract_state_dict(obj, key: str | None = None, path="checkpoint") -> dict[s
     if not isinstance(obj, dict) or not _is_state_dict(obj):
         raise RobenchError(f"not a checkpoint: {path} holds no state dict of tensors "
                            f"(top-level keys: {', '.join(map(str, list(obj)[:8])) if isinstance(obj, dict) else '-'})")
-    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    for prefix in STRIP_PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def strip_prefixes(state: dict, prefixes=FIT_PREFIXES) -> list[dict]:
+    """`state` and its versions with each leading prefix that ALL keys share removed, in turn
+    (`module._orig_mod.x` -> `_orig_mod.x` -> `x`)."""
+    out = [state]
+    while True:
+        cur = out[-1]
+        p = next((p for p in prefixes if cur and all(k.startswith(p) for k in cur)), None)
+        if p is None:
+            return out
+        out.append({k[len(p):]: v for k, v in cur.items()})
+
+
+def fit_keys(state: dict, own_keys) -> dict:
+    """The keys as they are when they fit the model; else the prefix-stripped version that fits it best (more of
+    the model's keys found), if stripping helps at all."""
+    own = set(own_keys)
+    best, hit = state, len(own & set(state))
+    for cand in strip_prefixes(state)[1:]:
+        if len(own & set(cand)) > hit:
+            best, hit = cand, len(own & set(cand))
+    return best
+
+
+def find_key(state: dict, key: str):
+    """state[key], looking through known wrapper prefixes (to read e.g. the head's shape before building)."""
+    return next((c[key] for c in strip_prefixes(state) if key in c), None)
 
 
 def _is_state_dict(d: dict) -> bool:
@@ -130,8 +174,10 @@ def _variant_hint(keys) -> set[str]:
 
 
 def load_into(net: nn.Module, state: dict[str, torch.Tensor], info, path="checkpoint") -> None:
-    """Strict load with errors that say what is wrong (shapes, missing/unexpected keys, wrong variant)."""
+    """Strict load with errors that say what is wrong (shapes, missing/unexpected keys, wrong variant). Keys are
+    matched as they are, or with a known wrapper prefix stripped when that makes them fit (fit_keys)."""
     own = net.state_dict()
+    state = fit_keys(state, own)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     variant = getattr(info, "variant", "?")

@@ -25,11 +25,31 @@ class ModelInfo:
     # provenance, filled by robench.zoo.sources when the model is built
     source: str = "registry"  # registry | timm | file | python | plugin | module (see robench.zoo.sources)
     checkpoint: str | None = None  # the weights file loaded (None: none)
-    checkpoint_sha256: str | None = None  # its sha256, or "weights:<sha256 of the state dict>" without a file
+    # the weights' identity, one rule for every source: the checkpoint file's sha256 when one is loaded, else the
+    # sha256 of the built module's state (robench.zoo.sources.state_sha256: user code that builds or loads its own
+    # weights), or RANDOM_INIT_SHA for random weights asked for with random_init. Always plain lowercase hex (or
+    # the marker): tables show its first 8 characters.
+    checkpoint_sha256: str | None = None
     provenance: dict = field(default_factory=dict)  # what defines a non-registry model (code hash, args, norm)
+    notes: list = field(default_factory=list)  # one-line notices for the user (the engine logs them)
+
+    @property
+    def random_init(self) -> bool:
+        """Random weights asked for on purpose (--random-init): flagged random-init in every table."""
+        return is_random_init(self.checkpoint_sha256)
 
     def to_dict(self):
-        return asdict(self)
+        """The description (notes are messages for the log, not part of it)."""
+        d = asdict(self)
+        d.pop("notes")
+        return d
+
+
+RANDOM_INIT_SHA = "random-init-seed0"  # what the store records as the checkpoint hash of random weights
+
+
+def is_random_init(sha) -> bool:
+    return isinstance(sha, str) and sha.startswith("random-init")
 
 
 _EXTRA: dict[str, Callable[[], ModelInfo]] = {}  # name -> its ModelInfo factory (robench.zoo.demo, plugins)

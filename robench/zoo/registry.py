@@ -18,20 +18,14 @@ from robench.errors import RobenchError, suggest
 import robench.zoo.demo  # noqa: F401  (registers the demo zoo, demo-<variant>, before any lookup)
 from robench.zoo import catalog
 from robench.zoo.attention import ATTENTION_VARIANTS, attention_layer, link_value_chain
-from robench.zoo.checkpoint import file_sha256, guess_variant, load_into, load_state_dict
+from robench.zoo.checkpoint import (WRAPPER_PREFIXES, file_sha256, find_key, fit_keys, guess_variant, load_into,
+                                    load_state_dict, strip_prefixes)
 # ModelInfo and register_model live in robench.zoo.info (below the demo zoo, which registers with them); imported
 # here under their public names
-from robench.zoo.info import _EXTRA, ModelInfo, register_model  # noqa: F401
+from robench.zoo.info import _EXTRA, RANDOM_INIT_SHA, ModelInfo, is_random_init, register_model  # noqa: F401
 
 ARCHS = {arch: timm_name for arch, (timm_name, _shape, _norm) in catalog.ARCHS.items()}  # arch -> timm name
 ARCH_ALIASES = {"deit": "deit-tiny", "vit": "vit-tiny"}
-RANDOM_INIT_SHA = "random-init-seed0"  # what the store records as the checkpoint hash of random weights
-
-
-def is_random_init(sha) -> bool:
-    return isinstance(sha, str) and sha.startswith("random-init")
-
-
 class RobenchModel(nn.Module):
     """A classifier that takes images in [0, 1] and normalises them itself: logits = net((x − mean) / std).
     With info.mean = info.std = None the net takes the [0, 1] images unchanged."""
@@ -116,6 +110,7 @@ def _with_cfg(info: ModelInfo) -> ModelInfo:
         info.interpolation = cfg.interpolation
         info.crop_pct = cfg.crop_pct
         info.num_classes = cfg.num_classes or info.num_classes
+    info.crop_pct = catalog.AUTHORS_CROP_PCT.get(info.arch, info.crop_pct)  # DeiT: its authors' 256/224
     return info
 
 
@@ -128,7 +123,25 @@ def classifier_key(info: ModelInfo) -> str:
     return "head"
 
 
+def _check_timm_entry(timm_name: str) -> None:
+    """robench's names build timm's own architectures: refuse a timm registry entry that code outside timm
+    replaced (a research file's @register_model under timm's name, imported before robench could isolate it)."""
+    from timm.models import model_entrypoint
+
+    try:
+        fn = model_entrypoint(timm_name)
+    except Exception:
+        return  # unknown names: timm.create_model says so
+    where = getattr(fn, "__module__", "") or ""
+    if not where.startswith("timm."):
+        raise RobenchError(f"timm's model '{timm_name}' was replaced in timm's registry by {where}.{timm_name} (code "
+                           "registered under timm's name with @register_model); robench builds timm's own "
+                           "architecture: evaluate that code as --model path/to/file.py:NAME, or import it after "
+                           "building robench's models")
+
+
 def build_net(info: ModelInfo, num_classes: int, **overrides) -> nn.Module:
+    _check_timm_entry(info.timm_name)
     kwargs = {**info.timm_kwargs, **overrides}
     if info.variant != "timm":
         kwargs["attn_layer"] = attention_layer(info.variant)
@@ -151,7 +164,7 @@ def create_model(name: str, num_classes: int | None = None, checkpoint=None, *, 
     if checkpoint is not None:
         state, meta = load_state_dict(checkpoint, key=checkpoint_key)
         _check_meta(info, meta, checkpoint)
-        inferred = state.get(classifier_key(info) + ".weight")
+        inferred = find_key(state, classifier_key(info) + ".weight")
         if num_classes is None and inferred is not None and inferred.ndim >= 1:
             num_classes = int(inferred.shape[0])
     info.num_classes = int(num_classes if num_classes is not None else info.num_classes)
@@ -204,11 +217,13 @@ def convert_checkpoint(src, dst, model: str | None = None, key: str | None = Non
                 "source_sha256": file_sha256(src)}
     if model is not None:
         net = create_model(model, checkpoint=src, checkpoint_key=key)
+        state = fit_keys(state, net.net.state_dict())  # the keys as the model loads them
         info = model_info(model)
         meta_out.update(model=model, arch=info.arch, variant=info.variant, num_classes=str(net.info.num_classes))
     else:
+        state = strip_prefixes(state, WRAPPER_PREFIXES)[-1]  # DDP / torch.compile wrappers only
         meta_out.update(arch=meta.get("arch", "unknown"), variant=meta.get("variant", guess_variant(state)))
-        head = state.get("head.weight")
+        head = find_key(state, "head.weight")
         if head is not None:
             meta_out["num_classes"] = str(head.shape[0])
     state = {k: v.contiguous() for k, v in state.items()}

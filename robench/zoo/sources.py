@@ -11,18 +11,17 @@ module, which takes [0, 1] images, plus its ModelInfo: input size, classes, norm
 
 Attr / factory is a class or callable returning an nn.Module (or an nn.Module object). Checkpoints always go
 through robench.zoo.checkpoint (safetensors / torch.load(weights_only=True)): weights never run code, but a
-model *file* is code the user chose to run. The input normalisation of a user model is --mean/--std if given,
-else the module's timm `pretrained_cfg`, else none (the model takes [0, 1] images); it is recorded in provenance.
+model *file* is code the user chose to run (robench.zoo.usercode imports it, isolated from timm's registry). The
+input normalisation of user code follows robench.zoo.usercode.user_normalization and is recorded in provenance.
+The weights' identity (info.checkpoint_sha256) follows one rule for every source (`_weights`). Constructor
+arguments and the class count merge in one place (`model_args`).
 Adding a source = one adapter and one SOURCES row here (plus its test).
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -34,6 +33,8 @@ from robench.errors import RobenchError, suggest
 from robench.zoo.checkpoint import file_sha256, load_into, load_state_dict
 from robench.zoo.registry import (_EXTRA, RANDOM_INIT_SHA, ModelInfo, RobenchModel, _split_name, create_model,
                                   model_info, model_names)
+from robench.zoo.usercode import (attr, call_factory, failure, import_file, import_module, isolated_timm_registry,
+                                  on_path, user_normalization)
 
 ENTRY_POINT_GROUP = "robench.models"
 
@@ -58,8 +59,7 @@ def build_model(entry) -> RobenchModel:
             model.info.source = src.name
             return model.eval()
     raise RobenchError(f"unknown model '{ref}'" + suggest(str(ref), _known_names())
-                       + "; give a registered name (robench models), timm:NAME, path/to/file.py:Class or "
-                       "package.module:factory")
+                       + "; give " + ", ".join(s.syntax for s in SOURCES if s.name != "module"))
 
 
 def source_of(ref) -> str | None:
@@ -88,14 +88,28 @@ def check_entry(entry):
     return info
 
 
+def model_args(entry) -> tuple[dict, int | None]:
+    """The entry's constructor arguments (--model-arg, plan `args`) and its class count, merged here only:
+    `num_classes` may come from the entry (plan key, API) or from --model-arg; both, and different, is an error."""
+    args = dict(entry.args or {})
+    n = args.get("num_classes")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise RobenchError(f"model {entry.display}: num_classes must be a positive integer, got {n!r}")
+    if n is not None and entry.num_classes is not None and n != entry.num_classes:
+        raise RobenchError(f"model {entry.display}: num_classes given twice with different values "
+                           f"({entry.num_classes} and --model-arg num_classes={n})")
+    return args, n if n is not None else entry.num_classes
+
+
 # ---- registry and timm -------------------------------------------------------------------------------------------
 def _from_registry(entry) -> RobenchModel:
     if entry.mean is not None or entry.std is not None:
         raise RobenchError(f"--mean/--std set the normalisation of user models; {entry.name} normalises its inputs "
                            "itself (robench models shows how)")
-    args = dict(entry.args or {})
-    model = create_model(entry.name, num_classes=entry.num_classes, checkpoint=entry.checkpoint,
-                         checkpoint_key=entry.checkpoint_key, random_init=entry.random_init, **args)
+    args, n_classes = model_args(entry)
+    overrides = {k: v for k, v in args.items() if k != "num_classes"}
+    model = create_model(entry.name, num_classes=n_classes, checkpoint=entry.checkpoint,
+                         checkpoint_key=entry.checkpoint_key, random_init=entry.random_init, **overrides)
     info = model.info
     ckpt = entry.checkpoint or (None if entry.random_init else info.default_checkpoint)
     info.checkpoint = str(ckpt) if ckpt else None
@@ -139,78 +153,26 @@ def _is_module_ref(ref) -> bool:
     return s is not None and not _is_file_ref(ref) and all(p.isidentifier() for p in s[0].split("."))
 
 
-@contextmanager
-def _on_path(folder: Path):
-    """The model file's folder on sys.path while it is imported and built (for its sibling imports)."""
-    folder = str(folder)
-    added = folder not in sys.path
-    if added:
-        sys.path.insert(0, folder)
-    try:
-        yield
-    finally:
-        if added and folder in sys.path:
-            sys.path.remove(folder)
-
-
-def _failure(e: BaseException, path: Path | None = None) -> str:
-    """One line about an exception raised by user code: 'ZeroDivisionError: division by zero (models.py line 3)'."""
-    import traceback
-
-    text = (str(e).strip().splitlines() or [""])[0][:200]
-    where = ""
-    if isinstance(e, SyntaxError) and e.lineno:
-        where = f" ({Path(e.filename or '?').name} line {e.lineno})"
-    elif path is not None:
-        frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() == path.resolve()]
-        if frames:
-            where = f" ({path.name} line {frames[-1].lineno})"
-    return f"{type(e).__name__}: {text}{where}" if text else f"{type(e).__name__}{where}"
-
-
-def _attr(obj, attr: str, what: str):
-    cur = obj
-    for part in attr.split("."):
-        if not hasattr(cur, part):
-            names = [n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None))]
-            raise RobenchError(f"{what} has no attribute '{attr}'" + suggest(attr, names)
-                               + (f"; it defines: {', '.join(names[:8])}" if names else ""))
-        cur = getattr(cur, part)
-    return cur
-
-
 def _from_file(entry) -> RobenchModel:
-    where, attr = _split_ref(entry.name)
+    where, name = _split_ref(entry.name)
     path = Path(where).expanduser()
     if not path.is_file():
         raise RobenchError(f"model file not found: {path} (from --model {entry.name})")
-    name = "robench_user_model_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise RobenchError(f"cannot import model file {path}: not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    with _on_path(path.resolve().parent):
-        sys.modules[name] = module  # dataclasses, pickling and relative lookups need it registered
-        try:
-            spec.loader.exec_module(module)
-        except Exception as e:
-            sys.modules.pop(name, None)
-            raise RobenchError(f"importing model file {path} failed: {_failure(e, path)}") from None
-        factory = _attr(module, attr, f"model file {path}")
-        net = _call(factory, entry, path)
-    return _wrap(net, entry, code_sha256=file_sha256(path))
+    args, n_classes = model_args(entry)
+    module_name = "robench_user_model_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    with isolated_timm_registry(), on_path(path.resolve().parent):
+        module = import_file(path, module_name)
+        net = call_factory(attr(module, name, f"model file {path}"), entry.name, args, path)
+    return _wrap(net, entry, n_classes, code_sha256=file_sha256(path))
 
 
 def _from_module(entry) -> RobenchModel:
-    where, attr = _split_ref(entry.name)
-    try:
-        module = importlib.import_module(where)
-    except ImportError as e:
-        raise RobenchError(f"cannot import module '{where}' for --model {entry.name} ({_failure(e)})") from None
-    except Exception as e:
-        raise RobenchError(f"importing module '{where}' failed: {_failure(e)}") from None
-    net = _call(_attr(module, attr, f"module {where}"), entry, _module_file(module))
-    return _wrap(net, entry, code_sha256=_file_hash(_module_file(module)))
+    where, name = _split_ref(entry.name)
+    args, n_classes = model_args(entry)
+    with isolated_timm_registry():
+        module = import_module(where, entry.name)
+        net = call_factory(attr(module, name, f"module {where}"), entry.name, args, _module_file(module))
+    return _wrap(net, entry, n_classes, code_sha256=_file_hash(_module_file(module)))
 
 
 def _entry_points() -> dict:
@@ -225,20 +187,23 @@ def _is_plugin(ref) -> bool:
 
 def _from_plugin(entry) -> RobenchModel:
     ep = _entry_points()[entry.name]
-    try:
-        factory = ep.load()
-    except Exception as e:
-        raise RobenchError(f"loading entry point '{entry.name}' ({ep.value}, group {ENTRY_POINT_GROUP}) failed: "
-                           f"{_failure(e)}") from None
-    module = sys.modules.get(ep.value.partition(":")[0])
-    net = _call(factory, entry, _module_file(module))
-    return _wrap(net, entry, code_sha256=_file_hash(_module_file(module)), extra={"entry_point": ep.value})
+    args, n_classes = model_args(entry)
+    with isolated_timm_registry():
+        try:
+            factory = ep.load()
+        except (Exception, SystemExit) as e:
+            raise RobenchError(f"loading entry point '{entry.name}' ({ep.value}, group {ENTRY_POINT_GROUP}) "
+                               f"failed: {failure(e)}") from None
+        module = sys.modules.get(ep.value.partition(":")[0])
+        net = call_factory(factory, entry.name, args, _module_file(module))
+    return _wrap(net, entry, n_classes, code_sha256=_file_hash(_module_file(module)),
+                 extra={"entry_point": ep.value})
 
 
 def _from_object(entry) -> RobenchModel:
     if entry.args:
         raise RobenchError("model arguments apply to models built by robench, not to an nn.Module object")
-    return _wrap(entry.module, entry, code_sha256=None)
+    return _wrap(entry.module, entry, entry.num_classes, code_sha256=None)
 
 
 def _module_file(module) -> Path | None:
@@ -250,30 +215,9 @@ def _file_hash(path: Path | None) -> str | None:
     return file_sha256(path) if path is not None and path.is_file() else None
 
 
-def _call(factory, entry, path: Path | None):
-    """factory(**args) -> the nn.Module (an nn.Module object is used as it is); weights seeded for reproducibility."""
-    args = dict(entry.args or {})
-    if isinstance(factory, nn.Module):
-        if args:
-            raise RobenchError(f"{entry.name} is an nn.Module object: it takes no model arguments ({', '.join(args)})")
-        return factory
-    if not callable(factory):
-        raise RobenchError(f"{entry.name} is a {type(factory).__name__}, not a class or function returning an "
-                           "nn.Module")
-    shown = ", ".join(f"{k}={v!r}" for k, v in args.items())
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # without a checkpoint the (random) weights are the same every time
-            net = factory(**args)
-    except Exception as e:
-        raise RobenchError(f"building {entry.name}({shown}) failed: {_failure(e, path)}") from None
-    if not isinstance(net, nn.Module):
-        raise RobenchError(f"{entry.name}({shown}) returned a {type(net).__name__}, not a torch.nn.Module")
-    return net
-
-
 def state_sha256(net: nn.Module) -> str:
-    """A hash of a module's weights (names, dtypes, shapes, values): the provenance of an in-memory model."""
+    """A hash of a module's weights (names, dtypes, shapes, values): the identity of weights built or loaded by
+    user code itself (no checkpoint file). Plain lowercase hex, like a checkpoint file's sha256."""
     h = hashlib.sha256()
     for k, v in sorted(net.state_dict().items()):
         t = v.detach().cpu().contiguous()
@@ -282,34 +226,33 @@ def state_sha256(net: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _norm_from(net: nn.Module, entry):
-    """(mean, std, input size, crop_pct, interpolation, where the normalisation comes from)."""
-    cfg = getattr(net, "pretrained_cfg", None) or getattr(net, "default_cfg", None)
-    cfg = cfg if isinstance(cfg, dict) else {}
-    size, crop, interp = cfg.get("input_size"), cfg.get("crop_pct"), cfg.get("interpolation")
-    if entry.mean is not None or entry.std is not None:
-        mean = list(entry.mean) if entry.mean is not None else [0.0, 0.0, 0.0]
-        std = list(entry.std) if entry.std is not None else [1.0, 1.0, 1.0]
-        return mean, std, size, crop, interp, "given"
-    if cfg.get("mean") is not None and cfg.get("std") is not None:
-        return list(cfg["mean"]), list(cfg["std"]), size, crop, interp, "pretrained_cfg"
-    return None, None, size, crop, interp, "none"
-
-
-def _wrap(net, entry, code_sha256: str | None, extra: dict | None = None) -> RobenchModel:
-    if not isinstance(net, nn.Module):
-        raise RobenchError(f"model {entry.display} is a {type(net).__name__}, not a torch.nn.Module")
-    mean, std, size, crop, interp, norm_from = _norm_from(net, entry)
-    info = ModelInfo(name=entry.name, arch=type(net).__name__, variant="custom", timm_name="",
-                     input_size=tuple(size) if size else None, mean=tuple(mean) if mean else None,
-                     std=tuple(std) if std else None, interpolation=interp or "bicubic", crop_pct=crop or 0.875,
-                     num_classes=entry.num_classes, params=sum(p.numel() for p in net.parameters()))
+def _weights(net: nn.Module, entry, info: ModelInfo) -> None:
+    """Load the checkpoint, if any, and set the weights' identity (info.checkpoint_sha256), one rule for every
+    source: the checkpoint file's sha256; else the random-init marker when random weights were asked for; else
+    the sha256 of the built state (the code built or loaded them itself), with a notice saying so."""
     if entry.checkpoint:
         state, _ = load_state_dict(entry.checkpoint, key=entry.checkpoint_key)
         load_into(net, state, info, entry.checkpoint)
         info.checkpoint, info.checkpoint_sha256 = str(entry.checkpoint), file_sha256(entry.checkpoint)
+    elif entry.random_init:
+        info.checkpoint_sha256 = RANDOM_INIT_SHA
     else:
-        info.checkpoint_sha256 = "weights:" + state_sha256(net)
+        info.checkpoint_sha256 = state_sha256(net)
+        info.notes.append(f"model {entry.display}: no --checkpoint: its weights are whatever its code builds or "
+                          f"loads (weights sha256 {info.checkpoint_sha256[:12]}); pass --checkpoint to load a file, "
+                          "or --random-init if they are random on purpose")
+
+
+def _wrap(net, entry, num_classes: int | None, code_sha256: str | None, extra: dict | None = None) -> RobenchModel:
+    if not isinstance(net, nn.Module):
+        raise RobenchError(f"model {entry.display} is a {type(net).__name__}, not a torch.nn.Module")
+    mean, std, norm_from, cfg = user_normalization(net, entry)
+    size, crop, interp = cfg.get("input_size"), cfg.get("crop_pct"), cfg.get("interpolation")
+    info = ModelInfo(name=entry.name, arch=type(net).__name__, variant="custom", timm_name="",
+                     input_size=tuple(size) if size else None, mean=tuple(mean) if mean else None,
+                     std=tuple(std) if std else None, interpolation=interp or "bicubic", crop_pct=crop or 0.875,
+                     num_classes=num_classes, params=sum(p.numel() for p in net.parameters()))
+    _weights(net, entry, info)
     info.provenance = {"ref": entry.name if entry.module is None else f"<{type(net).__module__}."
                        f"{type(net).__qualname__} object>", "code_sha256": code_sha256, "args": entry.args or {},
                        "mean": mean, "std": std, "normalization": norm_from, **(extra or {})}
@@ -324,4 +267,3 @@ SOURCES = (
     Source("registry", "NAME (robench models)", _is_registered, _from_registry),
     Source("plugin", f"NAME (entry point of group {ENTRY_POINT_GROUP})", _is_plugin, _from_plugin),
 )
-MODEL_HELP = ", ".join(s.syntax for s in SOURCES[1:])
