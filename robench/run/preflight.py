@@ -1,10 +1,6 @@
-"""One validation pass before any work: a plan is checked whole before a store is created or a model is loaded.
-
-Checks (each failure is a one-line RobenchError): plan values and their types (Plan.validate), the output
-directory (creatable, writable), the data spec, the corruption suites and names, every model (known name, its
-checkpoint present, or weights shipped, or `random_init` asked for), and every attack's eps range (L∞ eps above 1,
-or L2 eps beyond the image's diameter √(C·H·W), only with `allow_large_eps`). Nothing here builds a model or
-reads an image.
+"""The checks of the resolve step (robench.run.resolve) that need no model and read no image: the output path and
+every attack's eps range (L∞ eps above 1, or L2 eps beyond the image's diameter √(C·H·W), only with
+`allow_large_eps`). Each failure is a one-line RobenchError.
 """
 
 from __future__ import annotations
@@ -12,16 +8,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from robench.attack import load_attack_suite
 from robench.common import fmt_eps
-from robench.corrupt import get_suite
-from robench.data.formats import parse_data
 from robench.errors import RobenchError
 from robench.paths import check_dir, check_file
-from robench.run.plan import Plan, suite_corruptions
+from robench.run.plan import Plan
 from robench.run.store import store_path
-from robench.zoo.sources import check_entry
-
 
 
 def check_output(plan: Plan) -> None:
@@ -44,42 +35,40 @@ def eps_limit(norm: str, input_size, protocol: str = "standard", std=None) -> fl
     return limit
 
 
+def check_spec_eps(specs, infos) -> None:
+    """Every eps of the (loaded) attack specs within the image's range of every model (static infos; None for
+    user code, whose input size is known only once built: L∞ bound only)."""
+    for spec in specs:
+        for info in infos:
+            if info is None and spec.norm != "Linf":
+                continue
+            limit = (eps_limit(spec.norm, info.input_size, spec.protocol, info.std) if info is not None
+                     else eps_limit(spec.norm, (3, 1, 1)))
+            big = [e for e in spec.eps if e > limit + 1e-9]
+            if big:
+                what = ("1 (images are in [0, 1])" if spec.norm == "Linf" else
+                        f"{limit:.4g}, the diameter of a {'x'.join(map(str, info.input_size))} image")
+                if spec.protocol != "standard":
+                    what += " in normalised units"
+                raise RobenchError(f"attack {spec.name}: {spec.norm} eps {fmt_eps(big[0], spec.norm)} "
+                                   f"(= {big[0]:.4g}) is larger than {what}; eps is in pixel units "
+                                   "(e.g. 8/255); pass --allow-large-eps (plan: allow_large_eps = true) to "
+                                   "run it anyway")
+
+
 def check_eps(plan: Plan, infos) -> None:
-    """Every attack eps within the image's range, unless plan.allow_large_eps."""
+    """check_spec_eps on the plan's attack suites, unless plan.allow_large_eps (a standalone check; a run loads
+    the suites once, in resolve)."""
+    from robench.attack import load_attack_suite  # local: robench.attack imports torch
+
     if plan.allow_large_eps or not plan.attacks:
         return
-    for name in plan.attacks:
-        for spec in load_attack_suite(name, eps=plan.eps, steps=plan.steps):
-            for info in infos:  # a user model's input size is known only once built: L-inf bound only
-                if info is None and spec.norm != "Linf":
-                    continue
-                limit = (eps_limit(spec.norm, info.input_size, spec.protocol, info.std) if info is not None
-                         else eps_limit(spec.norm, (3, 1, 1)))
-                big = [e for e in spec.eps if e > limit + 1e-9]
-                if big:
-                    what = ("1 (images are in [0, 1])" if spec.norm == "Linf" else
-                            f"{limit:.4g}, the diameter of a {'x'.join(map(str, info.input_size))} image")
-                    if spec.protocol != "standard":
-                        what += " in normalised units"
-                    raise RobenchError(f"attack {spec.name}: {spec.norm} eps {fmt_eps(big[0], spec.norm)} "
-                                       f"(= {big[0]:.4g}) is larger than {what}; eps is in pixel units "
-                                       "(e.g. 8/255); pass --allow-large-eps (plan: allow_large_eps = true) to "
-                                       "run it anyway")
+    check_spec_eps([s for name in plan.attacks for s in load_attack_suite(name, eps=plan.eps, steps=plan.steps)],
+                   infos)
 
 
-def check_corruptions(plan: Plan) -> None:
-    if not plan.corruptions:
-        return
-    for name in plan.corruptions:
-        suite_corruptions(get_suite(name), plan)
+def preflight(plan: Plan):
+    """Validate the whole plan before any file is written or model built: robench.run.resolve.resolve."""
+    from robench.run.resolve import resolve  # local: resolve builds on this module
 
-
-def preflight(plan: Plan) -> list:
-    """Validate the whole plan before any file is written or model built. Returns the models' static infos."""
-    plan.validate()
-    parse_data(plan.data)
-    check_output(plan)
-    infos = [check_entry(m) for m in plan.models]
-    check_corruptions(plan)
-    check_eps(plan, infos)
-    return infos
+    return resolve(plan)
