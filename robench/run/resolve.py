@@ -21,7 +21,7 @@ from robench.data.formats import DataSpec, parse_data
 from robench.errors import RobenchError, suggest
 from robench.run.device import resolve_device
 from robench.run.plan import ModelEntry, Plan
-from robench.run.preflight import check_output, check_spec_eps
+from robench.run.checks import check_output, check_spec_eps
 from robench.zoo.info import ModelInfo
 from robench.zoo.sources import check_entry
 
