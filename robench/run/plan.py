@@ -311,13 +311,14 @@ def parse_norm(value, what: str) -> list[float] | None:
 
 
 def parse_norms(mean, std, where: str = "") -> tuple[list[float] | None, list[float] | None]:
-    """--mean and --std together (each checked by parse_norm): one without the other is an error, except
-    `--mean none` (no normalisation: the model takes [0, 1] images)."""
+    """--mean and --std (each checked by parse_norm); `--mean none` alone means no normalisation (std 1). That
+    one is not given without the other is checked per model once its source is known (resolve)."""
     none = isinstance(mean, str) and mean.strip().lower() == "none"
-    if (mean is None) != (std is None) and not none:
-        raise RobenchError(f"{where}--mean and --std go together: give both (or --mean none for a model that takes "
-                           "[0, 1] images)")
-    return parse_norm(mean, "mean"), parse_norm(std, "std")
+    try:
+        mean, std = parse_norm(mean, "mean"), parse_norm(std, "std")
+    except RobenchError as e:
+        raise RobenchError(f"{where}{e}") from None
+    return mean, [1.0] * 3 if none and std is None else std
 
 
 def plan_from_options(models, *, checkpoints=None, labels=None, model_args=None, mean=None, std=None,

@@ -97,6 +97,10 @@ def resolve(plan: Plan | ResolvedPlan) -> ResolvedPlan:
     device = resolve_device(plan.device)
     check_output(plan)
     models = [ResolvedModel(m, check_entry(m)) for m in plan.models]
+    for m in models:
+        if m.info is None and (m.entry.mean is None) != (m.entry.std is None):  # user code takes --mean/--std
+            raise RobenchError(f"model {m.entry.display}: --mean and --std go together: give both (or --mean none "
+                               "for a model that takes [0, 1] images)")
     suites = resolve_suites(plan, data)
     attacks = resolve_attacks(plan, [m.info for m in models])
     return ResolvedPlan(plan, data, device, models, suites, attacks)
