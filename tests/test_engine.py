@@ -3,7 +3,6 @@ that carry their identity (a user suite's values, not its name), executors testa
 
 import sys
 
-import pytest
 import torch
 
 import robench.run.cells  # noqa: F401  (load every module whose bindings the counters replace)

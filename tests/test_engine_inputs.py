@@ -3,7 +3,6 @@ written; models that break the per-batch checks or raise mid-run are named with 
 is marked failed and its finished chunks are kept."""
 
 import re
-import textwrap
 
 import pytest
 import torch
@@ -142,9 +141,7 @@ def test_a_model_failing_mid_run_keeps_its_chunks_and_resumes(world, tmp_path):
     net = _load(world, "Base")
     net.fail_at = 4  # call 1: the two-image check; 2, 3: chunks 0 and 1; 4: chunk 2 raises
     kw = dict(limit=32, batch_size=8, device="cpu", out=tmp_path / "s", label="net")
-    from robench.run.plan import Plan  # noqa: F401  (chunk_size comes from the config: 8 samples per chunk)
-
-    (tmp_path / "robench.toml").write_text("chunk_size = 8\n")
+    (tmp_path / "robench.toml").write_text("chunk_size = 8\n")  # 8 samples per chunk: 4 chunks
     with pytest.raises(RobenchError, match=r"model net failed on cell clean, batch of samples 16\.\.23: ValueError: "
                                            r"boom inside forward"):
         robench.evaluate(net, "digits", config=tmp_path / "robench.toml", **kw)

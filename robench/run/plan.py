@@ -321,6 +321,31 @@ def parse_norms(mean, std, where: str = "") -> tuple[list[float] | None, list[fl
     return mean, [1.0] * 3 if none and std is None else std
 
 
+def _entries(models: list, checkpoints, labels, cfg: dict, random_init: bool) -> list[ModelEntry]:
+    """ModelEntry per model of plan_from_options."""
+    if all(isinstance(m, str) for m in models):  # names / refs: checkpoints paired by count or by name
+        return pair_checkpoints(models, checkpoints, labels, cfg, random_init=random_init)
+    # nn.Module objects (robench.evaluate) and ModelEntry items: checkpoints and labels in order
+    ckpts, labs = list(checkpoints or []), list(labels or [])
+    if len(ckpts) > len(models) or len(labs) > len(models):
+        raise RobenchError("give at most one checkpoint and one label per model")
+    entries = []
+    for i, m in enumerate(models):
+        if isinstance(m, ModelEntry):
+            entries.append(m)
+            continue
+        ckpt = str(ckpts[i]) if i < len(ckpts) and ckpts[i] else None
+        if isinstance(m, str):
+            entry = ModelEntry(name=m, checkpoint=ckpt or cfg.get("checkpoints", {}).get(m))
+        else:
+            name = getattr(getattr(m, "info", None), "name", None) or type(m).__name__  # a RobenchModel's name
+            entry = ModelEntry(name=name, checkpoint=ckpt, module=m)
+        entry.label = labs[i] if i < len(labs) else None
+        entry.random_init = bool(random_init) and entry.checkpoint is None
+        entries.append(entry)
+    return entries
+
+
 def plan_from_options(models, *, checkpoints=None, labels=None, model_args=None, mean=None, std=None,
                       checkpoint_key: str | None = None, config=None, data=None, attacks=None, corruptions=None,
                       corruption_names=None, severities=None, backend=None, eps=None, steps=None, limit=None,
@@ -339,26 +364,7 @@ def plan_from_options(models, *, checkpoints=None, labels=None, model_args=None,
     if not models:
         raise RobenchError("nothing to evaluate: give a model (--model)")
     args, (mean, std) = parse_model_args(model_args), parse_norms(mean, std)
-    if all(isinstance(m, str) for m in models):  # names / refs: checkpoints paired by count or by name
-        entries = pair_checkpoints(models, checkpoints, labels, cfg, random_init=random_init)
-    else:  # nn.Module objects (robench.evaluate) and ModelEntry items: checkpoints and labels in order
-        ckpts, labs = list(checkpoints or []), list(labels or [])
-        if len(ckpts) > len(models) or len(labs) > len(models):
-            raise RobenchError("give at most one checkpoint and one label per model")
-        entries = []
-        for i, m in enumerate(models):
-            if isinstance(m, ModelEntry):
-                entries.append(m)
-                continue
-            ckpt = str(ckpts[i]) if i < len(ckpts) and ckpts[i] else None
-            if isinstance(m, str):
-                entry = ModelEntry(name=m, checkpoint=ckpt or cfg.get("checkpoints", {}).get(m))
-            else:
-                name = getattr(getattr(m, "info", None), "name", None) or type(m).__name__  # a RobenchModel's name
-                entry = ModelEntry(name=name, checkpoint=ckpt, module=m)
-            entry.label = labs[i] if i < len(labs) else None
-            entry.random_init = bool(random_init) and entry.checkpoint is None
-            entries.append(entry)
+    entries = _entries(models, checkpoints, labels, cfg, random_init)
     for entry, m in zip(entries, models):
         if not isinstance(m, ModelEntry):
             entry.checkpoint_key, entry.args, entry.mean, entry.std = checkpoint_key, args or None, mean, std
