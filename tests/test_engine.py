@@ -134,3 +134,18 @@ def test_executors_alone_match_the_model_and_corrupt_batch():
     assert res[1][0] == list(range(10, 16)) and res[1][2] == pred.tolist()
     assert res[2][0] == [10, 11, 12, 13] and res[2][2] == want.tolist()  # n=14: samples 14, 15 not corrupted
     assert len(cache.items) == 1 and next(iter(cache.items))[1] != "cifar10-c"  # keyed by values, not the name
+
+
+def test_eval_and_evaluate_take_the_same_path(tmp_path, run_cli, monkeypatch):
+    """`robench eval` and robench.evaluate: plan_from_options, then run_plan (resolve, then the runner)."""
+    import robench
+    import robench.run.engine as engine
+
+    seen = []
+    real = engine.run_plan
+    monkeypatch.setattr(engine, "run_plan", lambda plan, *a, **k: seen.append(plan.command) or real(plan, *a, **k))
+    code, out, err = run_cli("eval", "-m", "demo-quest", "-d", "digits", "--limit", "8", "-q", "--out", tmp_path / "a")
+    assert code == 0, err
+    df = robench.evaluate("demo-quest", "digits", limit=8, out=tmp_path / "b")
+    assert [c.split(" ")[0] for c in seen] == ["robench", "robench.evaluate"]
+    assert Store(tmp_path / "a").results().value.tolist() == df.value.tolist()
