@@ -149,3 +149,17 @@ def test_eval_and_evaluate_take_the_same_path(tmp_path, run_cli, monkeypatch):
     df = robench.evaluate("demo-quest", "digits", limit=8, out=tmp_path / "b")
     assert [c.split(" ")[0] for c in seen] == ["robench", "robench.evaluate"]
     assert Store(tmp_path / "a").results().value.tolist() == df.value.tolist()
+
+
+def test_cells_of_another_schema_are_recomputed_not_reused(tmp_path, monkeypatch):
+    import robench.run.cells as cells
+
+    plan = dict(models=[ModelEntry("demo-quest")], data="digits", limit=16, corruptions=["cifar10-c"],
+                corruption_names=["fog"], severities=[2], out=str(tmp_path), quiet=True)
+    monkeypatch.setattr(cells, "ROBENCH_SCHEMA", 1)
+    old = run_plan(Plan(**plan))
+    monkeypatch.setattr(cells, "ROBENCH_SCHEMA", 2)
+    new = run_plan(Plan(**plan))
+    assert set(old.cell_id).isdisjoint(new.cell_id)  # new cells, computed again
+    assert len(Store(tmp_path).cells()) == 2 * len(old)
+    assert old.value.tolist() == new.value.tolist()  # same outcomes on the shipped suite

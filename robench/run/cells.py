@@ -19,7 +19,7 @@ from robench.data.formats import load_corrupted
 from robench.data.specs import EvalData
 from robench.run.resolve import PROBE, ResolvedPlan
 
-ROBENCH_SCHEMA = 2  # 1: corruption cells identified by the suite's name (robench <= 0.9); 2: by its values
+ROBENCH_SCHEMA = 2  # 1: corruption cells identified by the suite's name (robench 0.1); 2: by its values
 PROBE_SAMPLES = 128  # samples attacked by the large-eps sanity probe
 
 
