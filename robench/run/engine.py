@@ -297,8 +297,9 @@ class Runner:
                 merged[cid][1].extend(c)
                 merged[cid][2].extend(p)
             for cid, d in ex.items():
+                mine = extras.setdefault(cid, {})
                 for key, v in d.items():
-                    extras.setdefault(cid, {})[key] = extras.get(cid, {}).get(key, 0) + v
+                    mine[key] = mine.get(key, 0) + v
         self._chunk_writes += 1
         self.store.write_chunk(ch, merged, self.run_id, skipped=skipped, extras=extras, _fault=self._fault_cb())
 
