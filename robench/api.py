@@ -3,7 +3,8 @@
     import robench
     df = robench.evaluate(model, "cifar10:data/cifar-10-batches-py", attacks="autoattack", eps="8/255", limit=1000)
 
-`evaluate` runs the same plan and engine as `robench eval` (robench.run.plan.plan_from_options, then the engine);
+`evaluate` runs the same path as `robench eval`: robench.run.plan.plan_from_options, then robench.run.engine.run_plan
+(resolve, then the runner);
 `model` is an nn.Module taking [0, 1] images (pass mean/std if it expects normalised ones) or anything `--model`
 accepts. The result is the tidy table: one row per model x cell (clean, each corruption x severity, each attack x
 eps) with value = accuracy, n and a 95% Wilson interval.
@@ -39,40 +40,32 @@ def evaluate(model, data, *, attacks=None, corruptions=None, eps=None, limit=Non
     import torch
     from torch import nn
 
-    from robench.run import dist
-    from robench.run.engine import Runner
+    from robench.run.engine import run_plan
     from robench.run.plan import plan_from_options
 
     tmp = None if out is not None else tempfile.mkdtemp(prefix="robench-")
-    plan = plan_from_options([model], checkpoints=[checkpoint] if checkpoint else None,
-                             labels=[label] if label else None, model_args=model_args, mean=mean, std=std,
-                             config=config, data=data, attacks=attacks, corruptions=corruptions,
-                             corruption_names=corruption_names, severities=severities, eps=eps, steps=steps,
-                             limit=limit, attack_limit=attack_limit, corruption_limit=corruption_limit,
-                             batch_size=batch_size, device=device, precision=precision, seed=seed,
-                             out=out if out is not None else tmp, force=force, quiet=quiet,
-                             command="robench.evaluate")
-    state = None
-    if isinstance(model, nn.Module):  # give the caller's module back as it was
-        p = next(iter(model.parameters()), None)
-        state = (model.training, [q.requires_grad for q in model.parameters()],
-                 p.device if p is not None else torch.device("cpu"))
-    runner = None
     try:
-        with dist.initialized():
-            runner = Runner(plan)
-            df = runner.run()
-            if df is not None:  # this call's cells only (a shared store may hold other datasets' cells too)
-                df = df[df["cell_id"].isin(runner.cell_ids)].reset_index(drop=True)
-                df.attrs["flags"] = runner.store.flags() if runner.store is not None else pd.DataFrame()
-        return df
+        plan = plan_from_options([model], checkpoints=[checkpoint] if checkpoint else None,
+                                 labels=[label] if label else None, model_args=model_args, mean=mean, std=std,
+                                 config=config, data=data, attacks=attacks, corruptions=corruptions,
+                                 corruption_names=corruption_names, severities=severities, eps=eps, steps=steps,
+                                 limit=limit, attack_limit=attack_limit, corruption_limit=corruption_limit,
+                                 batch_size=batch_size, device=device, precision=precision, seed=seed,
+                                 out=out if out is not None else tmp, force=force, quiet=quiet,
+                                 command="robench.evaluate")
+        state = None
+        if isinstance(model, nn.Module):  # give the caller's module back as it was
+            p = next(iter(model.parameters()), None)
+            state = (model.training, [q.requires_grad for q in model.parameters()],
+                     p.device if p is not None else torch.device("cpu"))
+        try:
+            return run_plan(plan, with_flags=True)  # the path of `robench eval`: resolve, then the runner
+        finally:
+            if state is not None:
+                training, req, dev = state
+                model.to(dev).train(training)
+                for q, r in zip(model.parameters(), req):
+                    q.requires_grad_(r)
     finally:
-        if runner is not None and runner.store is not None:
-            runner.store.close()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        if state is not None:
-            training, req, dev = state
-            model.to(dev).train(training)
-            for q, r in zip(model.parameters(), req):
-                q.requires_grad_(r)

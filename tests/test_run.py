@@ -23,6 +23,8 @@ def plan(out, **kw):
     base = dict(models=[ModelEntry("demo-standard")], data="digits", limit=48, corruptions=["cifar10-c"],
                 corruption_names=CORR, severities=[1, 5], out=str(out), quiet=True, chunk_size=16)
     base.update(kw)
+    if not base["corruptions"]:  # --corruption without --corruptions is an error
+        base["corruption_names"] = None
     return Plan(**base)
 
 

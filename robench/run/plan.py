@@ -6,6 +6,8 @@ data roots and model checkpoints, so `robench eval --model deit-quest --attack p
 
 from __future__ import annotations
 
+import math
+import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -64,15 +66,23 @@ class Plan:
             raise RobenchError(f"severity must be in 1..5 (got {bad[0]})")
         if self.chunk_size < 1:
             raise RobenchError("chunk_size must be >= 1")
-        for key in ("limit", "attack_limit", "corruption_limit"):
+        for key in ("limit", "attack_limit", "corruption_limit", "diagnostics_limit"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise RobenchError(f"{key} must be >= 1 (got {getattr(self, key)})")
+        if self.workers is not None and self.workers < 0:
+            raise RobenchError(f"workers must be >= 0 (0: load data in the main process; got {self.workers})")
+        if self.corruption_cache_mb < 0:
+            raise RobenchError(f"corruption_cache_mb must be >= 0 (got {self.corruption_cache_mb})")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise RobenchError(f"seed must be an integer in 0..{MAX_SEED} (got {self.seed})")
         labels = [m.display for m in self.models]
         dup = {l for l in labels if labels.count(l) > 1}
         if dup:
             raise RobenchError(f"two models share the label '{dup.pop()}': give each a distinct `label`")
         return self
 
+
+MAX_SEED = 2**63 - 1  # seeds are stored as SQLite integers and fed to torch generators
 
 PLAN_KEYS = {f.name for f in fields(Plan)} - {"models", "command", "quiet"}
 MODEL_KEYS = {f.name for f in fields(ModelEntry)} - {"module"}
@@ -94,7 +104,7 @@ def _model_entry(m, where: str, config: dict) -> ModelEntry:
     entry = ModelEntry(**m)
     if entry.args is not None and not isinstance(entry.args, dict):
         raise RobenchError(f"{where}: `args` must be a table of keyword arguments, e.g. args = {{ depth = 12 }}")
-    entry.mean, entry.std = parse_norm(entry.mean, "mean"), parse_norm(entry.std, "std")
+    entry.mean, entry.std = parse_norms(entry.mean, entry.std, f"{where}: ")
     if entry.checkpoint is None and entry.random_init is not True:
         entry.checkpoint = config.get("checkpoints", {}).get(entry.name)
     return entry
@@ -112,6 +122,11 @@ def load_config(path=None) -> dict:
     except tomllib.TOMLDecodeError as e:
         raise RobenchError(f"config {p} is not valid TOML: {e}") from None
     _check_keys(cfg, PLAN_KEYS | {"checkpoints", "data_roots"}, f"config {p}")
+    for table, example in (("checkpoints", 'deit-quest = "ckpt/quest.pth"'), ("data_roots", 'imagenet = "/data/val"')):
+        value = cfg.get(table, {})
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise RobenchError(f"config {p}: `{table}` must be a table of name = path strings ([{table}] then "
+                               f"{example}), got {value!r}")
     return cfg
 
 
@@ -274,20 +289,61 @@ def parse_model_args(items) -> dict:
 
 
 def parse_norm(value, what: str) -> list[float] | None:
-    """--mean / --std: '0.5,0.5,0.5', one number for all channels, or a list; None stays None."""
+    """--mean / --std: '0.5,0.5,0.5', one number for all channels, or a list, in [0, 1] units (std > 0); None stays
+    None. The literal 'none' means no normalisation (the model takes [0, 1] images): mean 0, std 1."""
     if value is None:
         return None
+    if isinstance(value, str) and value.strip().lower() == "none":
+        return [0.0] * 3 if what == "mean" else [1.0] * 3
     items = value.replace(" ", "").split(",") if isinstance(value, str) else list(value) if isinstance(
         value, (list, tuple)) else [value]
     try:
-        vals = [float(v) for v in items]
+        vals = [float(v) for v in items if not isinstance(v, bool)]
     except (TypeError, ValueError):
-        raise RobenchError(f"--{what} must be 1 or 3 comma-separated numbers, got {value!r}") from None
-    if len(vals) == 1:
-        vals = vals * 3
-    if len(vals) != 3 or (what == "std" and any(v <= 0 for v in vals)):
-        raise RobenchError(f"--{what} must be 1 or 3 numbers{' > 0' if what == 'std' else ''}, got {value!r}")
-    return vals
+        vals = []
+    if len(vals) != len(items) or len(vals) not in (1, 3):
+        raise RobenchError(f"--{what} must be 1 or 3 comma-separated numbers (one per channel), got {value!r}")
+    low = 0.0 if what == "mean" else 1e-6
+    if not all(math.isfinite(v) and low <= v <= 1 for v in vals):
+        raise RobenchError(f"--{what} values must be finite numbers in {'[0, 1]' if what == 'mean' else '(0, 1]'} "
+                           f"(images are in [0, 1], not 0-255 units), got {value!r}")
+    return vals * 3 if len(vals) == 1 else vals
+
+
+def parse_norms(mean, std, where: str = "") -> tuple[list[float] | None, list[float] | None]:
+    """--mean and --std (each checked by parse_norm); `--mean none` alone means no normalisation (std 1). That
+    one is not given without the other is checked per model once its source is known (resolve)."""
+    none = isinstance(mean, str) and mean.strip().lower() == "none"
+    try:
+        mean, std = parse_norm(mean, "mean"), parse_norm(std, "std")
+    except RobenchError as e:
+        raise RobenchError(f"{where}{e}") from None
+    return mean, [1.0] * 3 if none and std is None else std
+
+
+def _entries(models: list, checkpoints, labels, cfg: dict, random_init: bool) -> list[ModelEntry]:
+    """ModelEntry per model of plan_from_options."""
+    if all(isinstance(m, str) for m in models):  # names / refs: checkpoints paired by count or by name
+        return pair_checkpoints(models, checkpoints, labels, cfg, random_init=random_init)
+    # nn.Module objects (robench.evaluate) and ModelEntry items: checkpoints and labels in order
+    ckpts, labs = list(checkpoints or []), list(labels or [])
+    if len(ckpts) > len(models) or len(labs) > len(models):
+        raise RobenchError("give at most one checkpoint and one label per model")
+    entries = []
+    for i, m in enumerate(models):
+        if isinstance(m, ModelEntry):
+            entries.append(m)
+            continue
+        ckpt = str(ckpts[i]) if i < len(ckpts) and ckpts[i] else None
+        if isinstance(m, str):
+            entry = ModelEntry(name=m, checkpoint=ckpt or cfg.get("checkpoints", {}).get(m))
+        else:
+            name = getattr(getattr(m, "info", None), "name", None) or type(m).__name__  # a RobenchModel's name
+            entry = ModelEntry(name=name, checkpoint=ckpt, module=m)
+        entry.label = labs[i] if i < len(labs) else None
+        entry.random_init = bool(random_init) and entry.checkpoint is None
+        entries.append(entry)
+    return entries
 
 
 def plan_from_options(models, *, checkpoints=None, labels=None, model_args=None, mean=None, std=None,
@@ -307,27 +363,8 @@ def plan_from_options(models, *, checkpoints=None, labels=None, model_args=None,
     models = list(models) if isinstance(models, (list, tuple)) else [models]
     if not models:
         raise RobenchError("nothing to evaluate: give a model (--model)")
-    args, mean, std = parse_model_args(model_args), parse_norm(mean, "mean"), parse_norm(std, "std")
-    if all(isinstance(m, str) for m in models):  # names / refs: checkpoints paired by count or by name
-        entries = pair_checkpoints(models, checkpoints, labels, cfg, random_init=random_init)
-    else:  # nn.Module objects (robench.evaluate) and ModelEntry items: checkpoints and labels in order
-        ckpts, labs = list(checkpoints or []), list(labels or [])
-        if len(ckpts) > len(models) or len(labs) > len(models):
-            raise RobenchError("give at most one checkpoint and one label per model")
-        entries = []
-        for i, m in enumerate(models):
-            if isinstance(m, ModelEntry):
-                entries.append(m)
-                continue
-            ckpt = str(ckpts[i]) if i < len(ckpts) and ckpts[i] else None
-            if isinstance(m, str):
-                entry = ModelEntry(name=m, checkpoint=ckpt or cfg.get("checkpoints", {}).get(m))
-            else:
-                name = getattr(getattr(m, "info", None), "name", None) or type(m).__name__  # a RobenchModel's name
-                entry = ModelEntry(name=name, checkpoint=ckpt, module=m)
-            entry.label = labs[i] if i < len(labs) else None
-            entry.random_init = bool(random_init) and entry.checkpoint is None
-            entries.append(entry)
+    args, (mean, std) = parse_model_args(model_args), parse_norms(mean, std)
+    entries = _entries(models, checkpoints, labels, cfg, random_init)
     for entry, m in zip(entries, models):
         if not isinstance(m, ModelEntry):
             entry.checkpoint_key, entry.args, entry.mean, entry.std = checkpoint_key, args or None, mean, std
@@ -339,6 +376,10 @@ def plan_from_options(models, *, checkpoints=None, labels=None, model_args=None,
     def _list(v):
         return None if v is None else ([v] if isinstance(v, (str, int)) else list(v)) or None
 
+    if data is not None and not isinstance(data, (str, os.PathLike)):
+        shape = getattr(data, "shape", None)
+        raise RobenchError(f"data must be a data spec string like cifar10:DIR (see robench.data.formats), got a "
+                           f"{type(data).__name__}" + (f" of shape {tuple(shape)}" if shape is not None else ""))
     given = {"data": resolve_data(str(data) if data is not None else None, cfg), "attacks": _list(attacks),
              "corruptions": _list(corruptions), "corruption_names": _list(corruption_names),
              "severities": _list(severities), "corruption_backend": backend, "eps": eps, "steps": steps,
@@ -351,13 +392,3 @@ def plan_from_options(models, *, checkpoints=None, labels=None, model_args=None,
     return Plan(models=entries, **{**defaults, **{k: v for k, v in given.items() if v is not None},
                                    **{k: True for k, v in flags.items() if v}}, quiet=quiet, command=command)
 
-
-def suite_corruptions(suite, plan: Plan) -> list[str]:
-    """The corruptions of a suite (robench.corrupt.CorruptionSuite) that the plan evaluates: all of them, or those
-    named by --corruption-names, in the suite's order; a name the suite lacks is an error."""
-    if not plan.corruption_names:
-        return list(suite.corruptions)
-    for c in plan.corruption_names:
-        if c not in suite.corruptions:
-            raise RobenchError(f"corruption '{c}' is not in suite {suite.name}" + suggest(c, suite.corruptions))
-    return [c for c in suite.corruptions if c in plan.corruption_names]
