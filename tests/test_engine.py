@@ -2,6 +2,7 @@
 that carry their identity (a user suite's values, not its name), executors testable alone."""
 
 import sys
+import pytest
 
 import torch
 
@@ -12,6 +13,7 @@ from robench.corrupt import corrupt_batch, get_suite
 from robench.data.formats import parse_data
 from robench.run import ModelEntry, Plan, Store, run_plan
 from robench.run.resolve import resolve
+from robench.errors import RobenchError
 
 
 def _count(monkeypatch, name: str, original) -> list:
@@ -55,19 +57,20 @@ def _noise_plan(out, suite: str) -> Plan:
                 out=str(out), quiet=True)
 
 
-def test_a_user_suite_named_like_a_shipped_one_runs_its_own_values(tmp_path):
+def test_a_user_suite_named_like_a_shipped_one_is_refused_and_its_values_identify_its_cells(tmp_path):
     heavy = [3.0] * 5
     shadow = _suite(tmp_path / "shadow.toml", "cifar10-c", heavy)
     named = _suite(tmp_path / "heavy.toml", "my-heavy", heavy)
     shipped = run_plan(Plan(**{**_noise_plan(tmp_path / "s", "cifar10-c").__dict__, "corruption_names":
                                ["gaussian_noise"]}))
-    mine = run_plan(_noise_plan(tmp_path / "s", shadow))
-    other = run_plan(_noise_plan(tmp_path / "o", named))
-    v = {k: r[r.threat == "corruption"].value.iloc[0] for k, r in (("shipped", shipped), ("mine", mine),
-                                                                  ("named", other))}
+    n_cells = len(Store(tmp_path / "s").cells())
+    with pytest.raises(RobenchError, match="named 'cifar10-c' like a shipped suite"):
+        run_plan(_noise_plan(tmp_path / "s", shadow))  # never run with the shipped values, never mixed in
+    assert len(Store(tmp_path / "s").cells()) == n_cells
+    mine = run_plan(_noise_plan(tmp_path / "s", named))
+    v = {k: r[r.threat == "corruption"].value.iloc[0] for k, r in (("shipped", shipped), ("mine", mine))}
     cid = {k: r[r.threat == "corruption"].cell_id.iloc[0] for k, r in (("shipped", shipped), ("mine", mine))}
-    assert cid["shipped"] != cid["mine"]  # the same name, other values: another cell in the same store
-    assert v["mine"] == v["named"]  # its own values, whatever its name
+    assert cid["shipped"] != cid["mine"]  # other values: another cell in the same store
     assert v["mine"] < v["shipped"] - 0.3  # std 3.0 noise destroys the digits; the shipped s3 (0.08) does not
 
 
@@ -77,7 +80,6 @@ def test_editing_a_user_suite_recomputes_its_cells(tmp_path, capfd):
     n_cells = len(Store(tmp_path / "s").cells())
     run_plan(_noise_plan(tmp_path / "s", str(path)))  # unchanged: reused
     assert len(Store(tmp_path / "s").cells()) == n_cells
-    get_suite.__globals__["_cache"].clear()  # a new process would read the edited file (the cache is per process)
     res = run_plan(_noise_plan(tmp_path / "s", _suite(path, "mine", [3.0] * 5)))
     cells = Store(tmp_path / "s").cells()
     assert len(cells) == n_cells + 1 and (cells.status == "done").all()
