@@ -28,8 +28,12 @@ from robench.errors import RobenchError, suggest
 TOL = 1e-6
 
 
-class AttackInvariantError(AssertionError):
-    """An adversarial batch broke an invariant (perturbation too large, outside [0, 1], training mode, ...)."""
+class AttackInvariantError(RobenchError, AssertionError):
+    """An adversarial batch broke an invariant (perturbation too large, outside [0, 1], non-finite, training mode,
+    ...). An AssertionError (a broken guarantee) and a RobenchError: the CLI prints it on one line, exit code 1 (a
+    failed evaluation, not bad input)."""
+
+    exit_code = 1
 
 
 @dataclass

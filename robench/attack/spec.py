@@ -166,7 +166,7 @@ def spec_from_dict(table: dict, where: str = "suite") -> AttackSpec:
     allowed = list(SHARED_KEYS) + [k for k in impl.keys if k not in SHARED_KEYS]
     for k in table:
         if k not in allowed:
-            raise RobenchError(f"{where}: unknown key '{k}' for a '{impl.name}' attack" + suggest(k, allowed)
+            raise RobenchError(f"{where}: unknown attack key '{k}' (kind '{impl.name}')" + suggest(k, allowed)
                                + f"; keys: {', '.join(allowed)}")
     common = dict(name=str(table.get("name", impl.name)), kind=impl.name)
     common["norm"] = choice(table.get("norm", "Linf"), NORMS, "norm")
