@@ -6,7 +6,8 @@ import pytest
 
 import dataclasses
 
-from robench.attack import AttackSpec, fmt_eps, large_eps_probe, load_attack_suite, make_spec, parse_eps, parse_step_size
+from robench.attack import (AttackSpec, fmt_eps, large_eps_probe, load_attack_suite, make_spec, parse_eps,
+                            parse_step_size)
 from robench.attack.spec import step_size
 from robench.errors import RobenchError
 

@@ -113,7 +113,8 @@ def test_readme_noise_kind_refuses_l2_and_unknown_keys(user_extensions):
         load_attack_suite(str(suite))
 
 
-@pytest.mark.parametrize("kind, message", [("user-far", "Linf perturbation .* exceeds eps"), ("user-nan", "adversarial batch has non-finite values")])
+@pytest.mark.parametrize("kind, message", [("user-far", "Linf perturbation .* exceeds eps"),
+                                           ("user-nan", "adversarial batch has non-finite values")])
 def test_kind_breaking_the_invariants_is_rejected_by_the_core(user_extensions, run_cli, kind, message):
     """A kind that returns images outside the eps ball (or NaN) does not get a result: one line, exit 1."""
     suite = user_extensions / f"{kind}.toml"

@@ -1,14 +1,15 @@
 """The bottom of `robench.attack`: the attack-kind registry, the result type, the invariant checks, the clean pass.
 
 Every attack kind (fgsm, pgd, autoattack, torchattacks) registers itself next to its definition with
-`register_kind(AttackKind(...))`: its spec parser, its runner, its label, its display order and its traits. Every
-list of kinds elsewhere (the suite parser, the engine's batch-random grouping, the report's attack order, the
-sanity flags, the diagnostics' filter) is derived from this registry, so a new kind is one module plus its test.
-This module imports nothing from the rest of `robench.attack` (no import cycle).
+`register_kind(AttackKind(...))`: its spec parser, its `attack` (adversarial images at one eps) or `fused` hook
+(every eps at once), its label, its display order and its traits. Every list of kinds elsewhere (the suite parser,
+the engine's batch-random grouping, the report's attack order, the sanity flags, the diagnostics' filter) is
+derived from this registry, so a new kind is one module plus its test. This module imports nothing from the rest
+of `robench.attack` (no import cycle).
 
 Invariant checks come in two forms with the same messages:
-- `check_adversarial(x_adv, x, eps, ...)`: strict, in float64, raises at once (used for AutoAttack / torchattacks
-  outputs and, in strict mode, on every FGSM/PGD iterate);
+- `check_adversarial(x_adv, x, eps, ...)`: strict, in float64, raises at once (robench.attack.core runs it on every
+  batch an `attack` returns and, in strict mode, FGSM/PGD run it on every iterate);
 - `Checker`: on the model's device in the working dtype with a tolerance that is sound for it; it accumulates a
   violation record over every iterate (no host sync) and raises once, at the end of the attack (`finish()`).
 """

@@ -1,9 +1,11 @@
 """Attack specifications: `AttackSpec`, eps / step-size parsing, and suite loading (`load_attack_suite`).
 
 A suite is a TOML file with one `[[attack]]` table per attack (see attacks/pgd.toml). Keys of a table are the
-fields of `AttackSpec`; `eps` is a list (or comma-separated string) of numbers or fractions like "4/255", in pixel
-units (in normalised units under the paper protocol). `step_size` is a rule: "2.5*eps/steps", "0.15*eps",
-"eps/steps", or an absolute number ("1/255", 0.01).
+shared fields of `AttackSpec` (name, kind, norm, eps, protocol, adaptive) plus the kind's own (its `keys`: FGSM/PGD
+steps, step_size, random_start, restarts, loss, targeted, params.target; AutoAttack version, params), which its
+parser turns into the spec's `options`. `eps` is a list (or comma-separated string) of numbers or fractions like
+"4/255", in pixel units (in normalised units under the paper protocol). `step_size` is a rule: "2.5*eps/steps",
+"0.15*eps", "eps/steps", or an absolute number ("1/255", 0.01).
 
 `torchattacks:<Name>?key=value&key=value` runs one torchattacks attack, e.g.
 `torchattacks:PGD?eps=2/255,4/255&steps=10&alpha=1/255`. Values parse as numbers/fractions, true/false or strings;

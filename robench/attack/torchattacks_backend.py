@@ -1,7 +1,8 @@
-"""torchattacks (Kim, "Torchattacks: A PyTorch Repository for Adversarial Attacks", 2020) as an optional backend: any eps-bounded torchattacks attack (`torchattacks:<Name>?k=v`), under robench's bookkeeping
-(labels, eps loop, invariants, robust flags re-evaluated by robench). torchattacks draws from the global torch RNG:
-robench seeds it once per eps from all per-sample seeds of the batch (inside fork_rng, so the caller's RNG is
-untouched); results therefore depend on the chunk, as for AutoAttack.
+"""torchattacks (Kim, "Torchattacks: A PyTorch Repository for Adversarial Attacks", 2020) as an optional backend:
+any eps-bounded torchattacks attack (`torchattacks:<Name>?k=v`), under robench's protocol (robench.attack.core:
+labels, eps loop, invariants, robust flags re-evaluated by robench); the kind only makes the images. torchattacks
+draws from the global torch RNG: robench seeds it once per eps from all per-sample seeds of the batch (inside
+fork_rng, so the caller's RNG is untouched); results therefore depend on the chunk, as for AutoAttack.
 
 Distance: the attack's own (L∞ or L2, eps-bounded attacks only). Shapes: x (B, C, H, W) in [0, 1], y (B,) long;
 result robust / adv_pred (n_eps, B). Spec syntax: `torchattacks:<Name>?key=value&key=value`, e.g.
