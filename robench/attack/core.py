@@ -114,7 +114,7 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackS
     `max_rows` bounds how many (sample, eps) rows go through the model at once (memory).
     `clean_pred`: the model's clean predictions if the caller has them (FGSM/PGD then skip misclassified samples
     without any forward pass; their zero_grad is reported False).
-    `keep_adv` (FGSM/PGD): info["x_adv"] holds the adversarial images [n_eps, B, C, H, W] (in the attack's space:
+    `keep_adv` (kinds with keeps_adv: FGSM/PGD): info["x_adv"] holds the adversarial images [n_eps, B, C, H, W] (in the attack's space:
     pixels for the standard protocol), x itself for rows that were not attacked.
     `strict`: check every FGSM/PGD iterate in float64 and raise at once (else on the device, raised at the end).
     `compile`: torch.compile the FGSM/PGD update step. `compact_every`: early-exit compaction period (steps).
@@ -139,8 +139,7 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackS
             if x_adv is None or tuple(x_adv.shape) != (len(spec.eps), *x0.shape):
                 raise AttackInvariantError(f"{spec.name}: kind '{impl.name}' (fused) must return its adversarial "
                                            "images in info['x_adv'] [n_eps, B, ...]")
-            _validate(x_adv.flatten(0, 1), x0.repeat(len(spec.eps), *[1] * (x0.ndim - 1)),
-                      torch.tensor(spec.eps, dtype=torch.float64).repeat_interleave(x0.shape[0]), spec, clip, strict)
+            _validate(x_adv, x0, spec, clip, strict)
             if keep_adv and impl.keeps_adv:
                 res.info["x_adv"] = x_adv
         else:
@@ -150,16 +149,18 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackS
     return res
 
 
-def _validate(x_adv: torch.Tensor, x0: torch.Tensor, eps, spec: AttackSpec, clip: bool, strict: bool):
+def _validate(x_adv: torch.Tensor, x0: torch.Tensor, spec: AttackSpec, clip: bool, strict: bool, eps=None):
     """Every adversarial batch a kind returns: finite, inside the eps ball in the spec's norm, in [0, 1] if
-    clipping (strict: float64, else on the device with a tolerance sound for the working dtype)."""
-    if x_adv.shape != x0.shape:
-        raise AttackInvariantError(f"{spec.name}: the attack returned images of shape {tuple(x_adv.shape)} for a "
-                                   f"batch of shape {tuple(x0.shape)}")
-    if strict or not torch.is_tensor(eps):
+    clipping. x_adv: [n_eps, B, ...] for every eps of the spec (on the device, with a tolerance sound for the
+    working dtype, one host sync; float64 if strict), or [B, ...] at one `eps` (float64)."""
+    if eps is not None:
+        if x_adv.shape != x0.shape:
+            raise AttackInvariantError(f"{spec.name}: the attack returned images of shape {tuple(x_adv.shape)} "
+                                       f"for a batch of shape {tuple(x0.shape)}")
         return check_adversarial(x_adv, x0, eps, spec.norm, clip, spec.name)
-    check = Checker(spec.norm, clip, spec.name, x0, float(eps.max()) if eps.numel() else 0.0)
-    check(x_adv, x0, eps.to(x0.device))
+    check = Checker(spec.norm, clip, spec.name, x0, max(spec.eps), strict=strict)
+    for k, e in enumerate(spec.eps):
+        check(x_adv[k], x0, torch.full((x0.shape[0],), float(e), dtype=x0.dtype, device=x0.device))
     check.finish()
 
 
@@ -177,13 +178,16 @@ def _run_per_eps(impl: AttackKind, f, x0, y, spec: AttackSpec, seeds, ctx: RunCo
     robust = torch.zeros(E, B, dtype=torch.bool, device=x0.device)
     adv_pred = pred0.expand(E, B).clone()
     rejected, per_eps = [], [None] * E
+    keep = x0.detach().expand(E, *x0.shape).clone() if ctx.keep_adv and impl.keeps_adv else None
     for k, e in enumerate(spec.eps):
         if len(sub) == 0:
             rejected.append(rejected_clean)
             continue
         out = impl.attack(f, xs, labels[sub], float(e), spec, seeds_sub, ctx)
         x_adv, per_eps[k] = out if isinstance(out, tuple) else (out, None)
-        _validate(x_adv, xs, float(e), spec, ctx.clip, True)
+        _validate(x_adv, xs, spec, ctx.clip, True, eps=float(e))
+        if keep is not None:
+            keep[k, sub] = x_adv.detach()
         with torch.no_grad():
             p = f(x_adv.detach()).argmax(1)
         p, rej = confirm(ctx.f32, x_adv, ys, p)
@@ -193,4 +197,6 @@ def _run_per_eps(impl: AttackKind, f, x0, y, spec: AttackSpec, seeds, ctx: RunCo
     info = {"clean_correct": correct.tolist(), "rejected_hits": rejected}
     if any(d is not None for d in per_eps):
         info["per_eps"] = [d or {} for d in per_eps]
+    if keep is not None:
+        info["x_adv"] = keep
     return AttackResult(robust=robust, adv_pred=adv_pred, zero_grad=zero_grad, info=info)
