@@ -343,6 +343,21 @@ def test_core_validates_the_images_of_a_fused_kind():
             unregister_kind(name)
 
 
+def test_record_rows_sync_free_equals_indexed_copy():
+    from robench.attack.pgd import record_rows
+
+    g = torch.Generator().manual_seed(0)
+    rows_x, idx = torch.rand(5, 3, 2, 2, generator=g), torch.tensor([7, 1, 4, 0, 9])
+    new = torch.tensor([True, False, True, False, True])
+    a = torch.rand(10, 3, 2, 2, generator=g)
+    b, before = a.clone(), a.clone()
+    record_rows(a, idx, new, rows_x, sync_free=False)
+    record_rows(b, idx, new, rows_x, sync_free=True)
+    assert torch.equal(a, b) and torch.equal(a[[7, 4, 9]], rows_x[[0, 2, 4]])
+    untouched = [i for i in range(10) if i not in (7, 4, 9)]
+    assert torch.equal(a[untouched], before[untouched])
+
+
 def test_keep_adv_images_are_validated_and_returned():
     model, x, y = toy_batch()
     res = run_attack(model, x, y, make_spec("pgd", eps=(0.05, 0.1), steps=2), list(range(6)), keep_adv=True)

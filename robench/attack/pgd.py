@@ -146,8 +146,7 @@ def pgd_rows(f, x0, labels, targets, eps, alpha, start, norm, steps, loss="ce", 
         pred_out[idx] = torch.where(new, p, pred_out[idx])
         broken[idx] = broken[idx] | new
         if keep_x:
-            m = new.nonzero().squeeze(1)
-            x_out[idx[m]] = rows_x[m]
+            record_rows(x_out, idx, new, rows_x, sync_free=dev.type != "cpu")
         done = done | new
 
     def verdict(logits, x):
@@ -206,6 +205,16 @@ def pgd_rows(f, x0, labels, targets, eps, alpha, start, norm, steps, loss="ce", 
         m = (~done).nonzero().squeeze(1)
         x_out[idx[m]] = xc[m]
     return broken, pred_out, x_out
+
+
+def record_rows(x_out: torch.Tensor, idx: torch.Tensor, new: torch.Tensor, rows_x: torch.Tensor, sync_free: bool):
+    """x_out[idx[r]] = rows_x[r] for the rows r where `new`. On CPU (a host sync is free) only those rows are
+    copied; on an accelerator a masked copy of every row avoids a host sync per step."""
+    if sync_free:
+        x_out[idx] = torch.where(new.view(-1, *([1] * (rows_x.ndim - 1))), rows_x, x_out[idx])
+    else:
+        m = new.nonzero().squeeze(1)
+        x_out[idx[m]] = rows_x[m]
 
 
 def _worth_compacting(done: torch.Tensor, left: int) -> bool:
