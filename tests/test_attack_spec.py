@@ -164,3 +164,14 @@ def test_kind_fields_live_with_the_kind():
         make_spec("pgd", params={"taget": "random"})
     with pytest.raises(RobenchError, match="unknown attack key 'steps'"):
         make_spec("autoattack", steps=3)
+
+
+def test_options_cannot_shadow_shared_keys():
+    @dataclasses.dataclass(frozen=True)
+    class Shadow:
+        eps: float = 1.0
+
+    spec = AttackSpec("x", "pgd", options=Shadow())
+    with pytest.raises(RobenchError, match="repeat shared keys \\(eps\\)"):
+        spec.params_dict()
+    assert AttackSpec("x", "pgd").params_dict()["eps"] == [4 / 255]  # a kind without options: shared keys only

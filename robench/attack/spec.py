@@ -112,7 +112,11 @@ class AttackSpec:
              "protocol": self.protocol, "adaptive": self.adaptive}
         if self.options is not None:
             ident = getattr(self.options, "identity", None)
-            d.update(ident() if ident is not None else dataclasses.asdict(self.options))
+            extra = ident() if ident is not None else dataclasses.asdict(self.options)
+            if set(extra) & set(d):
+                raise RobenchError(f"attack kind '{self.kind}': its options repeat shared keys "
+                                   f"({', '.join(sorted(set(extra) & set(d)))})")
+            d.update(extra)
         d["engine_version"] = ENGINE_VERSION
         return d
 
