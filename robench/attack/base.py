@@ -7,6 +7,10 @@ the engine's batch-random grouping, the report's attack order, the sanity flags,
 derived from this registry, so a new kind is one module plus its test. This module imports nothing from the rest
 of `robench.attack` (no import cycle).
 
+Words, one meaning each in this package: `kind` is a kind's name (`spec.kind`), `impl` the registered AttackKind;
+`spec` an AttackSpec; `params` the `params` sub-table of a suite's [[attack]] table (and its copy in
+`params_dict()`); `options` a kind's frozen options dataclass (`spec.options`); `ctx` the RunContext of one call.
+
 Invariant checks come in two forms with the same messages:
 - `check_adversarial(x_adv, x, eps, ...)`: strict, in float64, raises at once (robench.attack.core runs it on every
   batch an `attack` returns and, in strict mode, FGSM/PGD run it on every iterate);
