@@ -362,6 +362,17 @@ def test_keep_adv_images_are_validated_and_returned():
     model, x, y = toy_batch()
     res = run_attack(model, x, y, make_spec("pgd", eps=(0.05, 0.1), steps=2), list(range(6)), keep_adv=True)
     assert res.info["x_adv"].shape == (2, *x.shape)
+    # each recorded image is the one its prediction was made on (rows mapped to their (eps, sample) slot)
+    for norm, eps in (("Linf", (0.02, 0.05, 0.3)), ("L2", (0.1, 0.5, 2.0))):
+        for compact in (0, 1, 2):
+            spec = make_spec("pgd", norm=norm, eps=eps, steps=4, restarts=2)
+            res = run_attack(model, x, y, spec, list(range(6)), keep_adv=True, compact_every=compact, max_rows=5)
+            with torch.no_grad():
+                pred = torch.stack([model(res.info["x_adv"][k]).argmax(1) for k in range(3)])
+            attacked = torch.tensor(res.info["clean_correct"]).expand(3, -1)
+            assert torch.equal(pred[attacked], res.adv_pred[attacked]), (norm, compact)
+            assert torch.equal(res.info["x_adv"][~attacked], x.expand(3, *x.shape)[~attacked])
+            assert res.robust.sum() < attacked.sum()  # some rows broke: the check covers broken and surviving rows
     assert "x_adv" not in run_attack(model, x, y, make_spec("pgd", eps=(0.05,), steps=2), list(range(6))).info
 
 

@@ -114,7 +114,7 @@ def compiled_step(device_type: str, fixed_shapes: bool):
 
 def pgd_rows(f, x0, labels, targets, eps, alpha, start, norm, steps, loss="ce", clip=True, early_exit=True,
              first_grad=None, check=None, amp=None, stats=None, *, f32=None, rejected=None, compact_every=1,
-             keep_x=True, step=None):
+             keep_x=True, step=None, x_out=None, out_rows=None):
     """Run PGD on N independent rows (one restart). Returns (broken [N] bool, pred [N] long, x_adv [N,...]).
 
     eps, alpha: [N] per row. start: first iterate (not modified). first_grad: gradient at `start` if already known
@@ -123,16 +123,18 @@ def pgd_rows(f, x0, labels, targets, eps, alpha, start, norm, steps, loss="ce", 
     iterate. `check(x_adv, x0, eps)` validates every iterate (a Checker or any callable that raises); `amp` is a
     context-manager factory for the forward passes; `f32`: the full-precision model that confirms low-precision
     hits (`rejected` [N] long counts the rejected ones per row); `compact_every`: broken rows leave the batch every
-    this many steps (0: never, fixed shapes); keep_x=False skips recording x_adv (then None is returned for it);
-    `step`: a compiled `_step_measured` (else the eager in-place step); `stats['row_grad_steps']` counts row
-    forward+backward passes, `stats['row_steps']` row iterations (updates; the first one reuses `first_grad`).
-    """
+    this many steps (0: never, fixed shapes); keep_x=False: no x_adv (None returned); `x_out`/`out_rows`: record
+    row r's image in x_out[out_rows[r]] (and return x_out) instead of a new [N, ...]; `step`: a compiled
+    `_step_measured` (else the eager in-place step); `stats['row_grad_steps']` counts row forward+backward passes,
+    `stats['row_steps']` row iterations (updates; the first one reuses `first_grad`)."""
     N = x0.shape[0]
     dev = x0.device
     view = (-1,) + (1,) * (x0.ndim - 1)
     pred_out = torch.empty(N, dtype=torch.long, device=dev)
     broken = torch.zeros(N, dtype=torch.bool, device=dev)
-    x_out = torch.empty_like(x0) if keep_x else None
+    if keep_x and x_out is None:
+        x_out, out_rows = torch.empty_like(x0), None
+    dest = torch.arange(N, device=dev) if out_rows is None else out_rows  # row -> its slot in x_out
     idx = torch.arange(N, device=dev)
     e_v, a_v = eps.to(x0.dtype).view(view), alpha.to(x0.dtype).view(view)
     lo, hi = linf_box(x0, e_v, clip) if norm == "Linf" else (x0, x0)
@@ -146,7 +148,7 @@ def pgd_rows(f, x0, labels, targets, eps, alpha, start, norm, steps, loss="ce", 
         pred_out[idx] = torch.where(new, p, pred_out[idx])
         broken[idx] = broken[idx] | new
         if keep_x:
-            record_rows(x_out, idx, new, rows_x, sync_free=dev.type != "cpu")
+            record_rows(x_out, dest[idx], new, rows_x, sync_free=dev.type != "cpu")
         done = done | new
 
     def verdict(logits, x):
@@ -200,10 +202,10 @@ def pgd_rows(f, x0, labels, targets, eps, alpha, start, norm, steps, loss="ce", 
     else:
         pred_out[idx], broken[idx] = p, p != labels
         if keep_x:
-            x_out[idx] = xc
+            x_out[dest[idx]] = xc
     if keep_x and early_exit:
         m = (~done).nonzero().squeeze(1)
-        x_out[idx[m]] = xc[m]
+        x_out[dest[idx[m]]] = xc[m]
     return broken, pred_out, x_out
 
 
@@ -252,7 +254,8 @@ def run_pgd(f, x0, y, spec: AttackSpec, seeds, ctx: RunContext) -> AttackResult:
     labels = pred0 if paper else y
     first_grad = None if o.random_start else g_clean
     alive = (pred0 == y).expand(E, B).clone() if not paper else torch.ones(E, B, dtype=torch.bool, device=dev)
-    adv_all = x0.detach().expand(E, *x0.shape).clone()  # unattacked rows keep x
+    adv_all = x0.detach().unsqueeze(0).repeat(E, *[1] * x0.ndim)  # unattacked rows keep x; attacked: recorded
+    adv_rows = adv_all.view(E * B, *x0.shape[1:])  # row (k, i) is adv_rows[k * B + i]
     adv_pred = pred0.expand(E, B).clone()
     rejected = torch.zeros(E, B, dtype=torch.long, device=dev)
     stats = {"rows_attacked": 0, "row_grad_steps": 0, "row_steps": 0}
@@ -277,16 +280,15 @@ def run_pgd(f, x0, y, spec: AttackSpec, seeds, ctx: RunContext) -> AttackResult:
                     start.clamp_(0.0, 1.0)
                 check(start, xs, e)
             rej = torch.zeros(len(k), dtype=torch.long, device=dev)
-            broken, pred, x_adv = pgd_rows(
+            broken, pred, _ = pgd_rows(
                 f, xs, labels[i], targets[i] if targets is not None else None, e, alpha_t[k], start, spec.norm,
                 o.steps, o.loss, clip=clip, early_exit=not paper,
                 first_grad=first_grad[i] if first_grad is not None else None, check=check, stats=stats,
-                f32=f32, rejected=rej, compact_every=compact, step=step)
+                f32=f32, rejected=rej, compact_every=compact, step=step, x_out=adv_rows, out_rows=k * B + i)
             ok = (pred == y[i]) if paper else ~broken
             alive[k, i] = ok
             adv_pred[k, i] = pred
             rejected[k, i] += rej
-            adv_all[k, i] = x_adv.detach()
             stats["rows_attacked"] += int(k.numel())
     check.finish()
     info = {"clean_correct": (pred0 == y).tolist(), **stats, "x_adv": adv_all,
