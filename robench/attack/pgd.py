@@ -28,8 +28,8 @@ at eps_j because it broke at a smaller eps_i. PGD at a larger eps takes larger s
 and can fail where the smaller eps succeeded, so that shortcut would make a row's result depend on which other eps
 were in the sweep.
 
-Invariants: every iterate is checked on the device (robench.attack.base.Checker; strict float64 checks in strict
-mode) and a violation raises once, at the end of the attack.
+Invariants: every iterate is checked on the device (base.Checker; float64 in strict mode), a violation raises once,
+at the end; run_attack checks the images returned (info["x_adv"]) again, as it does for every kind.
 """
 
 from __future__ import annotations
