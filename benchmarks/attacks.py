@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robench.attack import AttackSpec, fmt_eps, parse_eps, run_attack
+from robench.attack import fmt_eps, make_spec, parse_eps, run_attack
 
 
 # ---- models --------------------------------------------------------------------------------------------------------
@@ -158,7 +158,7 @@ def torchattacks_loop(f, x, y, eps, steps, random_start):
 
 
 def robench_run(model, x, y, eps, steps, random_start, amp, compile=False):
-    spec = AttackSpec("pgd", "pgd", eps=tuple(eps), steps=steps, step_size="2.5*eps/steps", random_start=random_start)
+    spec = make_spec("pgd", eps=tuple(eps), steps=steps, step_size="2.5*eps/steps", random_start=random_start)
     res = run_attack(model, x, y, spec, list(range(len(x))), amp_dtype=amp, compile=compile)
     return res.robust, res.info["row_steps"]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from robench.attack import AttackSpec, fmt_eps, parse_eps, run_attack
+from robench.attack import fmt_eps, make_spec, parse_eps, run_attack
 
 
 def main():
@@ -47,7 +47,7 @@ def main():
         model = centroid_model(name, x, args.device)
         with torch.no_grad():
             y = model(x).argmax(1)
-    spec = AttackSpec("pgd", "pgd", eps=tuple(eps), steps=args.steps, random_start=True)
+    spec = make_spec("pgd", eps=tuple(eps), steps=args.steps, random_start=True)
     seeds = list(range(len(x)))
     t = time.perf_counter()
     a = run_attack(model, x, y, spec, seeds)

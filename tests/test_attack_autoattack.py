@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from robench.attack import AttackSpec, run_attack
+from robench.attack import make_spec, run_attack
 from robench.attack.autoattack import autoattack_seed, make_autoattack
 from robench.zoo.registry import create_model
 
@@ -23,8 +23,7 @@ def test_autoattack_flags_equal_direct_pyautoattack():
     y[:2] = (y[:2] + 1) % 10  # two clean-misclassified samples
     params = {"attacks": ["apgd-ce", "apgd-t", "square"], "n_iter": 4, "n_restarts": 1, "n_target_classes": 2,
               "n_queries": 30}
-    spec = AttackSpec("aa", "autoattack", eps=(0.5 / 255, 2 / 255), version="custom", params=params,
-                      steps=4, step_size="apgd")
+    spec = make_spec("autoattack", name="aa", eps=(0.5 / 255, 2 / 255), version="custom", params=params)
     seeds = list(range(100, 110))
     res = run_attack(model, x, y, spec, seeds)
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from robench.attack import AttackKind, AttackResult, AttackSpec, get_kind, kind_names, load_attack_suite, run_attack
-from robench.attack.base import _KINDS, register_kind
+from robench.attack import (AttackInvariantError, AttackKind, AttackSpec, get_kind, kind_names, load_attack_suite,
+                            make_spec, run_attack)
+from robench.attack.base import register_kind, unregister_kind
 from robench.attack.draws import row_keys, uniform, uniform_start
 from robench.errors import RobenchError
 from robench.zoo.registry import create_model
@@ -90,7 +91,7 @@ def setup():
 @pytest.mark.parametrize("random_start", [True, False])
 def test_strict_checks_and_compaction_periods_give_identical_outcomes(setup, norm, eps, random_start):
     model, x, y = setup
-    spec = AttackSpec("pgd", "pgd", norm=norm, eps=eps, steps=5, random_start=random_start)
+    spec = make_spec("pgd", norm=norm, eps=eps, steps=5, random_start=random_start)
     ref = run_attack(model, x, y, spec, list(range(8)), strict=True, compact_every=1)
     for kw in (dict(), dict(compact_every=0), dict(compact_every=3), dict(compact_every=1, max_rows=5)):
         out = run_attack(model, x, y, spec, list(range(8)), **kw)
@@ -101,7 +102,7 @@ def test_strict_checks_and_compaction_periods_give_identical_outcomes(setup, nor
 def test_compile_equals_eager(setup):
     model, x, y = setup
     for norm, eps in (("Linf", (2 / 255, 8 / 255)), ("L2", (0.2,))):
-        spec = AttackSpec("pgd", "pgd", norm=norm, eps=eps, steps=4, random_start=True)
+        spec = make_spec("pgd", norm=norm, eps=eps, steps=4, random_start=True)
         eager = run_attack(model, x, y, spec, list(range(8)))
         comp = run_attack(model, x, y, spec, list(range(8)), compile=True)
         assert torch.equal(eager.robust, comp.robust) and torch.equal(eager.adv_pred, comp.adv_pred)
@@ -133,7 +134,7 @@ def test_bf16_hits_rejected_by_fp32(kind):
     y = torch.ones(4, dtype=torch.long)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert (m(x).float().argmax(1) == 0).all()  # the premise: bf16 calls every sample misclassified
-    spec = AttackSpec(kind, kind, eps=(1e-4,), steps=3 if kind == "pgd" else 1,
+    spec = make_spec(kind, eps=(1e-4,), steps=3 if kind == "pgd" else 1,
                       step_size="2.5*eps/steps" if kind == "pgd" else "1*eps", random_start=kind == "pgd")
     fp32 = run_attack(m, x, y, spec, [0, 1, 2, 3])
     bf16 = run_attack(m, x, y, spec, [0, 1, 2, 3], amp_dtype=torch.bfloat16)
@@ -156,7 +157,7 @@ def test_bf16_robust_accuracy_close_to_fp32_on_a_demo_model():
     m = create_model("demo-quest").eval()
     x, y, _ = digits_tensors("test")
     x, y = x[:96], y[:96]
-    spec = AttackSpec("pgd", "pgd", eps=(2 / 255, 8 / 255), steps=10, random_start=True)
+    spec = make_spec("pgd", eps=(2 / 255, 8 / 255), steps=10, random_start=True)
     a = run_attack(m, x, y, spec, list(range(len(x)))).robust.float().mean(1)
     b = run_attack(m, x, y, spec, list(range(len(x))), amp_dtype=torch.bfloat16).robust.float().mean(1)
     assert ((a - b).abs() <= 0.005 + 1e-9).all(), (a, b)
@@ -164,39 +165,45 @@ def test_bf16_robust_accuracy_close_to_fp32_on_a_demo_model():
 
 # ---------------------------------------------------------------- the registry
 
+@dataclasses.dataclass(frozen=True)
+class ToyOptions:
+    flips: int = 1
+
+
+def register_toy(name, attack, **traits):
+    """Register a kind `name` whose attack is `attack(f, x, labels, eps, spec, seeds, ctx)`."""
+
+    def parse(table, common, where):
+        return AttackSpec(**common, options=ToyOptions(int(table.get("flips", 1))))
+
+    return register_kind(AttackKind(name, parse=parse, attack=attack, label=lambda s: f"{name} {s.norm_label}",
+                                    order=9, keys=("flips",), **traits))
+
+
 @pytest.fixture
 def toy_kind():
     """A toy attack kind registered from outside the package: 'noise' adds eps * sign(random) once."""
 
-    def parse(d, kw, params, where):
-        if set(d) - {"name", "kind", "norm", "eps", "protocol", "adaptive", "params"}:
-            raise RobenchError(f"{where}: toy takes no other keys")
-        return AttackSpec(**kw, steps=1, step_size="1*eps", random_start=True, params=params)
+    def attack(f, x, labels, eps, spec, seeds, ctx):
+        g = torch.Generator().manual_seed(int(ctx.batch_seeds[0]) % (2 ** 31))
+        return (x + eps * torch.randint(0, 2, x.shape, generator=g).mul(2).sub(1)).clamp(0, 1)
 
-    def run(f, x0, y, spec, seeds, opts):
-        g = torch.Generator().manual_seed(int(seeds[0]) % (2 ** 31))
-        robust, preds = [], []
-        with torch.no_grad():
-            pred0 = f(x0).argmax(1)
-            for e in spec.eps:
-                xa = (x0 + e * torch.randint(0, 2, x0.shape, generator=g).mul(2).sub(1)).clamp(0, 1)
-                p = f(xa).argmax(1)
-                robust.append((p == y) & (pred0 == y))
-                preds.append(p)
-        return AttackResult(torch.stack(robust), torch.stack(preds), torch.zeros(len(y), dtype=torch.bool),
-                            {"clean_correct": (pred0 == y).tolist()})
-
-    kind = register_kind(AttackKind("toy-noise", parse=parse, run=run, label=lambda s: f"toy noise {s.norm_label}",
-                                    order=9, batch_random=True))
+    kind = register_toy("toy-noise", attack, batch_random=True)
     yield kind
-    _KINDS.pop("toy-noise")
+    unregister_kind("toy-noise")
 
 
-def test_registry_lists_kinds_in_display_order():
-    assert kind_names() == ("fgsm", "pgd", "autoattack", "torchattacks")
-    assert [get_kind(k).batch_random for k in kind_names()] == [False, False, True, True]
+def test_registry_lists_kinds_in_display_order(toy_kind):
+    builtin = ("fgsm", "pgd", "autoattack", "torchattacks")
+    names = kind_names()
+    assert [n for n in names if n in builtin] == list(builtin)  # the built-ins, in display order
+    assert "toy-noise" in names and names.index("toy-noise") > names.index("torchattacks")  # order 9
+    assert [get_kind(k).batch_random for k in builtin] == [False, False, True, True]
+    assert get_kind("toy-noise") is toy_kind and toy_kind.batch_random
     with pytest.raises(RobenchError, match="unknown attack kind 'pdg'.*pgd"):
         get_kind("pdg")
+    with pytest.raises(RobenchError, match="exactly one of attack= .* or fused="):
+        AttackKind("neither", parse=None, label=None, order=0)
 
 
 def test_toy_kind_from_outside_runs_through_suite_and_eval(toy_kind, tmp_path, run_cli):
@@ -211,7 +218,8 @@ def test_toy_kind_from_outside_runs_through_suite_and_eval(toy_kind, tmp_path, r
         eps = ["8/255", "64/255"]
     """))
     spec, = load_attack_suite(str(suite))
-    assert spec.kind == "toy-noise" and spec.label == "toy noise L∞" and attack_order()[-1] == "toy-noise"
+    assert spec.kind == "toy-noise" and spec.label == "toy-noise L∞" and attack_order()[-1] == "toy-noise"
+    assert spec.options == ToyOptions(1) and spec.params_dict()["flips"] == 1
     out = tmp_path / "res"
     code, _, err = run_cli("eval", "--model", "demo-standard", "--data", "digits", "--limit", "16",
                            "--attack", str(suite), "--out", out, "-q")
@@ -223,8 +231,149 @@ def test_toy_kind_from_outside_runs_through_suite_and_eval(toy_kind, tmp_path, r
     assert len(toy) == 2 and toy.value.iloc[1] <= toy.value.iloc[0] + 1e-9
     bad = tmp_path / "bad.toml"
     bad.write_text('[[attack]]\nkind = "toy-noise"\nsteps = 3\n')
-    with pytest.raises(RobenchError, match="toy takes no other keys"):
+    with pytest.raises(RobenchError, match="unknown attack key 'steps'.*keys: name, kind, norm, eps, protocol, "
+                                           "adaptive, flips"):
         load_attack_suite(str(bad))
+
+
+# ---------------------------------------------------------------- the protocol is the core's, for every kind
+
+def toy_batch():
+    g = torch.Generator().manual_seed(3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 3)).eval()
+    x = torch.rand(6, 3, 4, 4, generator=g) * 0.8 + 0.1
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[:2] = (y[:2] + 1) % 3  # two clean-misclassified samples
+    return model, x, y
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda x, eps: x + 2 * eps, "perturbation .* exceeds eps"),  # out of the eps ball
+    (lambda x, eps: x * float("nan"), "non-finite"),
+    (lambda x, eps: x + 0.9 * eps * torch.ones_like(x).sign() * (1 + 1e-3), "exceeds eps"),  # L2: far over
+])
+def test_core_rejects_a_kind_that_breaks_the_invariants(bad, message):
+    """A kind that forgets the checks cannot void the guarantee: run_attack validates every batch it returns."""
+    register_toy("toy-bad", lambda f, x, labels, eps, spec, seeds, ctx: bad(x, eps))
+    try:
+        model, x, y = toy_batch()
+        spec = make_spec("toy-bad", eps=(0.1,), norm="L2")  # in L2, x ± 0.09 everywhere is far outside 0.1
+        with pytest.raises(AttackInvariantError, match=message):
+            run_attack(model, x, y, spec, list(range(6)))
+        assert not model.training
+        assert all(p.grad is None and p.requires_grad for p in model.parameters())
+    finally:
+        unregister_kind("toy-bad")
+
+
+def test_core_rejects_out_of_range_images_under_clipping():
+    register_toy("toy-range", lambda f, x, labels, eps, spec, seeds, ctx: torch.zeros_like(x) - eps / 2)
+    try:
+        model, x, _ = toy_batch()
+        x = torch.zeros_like(x)
+        with torch.no_grad():
+            y = model(x).argmax(1)  # every sample clean-correct: all reach the kind
+        with pytest.raises(AttackInvariantError, match="leaves \\[0, 1\\]"):
+            run_attack(model, x, y, make_spec("toy-range", eps=(0.1,)), list(range(6)))
+    finally:
+        unregister_kind("toy-range")
+
+
+def test_core_gates_on_clean_correct_samples_and_checks_shapes():
+    seen = []
+
+    def attack(f, x, labels, eps, spec, seeds, ctx):
+        seen.append((len(x), list(seeds), labels.tolist()))
+        return x  # no perturbation at all
+
+    register_toy("toy-id", attack)
+    try:
+        model, x, y = toy_batch()
+        res = run_attack(model, x, y, make_spec("toy-id", eps=(0.01, 0.1)), list(range(10, 16)))
+        # only the 4 clean-correct samples reach the kind, once per eps, with their own seeds and true labels
+        assert seen == [(4, [12, 13, 14, 15], y[2:].tolist())] * 2
+        assert res.robust.tolist() == [[False, False, True, True, True, True]] * 2
+        assert res.info["clean_correct"] == [False, False, True, True, True, True]
+        assert res.info["rejected_hits"] == [0, 0] and res.zero_grad.shape == (6,)
+    finally:
+        unregister_kind("toy-id")
+    register_toy("toy-short", lambda f, x, labels, eps, spec, seeds, ctx: x[:1])
+    try:
+        with pytest.raises(AttackInvariantError, match="shape"):
+            run_attack(model, x, y, make_spec("toy-short", eps=(0.1,)), list(range(6)))
+    finally:
+        unregister_kind("toy-short")
+
+
+def test_core_confirms_low_precision_hits_for_every_kind():
+    """The identity 'attack' under bf16: every bf16 verdict is a hit, fp32 (in the core) rejects them all."""
+    register_toy("toy-same", lambda f, x, labels, eps, spec, seeds, ctx: x)
+    try:
+        m = NearTie().eval()
+        x, y = torch.full((4, 3, 4, 4), 0.5), torch.ones(4, dtype=torch.long)
+        res = run_attack(m, x, y, make_spec("toy-same", eps=(1e-4, 1e-3)), [0, 1, 2, 3], amp_dtype=torch.bfloat16)
+        assert res.robust.all() and (res.adv_pred == 1).all()
+        assert res.info["rejected_hits"] == [8, 8]  # 4 clean + 4 adversarial verdicts, per eps
+    finally:
+        unregister_kind("toy-same")
+
+
+def test_core_validates_the_images_of_a_fused_kind():
+    """A fused kind (every eps at once, like PGD) must hand back its images; the core checks them."""
+    from robench.attack.pgd import parse_pgd, run_pgd
+
+    def far(f, x0, y, spec, seeds, ctx):
+        res = run_pgd(f, x0, y, spec, seeds, ctx)
+        res.info["x_adv"] = res.info["x_adv"] + 3 * max(spec.eps)
+        return res
+
+    def lost(f, x0, y, spec, seeds, ctx):
+        res = run_pgd(f, x0, y, spec, seeds, ctx)
+        del res.info["x_adv"]
+        return res
+
+    for name, fused, message in (("fused-far", far, "exceeds eps"), ("fused-lost", lost, "info\\['x_adv'\\]")):
+        register_kind(AttackKind(name, parse=parse_pgd, fused=fused, label=str, order=9, keys=("steps",)))
+        try:
+            model, x, y = toy_batch()
+            with pytest.raises(AttackInvariantError, match=message):
+                run_attack(model, x, y, make_spec(name, eps=(0.05, 0.1), steps=2), list(range(6)))
+        finally:
+            unregister_kind(name)
+
+
+def test_record_rows_sync_free_equals_indexed_copy():
+    from robench.attack.pgd import record_rows
+
+    g = torch.Generator().manual_seed(0)
+    rows_x, idx = torch.rand(5, 3, 2, 2, generator=g), torch.tensor([7, 1, 4, 0, 9])
+    new = torch.tensor([True, False, True, False, True])
+    a = torch.rand(10, 3, 2, 2, generator=g)
+    b, before = a.clone(), a.clone()
+    record_rows(a, idx, new, rows_x, sync_free=False)
+    record_rows(b, idx, new, rows_x, sync_free=True)
+    assert torch.equal(a, b) and torch.equal(a[[7, 4, 9]], rows_x[[0, 2, 4]])
+    untouched = [i for i in range(10) if i not in (7, 4, 9)]
+    assert torch.equal(a[untouched], before[untouched])
+
+
+def test_keep_adv_images_are_validated_and_returned():
+    model, x, y = toy_batch()
+    res = run_attack(model, x, y, make_spec("pgd", eps=(0.05, 0.1), steps=2), list(range(6)), keep_adv=True)
+    assert res.info["x_adv"].shape == (2, *x.shape)
+    # each recorded image is the one its prediction was made on (rows mapped to their (eps, sample) slot)
+    for norm, eps in (("Linf", (0.02, 0.05, 0.3)), ("L2", (0.1, 0.5, 2.0))):
+        for compact in (0, 1, 2):
+            spec = make_spec("pgd", norm=norm, eps=eps, steps=4, restarts=2)
+            res = run_attack(model, x, y, spec, list(range(6)), keep_adv=True, compact_every=compact, max_rows=5)
+            with torch.no_grad():
+                pred = torch.stack([model(res.info["x_adv"][k]).argmax(1) for k in range(3)])
+            attacked = torch.tensor(res.info["clean_correct"]).expand(3, -1)
+            assert torch.equal(pred[attacked], res.adv_pred[attacked]), (norm, compact)
+            assert torch.equal(res.info["x_adv"][~attacked], x.expand(3, *x.shape)[~attacked])
+            assert res.robust.sum() < attacked.sum()  # some rows broke: the check covers broken and surviving rows
+    assert "x_adv" not in run_attack(model, x, y, make_spec("pgd", eps=(0.05,), steps=2), list(range(6))).info
 
 
 def test_no_import_cycle_inside_attack():

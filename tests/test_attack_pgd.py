@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from robench.attack import AttackInvariantError, AttackSpec, check_adversarial, project, run_attack
+from robench.attack import AttackInvariantError, check_adversarial, make_spec, project, run_attack
 from robench.attack.pgd import pgd_rows
 from robench.errors import RobenchError
 from robench.zoo.registry import create_model
@@ -91,7 +91,7 @@ def test_native_pgd_equals_torchattacks(norm):
     with torch.no_grad():
         assert torch.equal(pred, model(ref).argmax(1))
     # run_attack counts a sample robust only if every iterate is correct: robust there => robust at torchattacks' end
-    spec = AttackSpec("pgd", "pgd", norm=norm, eps=(eps,), steps=steps, random_start=False)
+    spec = make_spec("pgd", norm=norm, eps=(eps,), steps=steps, random_start=False)
     res = run_attack(model, x, y, spec, list(range(5)))
     with torch.no_grad():
         ta_robust = (model(ref).argmax(1) == y) & (model(x).argmax(1) == y)
@@ -123,7 +123,7 @@ def test_eps_batching_and_early_exit_match_single_runs(model64, data64, eps_idx,
     x, y = data64
     grid = [1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255] if norm == "Linf" else [0.05, 0.1, 0.2, 0.5, 1.0]
     eps = tuple(sorted(grid[i] for i in eps_idx))
-    spec = AttackSpec("pgd", "pgd", norm=norm, eps=eps, steps=3, random_start=random_start, restarts=restarts,
+    spec = make_spec("pgd", norm=norm, eps=eps, steps=3, random_start=random_start, restarts=restarts,
                       loss=loss, targeted=targeted)
     seeds = [1000 + i for i in range(len(x))]
     full = run_attack(model64, x, y, spec, seeds)
@@ -161,18 +161,18 @@ def reference_pgd_robust(model, x, y, eps, alpha, steps, norm):
 @pytest.mark.parametrize("norm,eps", [("Linf", (1 / 255, 2 / 255, 4 / 255)), ("L2", (0.05, 0.2, 0.5))])
 def test_early_exit_equals_textbook_pgd(model64, data64, norm, eps):
     x, y = data64
-    spec = AttackSpec("pgd", "pgd", norm=norm, eps=eps, steps=4, random_start=False)
+    spec = make_spec("pgd", norm=norm, eps=eps, steps=4, random_start=False)
     res = run_attack(model64, x, y, spec, list(range(len(x))))
     for k, e in enumerate(eps):
-        assert torch.equal(res.robust[k], reference_pgd_robust(model64, x, y, e, spec.alpha(e), 4, norm))
+        assert torch.equal(res.robust[k], reference_pgd_robust(model64, x, y, e, spec.options.alpha(e), 4, norm))
 
 
 def test_early_exit_saves_work_and_fgsm_shares_clean_gradient(model64, data64):
     x, y = data64
-    spec = AttackSpec("pgd", "pgd", eps=(8 / 255, 16 / 255), steps=5, random_start=True)
+    spec = make_spec("pgd", eps=(8 / 255, 16 / 255), steps=5, random_start=True)
     res = run_attack(model64, x, y, spec, list(range(len(x))))
     assert res.info["row_grad_steps"] < 2 * 5 * len(x)  # broken rows and the misclassified sample left early
-    fgsm = AttackSpec("fgsm", "fgsm", eps=(1 / 255, 8 / 255), steps=1, step_size="1*eps", random_start=False)
+    fgsm = make_spec("fgsm", eps=(1 / 255, 8 / 255), steps=1, step_size="1*eps", random_start=False)
     assert run_attack(model64, x, y, fgsm, list(range(len(x)))).info["row_grad_steps"] == 0
 
 
@@ -191,7 +191,7 @@ def test_invariant_violation_is_a_hard_error(monkeypatch, data64, strict, norm):
     else:
         monkeypatch.setattr(pgd, "project", lambda delta, eps, norm: delta * 3)
     eps = 4 / 255 if norm == "Linf" else 0.05
-    spec = AttackSpec("pgd", "pgd", norm=norm, eps=(eps,), steps=2, random_start=False)
+    spec = make_spec("pgd", norm=norm, eps=(eps,), steps=2, random_start=False)
     with pytest.raises(AttackInvariantError, match=rf"pgd: {norm} perturbation .* exceeds eps {eps:.5g}"):
         run_attack(model, x, y, spec, [0] * 6, strict=strict)
 
@@ -201,7 +201,7 @@ def test_device_check_catches_range_and_nonfinite(monkeypatch, data64):
 
     model = tiny_deit()
     x, y = data64[0].float(), data64[1]
-    spec = AttackSpec("pgd", "pgd", eps=(4 / 255,), steps=2, random_start=False)
+    spec = make_spec("pgd", eps=(4 / 255,), steps=2, random_start=False)
     monkeypatch.setattr(pgd, "linf_box", lambda x0, e, clip: (x0 - e, x0 + e))  # forgets the [0, 1] clip
     xx = x.clone()
     xx[:, :, 0, 0] = 0.0  # black pixels: the first step goes below 0 for some
@@ -215,7 +215,7 @@ def test_device_check_catches_range_and_nonfinite(monkeypatch, data64):
 def test_model_guards(data64):
     model = tiny_deit()
     x, y = data64[0].float(), data64[1]
-    spec = AttackSpec("pgd", "pgd", eps=(4 / 255,), steps=2)
+    spec = make_spec("pgd", eps=(4 / 255,), steps=2)
     model.train()
     with pytest.raises(AttackInvariantError, match="eval mode"):
         run_attack(model, x, y, spec, [0] * 6)
@@ -236,7 +236,7 @@ def test_adaptive_sets_and_restores_elliptical_flag(data64):
     seen = []
     layers[1].register_forward_hook(lambda mod, inp, out: seen.append(mod.grad_through_scale))
     x, y = data64[0].float()[:2], data64[1][:2]
-    spec = AttackSpec("pgd", "pgd", eps=(4 / 255,), steps=2, adaptive=True)
+    spec = make_spec("pgd", eps=(4 / 255,), steps=2, adaptive=True)
     res = run_attack(model, x, y, spec, [0, 1])
     assert seen and all(seen) and not any(m.grad_through_scale for m in layers)
     assert res.info["adaptive"] is True and "adaptive" in spec.label
@@ -247,7 +247,7 @@ def test_adaptive_sets_and_restores_elliptical_flag(data64):
 def test_amp_bf16_runs_and_keeps_invariants(data64):
     model = tiny_deit()
     x, y = data64[0].float(), data64[1]
-    spec = AttackSpec("pgd", "pgd", eps=(2 / 255, 8 / 255), steps=3)
+    spec = make_spec("pgd", eps=(2 / 255, 8 / 255), steps=3)
     res = run_attack(model, x, y, spec, list(range(6)), amp_dtype=torch.bfloat16)
     assert res.robust.shape == (2, 6) and res.info["amp"] == "bfloat16"
 
@@ -270,7 +270,7 @@ def test_paper_protocol_attacks_normalised_space_without_clipping():
     x = torch.zeros(4, 3, 4, 4)  # black images: any downward step would leave [0, 1] in pixel space
     y = torch.tensor([0, 1, 2, 0])
     eps = 8 / 255
-    spec = AttackSpec("pgd-paper", "pgd", eps=(eps,), steps=3, protocol="paper", random_start=True)
+    spec = make_spec("pgd", name="pgd-paper", eps=(eps,), steps=3, protocol="paper", random_start=True)
     res = run_attack(m, x, y, spec, [0, 1, 2, 3])
     z = m.normalize(x)
     adv = torch.cat(m.net.seen[1:])
@@ -291,7 +291,7 @@ def test_clean_pred_skips_misclassified_without_changing_results(random_start):
         pred = model(x).argmax(1)
     y = pred.clone()
     y[::3] = (y[::3] + 1) % 4  # a third of the samples start misclassified
-    spec = AttackSpec(name="pgd", kind="pgd", norm="Linf", eps=(1 / 255, 4 / 255), steps=4,
+    spec = make_spec("pgd", norm="Linf", eps=(1 / 255, 4 / 255), steps=4,
                       step_size="2.5*eps/steps", random_start=random_start)
     a = run_attack(model, x, y, spec, list(range(12)))
     b = run_attack(model, x, y, spec, list(range(12)), clean_pred=pred)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from robench.attack import AttackSpec, large_eps_probe, run_attack, sanity_flags
+from robench.attack import large_eps_probe, make_spec, run_attack, sanity_flags
 
 
 
@@ -37,9 +37,9 @@ def toy_data(n=32, classes=4):
 
 
 def evaluate(model, x, y):
-    specs = [AttackSpec("fgsm", "fgsm", eps=(1 / 255, 4 / 255, 16 / 255), steps=1, step_size="1*eps",
+    specs = [make_spec("fgsm", eps=(1 / 255, 4 / 255, 16 / 255), steps=1, step_size="1*eps",
                         random_start=False),
-             AttackSpec("pgd", "pgd", eps=(1 / 255, 4 / 255, 16 / 255), steps=5),
+             make_spec("pgd", eps=(1 / 255, 4 / 255, 16 / 255), steps=5),
              large_eps_probe("Linf", steps=5)]
     seeds = list(range(len(x)))
     with torch.no_grad():

@@ -4,7 +4,10 @@ import sys
 
 import pytest
 
-from robench.attack import fmt_eps, load_attack_suite, parse_eps, parse_step_size
+import dataclasses
+
+from robench.attack import (AttackSpec, fmt_eps, large_eps_probe, load_attack_suite, make_spec, parse_eps,
+                            parse_step_size)
 from robench.attack.spec import step_size
 from robench.errors import RobenchError
 
@@ -37,23 +40,23 @@ def test_step_size_rules():
 
 def test_shipped_suites_match_the_issue():
     pgd, = load_attack_suite("pgd")
-    assert (pgd.kind, pgd.norm, pgd.steps, pgd.random_start) == ("pgd", "Linf", 10, True)
+    assert (pgd.kind, pgd.norm, pgd.options.steps, pgd.options.random_start) == ("pgd", "Linf", 10, True)
     assert pgd.eps == pytest.approx((1 / 255, 2 / 255, 4 / 255, 8 / 255))
-    assert pgd.alpha(4 / 255) == pytest.approx(2.5 * (4 / 255) / 10)
+    assert pgd.options.alpha(4 / 255) == pytest.approx(2.5 * (4 / 255) / 10)
     aa, = load_attack_suite("autoattack")
-    assert (aa.version, aa.norm, aa.eps) == ("standard", "Linf", (4 / 255,))
+    assert (aa.options.version, aa.norm, aa.eps) == ("standard", "Linf", (4 / 255,))
     fgsm, pgd_p, aa_p = load_attack_suite("paper")
     assert all(s.protocol == "paper" and "NON-STANDARD" in s.label for s in (fgsm, pgd_p, aa_p))
     assert fgsm.kind == "fgsm" and fgsm.eps == (1 / 255,) and aa_p.eps == (1 / 255,)
-    assert pgd_p.steps == 20 and pgd_p.alpha(2 / 255) == pytest.approx(0.15 * 2 / 255)
+    assert pgd_p.options.steps == 20 and pgd_p.options.alpha(2 / 255) == pytest.approx(0.15 * 2 / 255)
     assert pgd_p.eps == pytest.approx(tuple(k / 255 for k in range(1, 7)))
     assert load_attack_suite("pgd-l2")[0].norm == "L2"
-    assert load_attack_suite("fgsm")[0].steps == 1
+    assert load_attack_suite("fgsm")[0].options.steps == 1
 
 
 def test_overrides_and_params_dict():
     s, = load_attack_suite("pgd", eps="8/255,2/255", steps=3)
-    assert s.eps == (2 / 255, 8 / 255) and s.steps == 3
+    assert s.eps == (2 / 255, 8 / 255) and s.options.steps == 3
     d = s.params_dict()
     assert d["eps"] == [2 / 255, 8 / 255] and d["steps"] == 3 and d["kind"] == "pgd"
     import json
@@ -102,7 +105,8 @@ def test_torchattacks_spec_errors():
     with pytest.raises(RobenchError, match="no eps"):
         load_attack_suite("torchattacks:DeepFool")
     s, = load_attack_suite("torchattacks:PGDL2?eps=0.5&alpha=0.1", steps=7)
-    assert (s.norm, s.eps, s.params["steps"], s.params["alpha"]) == ("L2", (0.5,), 7, 0.1)
+    assert (s.norm, s.eps, s.options.args["steps"], s.options.args["alpha"]) == ("L2", (0.5,), 7, 0.1)
+    assert s.options.attack == "PGDL2" and s.options.steps == 7
 
 
 def test_missing_torchattacks_gives_install_hint(monkeypatch):
@@ -117,3 +121,57 @@ def test_every_shipped_suite_loads():
     for name in suite_names("attacks"):
         specs = load_attack_suite(name)
         assert specs and all(s.eps and s.label for s in specs), name
+
+
+# params_hash(spec.params_dict()) of the shipped suites as written by the code before the kind options moved out
+# of AttackSpec (commit 9c635cb): stored cells keep their identity.
+STORED_IDENTITY = {
+    "autoattack-fast": ["2db16e17f5a2417ce766"], "autoattack": ["d851a98f8f387593fe65"],
+    "demo-quick": ["c3ca5c2b24767dc34f26", "f7b7afbabc97ace0d4b5"],
+    "demo": ["45d76746a11b7852ef07", "12b583a54f67686a97b4", "ccf4b5855f72a525ba5a"],
+    "fgsm": ["e89e70b784f295eab785"],
+}
+
+
+def test_cell_identity_of_shipped_suites_unchanged():
+    from robench.run.store import params_hash
+
+    for name, hashes in STORED_IDENTITY.items():
+        assert [params_hash(s.params_dict()) for s in load_attack_suite(name)] == hashes, name
+    d = load_attack_suite("autoattack-fast")[0].params_dict()
+    assert d["params"] == {"attacks": ["apgd-ce", "apgd-t"], "n_iter": 10, "n_restarts": 1, "n_target_classes": 3}
+    assert (d["steps"], d["version"]) == (10, "custom")
+    probe = large_eps_probe("Linf").params_dict()
+    assert (probe["name"], probe["eps"], probe["steps"], probe["params"]) == ("probe-large-eps", [64 / 255], 10, {})
+
+
+def test_kind_fields_live_with_the_kind():
+    """AttackSpec holds what every kind shares; the rest is the kind's own frozen options."""
+    assert [f.name for f in dataclasses.fields(AttackSpec)] == ["name", "kind", "norm", "eps", "protocol", "adaptive",
+                                                               "options"]
+    pgd, = load_attack_suite("pgd")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        pgd.options.steps = 3
+    aa, = load_attack_suite("autoattack-fast")
+    assert (aa.options.attacks, aa.options.n_iter, aa.options.n_queries) == (("apgd-ce", "apgd-t"), 10, None)
+    assert not hasattr(aa.options, "step_size") and not hasattr(pgd.options, "version")
+    s = make_spec("pgd", eps="2/255", steps=3, loss="dlr", targeted=True, params={"target": "least-likely"})
+    assert (s.options.steps, s.options.loss, s.options.target, s.eps) == (3, "dlr", "least-likely", (2 / 255,))
+    assert s.params_dict()["params"] == {"target": "least-likely"}
+    with pytest.raises(RobenchError, match="unknown attack key 'version'"):
+        make_spec("pgd", version="standard")
+    with pytest.raises(RobenchError, match="params key 'taget'.*did you mean: target"):
+        make_spec("pgd", params={"taget": "random"})
+    with pytest.raises(RobenchError, match="unknown attack key 'steps'"):
+        make_spec("autoattack", steps=3)
+
+
+def test_options_cannot_shadow_shared_keys():
+    @dataclasses.dataclass(frozen=True)
+    class Shadow:
+        eps: float = 1.0
+
+    spec = AttackSpec("x", "pgd", options=Shadow())
+    with pytest.raises(RobenchError, match="repeat shared keys \\(eps\\)"):
+        spec.params_dict()
+    assert AttackSpec("x", "pgd").params_dict()["eps"] == [4 / 255]  # a kind without options: shared keys only

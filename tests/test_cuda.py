@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from robench.attack import AttackSpec, run_attack
+from robench.attack import make_spec, run_attack
 from robench.attack.draws import row_keys, uniform, uniform_start
 from robench.zoo.registry import create_model
 
@@ -41,7 +41,7 @@ def test_engine_cuda_equals_cpu_float64(norm, eps):
     x = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with torch.no_grad():
         y = model(x).argmax(1)
-    spec = AttackSpec("pgd", "pgd", norm=norm, eps=eps, steps=5, random_start=True)
+    spec = make_spec("pgd", norm=norm, eps=eps, steps=5, random_start=True)
     cpu = run_attack(model, x, y, spec, list(range(16)))
     for kw in (dict(), dict(compact_every=0), dict(strict=True)):
         gpu = run_attack(model.cuda(), x.cuda(), y.cuda(), spec, list(range(16)), **kw)
@@ -71,7 +71,7 @@ def test_bf16_hits_confirmed_on_cuda():
     m = NearTie().eval().cuda()
     x = torch.full((4, 3, 4, 4), 0.5, device="cuda")
     y = torch.ones(4, dtype=torch.long, device="cuda")
-    spec = AttackSpec("pgd", "pgd", eps=(1e-4,), steps=3)
+    spec = make_spec("pgd", eps=(1e-4,), steps=3)
     fp32 = run_attack(m, x, y, spec, [0, 1, 2, 3])
     bf16 = run_attack(m, x, y, spec, [0, 1, 2, 3], amp_dtype=torch.bfloat16)
     assert torch.equal(bf16.robust, fp32.robust) and bf16.info["rejected_hits"][0] >= 4
@@ -83,7 +83,7 @@ def test_compile_and_cuda_graphs_equal_eager_on_cuda():
     x = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(2)).cuda()
     with torch.no_grad():
         y = model(x).argmax(1)
-    spec = AttackSpec("pgd", "pgd", eps=(2 / 255, 8 / 255), steps=4)
+    spec = make_spec("pgd", eps=(2 / 255, 8 / 255), steps=4)
     eager = run_attack(model, x, y, spec, list(range(16)))
     for kw in (dict(compile=True), dict(compile=True, compact_every=0)):  # the second uses CUDA graphs
         out = run_attack(model, x, y, spec, list(range(16)), **kw)

@@ -180,14 +180,13 @@ def test_inspect_under_corruption_differs_from_clean():
 def test_inspect_under_attack_uses_adversarial_images():
     import torch
 
-    from robench.attack import AttackSpec, run_attack
+    from robench.attack import make_spec, run_attack
     from robench.diag import inspect
     from robench.zoo.registry import create_model
 
     model = create_model("demo-quest")
     x = torch.rand(3, 3, 32, 32)
-    spec = AttackSpec(name="pgd", kind="pgd", norm="Linf", eps=(8 / 255,), steps=3, step_size="2.5*eps/steps",
-                      random_start=True)
+    spec = make_spec("pgd", norm="Linf", eps=(8 / 255,), steps=3, step_size="2.5*eps/steps", random_start=True)
     with torch.no_grad():
         y = model(x).argmax(1)
     out = run_attack(model, x, y, spec, [1, 2, 3], keep_adv=True)

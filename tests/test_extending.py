@@ -5,41 +5,26 @@ is a model `create_model` builds and `robench models` lists."""
 from __future__ import annotations
 
 import json
+import re
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
-from robench.attack.base import get_kind, unregister_kind
+from robench.attack import get_kind, kind_names, unregister_kind
 from robench.corrupt import registry as corruption_registry
 
-USER_MODULE = '''
-"""A user's extensions, outside robench: one attack kind and one corruption."""
-import torch
+def readme_attack_kind() -> str:
+    """The complete attack kind README's "Adding an attack kind" shows (the test runs exactly that code)."""
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    section = text[text.index("**Adding an attack kind**"):]
+    return section[section.index("```python\n") + len("```python\n"):section.index("```\n\n")]
 
-from robench.attack import AttackResult, AttackSpec
-from robench.attack.base import AttackKind, register_kind
+
+USER_CORRUPTION = '''
+"""A user's corruption, outside robench."""
 from robench.corrupt import corruption
-
-
-def parse(table, common, params, where):
-    return AttackSpec(**common, steps=1, step_size="1*eps", random_start=False, params=params)
-
-
-def run(f, x0, y, spec, seeds, opts):
-    """Shift every pixel by -eps (clipped): deterministic, so robust accuracy can only fall with eps."""
-    robust, preds = [], []
-    with torch.no_grad():
-        pred0 = f(x0).argmax(1)
-        for e in spec.eps:
-            p = f((x0 - e).clamp(0, 1)).argmax(1)
-            robust.append((p == y) & (pred0 == y))
-            preds.append(p)
-    return AttackResult(torch.stack(robust), torch.stack(preds), torch.zeros(len(y), dtype=torch.bool),
-                        {"clean_correct": (pred0 == y).tolist()})
-
-
-register_kind(AttackKind("user-shift", parse=parse, run=run, label=lambda s: f"shift {s.norm_label}", order=20))
 
 
 @corruption("user_invert", family="digital")
@@ -47,32 +32,53 @@ def user_invert(x, p, draws, **_):
     return p * (1 - x) + (1 - p) * x
 '''
 
+# kinds that break the invariants: the core rejects their batches (AttackInvariantError, one line from the CLI)
+BAD_KINDS = '''
+import torch
+
+from robench.attack import AttackKind, AttackSpec, register_kind
+
+for name, make in (("user-far", lambda x, eps: x + 2 * eps), ("user-nan", lambda x, eps: x + float("nan"))):
+    register_kind(AttackKind(name, parse=lambda table, common, where: AttackSpec(**common), label=lambda s: name,
+                             attack=lambda f, x, labels, eps, spec, seeds, ctx, make=make: make(x, eps), order=21))
+'''
+
 
 @pytest.fixture
 def user_extensions(tmp_path, monkeypatch):
-    (tmp_path / "user_ext.py").write_text(USER_MODULE)
+    (tmp_path / "user_ext.py").write_text(readme_attack_kind() + USER_CORRUPTION)
+    (tmp_path / "user_bad.py").write_text(BAD_KINDS)
     monkeypatch.syspath_prepend(str(tmp_path))
     import importlib
 
     importlib.import_module("user_ext")
+    importlib.import_module("user_bad")
     yield tmp_path
-    unregister_kind("user-shift")
+    for name in ("noise", "user-far", "user-nan"):
+        unregister_kind(name)
     corruption_registry.unregister("user_invert")
     import sys
 
     sys.modules.pop("user_ext", None)
+    sys.modules.pop("user_bad", None)
 
 
 def test_user_attack_and_corruption_run_through_robench_eval(user_extensions, run_cli):
     tmp = user_extensions
-    assert get_kind("user-shift").order == 20
-    attacks = tmp / "shift.toml"
+    assert get_kind("noise").order == 20 and "noise" in kind_names()
+    assert len([ln for ln in readme_attack_kind().splitlines() if ln.strip()]) <= 25  # "about 20 lines"
+    attacks = tmp / "noise.toml"
     attacks.write_text(textwrap.dedent("""
         description = "a user attack kind"
         [[attack]]
-        name = "shift"
-        kind = "user-shift"
+        name = "noise"
+        kind = "noise"
         eps = ["8/255", "128/255"]
+        [[attack]]
+        name = "noise-2"
+        kind = "noise"
+        draw = 2
+        eps = ["128/255"]
     """))
     corruptions = tmp / "invert.toml"
     corruptions.write_text('name = "invert"\nparams = "cifar"\nmodules = ["user_ext"]\n'
@@ -84,11 +90,40 @@ def test_user_attack_and_corruption_run_through_robench_eval(user_extensions, ru
     from robench.run.store import Store
 
     res = Store(tmp / "res").results()
-    shift = res[res.attack == "shift"].sort_values("eps")
-    assert len(shift) == 2 and shift.value.iloc[1] <= shift.value.iloc[0] + 1e-9
+    noise = res[res.attack == "noise"].sort_values("eps")
+    assert len(noise) == 2 and noise.value.iloc[1] < noise.value.iloc[0]  # 128/255 of sign noise hurts
+    assert (res.attack == "noise-2").sum() == 1
+    cells = res[res.attack.str.startswith("noise")]
+    assert cells.value.max() <= res[res.threat == "clean"].value.iloc[0] + 1e-9  # gated: never above clean
     cor = res[res["threat"] == "corruption"].set_index("corruption")
     assert list(cor.index) == ["user_invert"] and cor.loc["user_invert", "category"] == "digital"
     assert len(Store(tmp / "res").outcomes(int(cor.loc["user_invert", "cell_id"]))) == 24
+
+
+def test_readme_noise_kind_refuses_l2_and_unknown_keys(user_extensions):
+    from robench.attack import load_attack_suite
+    from robench.errors import RobenchError
+
+    suite = user_extensions / "bad.toml"
+    suite.write_text('[[attack]]\nkind = "noise"\nnorm = "L2"\n')
+    with pytest.raises(RobenchError, match="sign noise is an L-inf attack"):
+        load_attack_suite(str(suite))
+    suite.write_text('[[attack]]\nkind = "noise"\ndraws = 2\n')
+    with pytest.raises(RobenchError, match="unknown attack key 'draws'.*did you mean: draw"):
+        load_attack_suite(str(suite))
+
+
+@pytest.mark.parametrize("kind, message", [("user-far", "Linf perturbation .* exceeds eps"),
+                                           ("user-nan", "adversarial batch has non-finite values")])
+def test_kind_breaking_the_invariants_is_rejected_by_the_core(user_extensions, run_cli, kind, message):
+    """A kind that returns images outside the eps ball (or NaN) does not get a result: one line, exit 1."""
+    suite = user_extensions / f"{kind}.toml"
+    suite.write_text(f'[[attack]]\nname = "bad"\nkind = "{kind}"\neps = ["8/255"]\n')
+    code, _, err = run_cli("eval", "--model", "demo-standard", "--data", "digits", "--limit", "8",
+                           "--attack", suite, "--out", user_extensions / "res", "-q")
+    assert code == 1 and "Traceback" not in err
+    line, = [ln for ln in err.splitlines() if ln.startswith("robench: error:")]
+    assert re.search(f"bad: {message}", line), err
 
 
 @pytest.fixture

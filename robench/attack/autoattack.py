@@ -15,11 +15,11 @@ never used. AutoAttack's random draws are batched: its seed is derived from all 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 
-from robench.attack.base import (AttackKind, AttackOptions, AttackResult, check_adversarial, clean_pass, confirm,
-                                 register_kind)
+from robench.attack.base import AttackKind, RunContext, forked_rng, register_kind
 from robench.attack.spec import AttackSpec, choice, positive_int
 from robench.errors import RobenchError
 from robench.seeding import derive_seed
@@ -36,13 +36,11 @@ def autoattack_seed(seeds) -> int:
 
 def make_autoattack(f, spec: AttackSpec, eps: float, seed: int, device):
     """A configured pyautoattack.AutoAttack for one eps (custom overrides applied)."""
-    try:
-        from pyautoattack import AutoAttack
-    except ImportError:
-        raise RobenchError("pyautoattack is not installed; install it with: pip install pyautoattack") from None
-    p = spec.params
-    aa = AutoAttack(f, norm=spec.norm, eps=float(eps), version=spec.version, seed=int(seed), device=device,
-                    attacks=list(p["attacks"]) if spec.version == "custom" else None)
+    from pyautoattack import AutoAttack  # a dependency; local: its import costs time only AutoAttack runs need
+    o: AutoAttackOptions = spec.options
+    p = o.overrides()
+    aa = AutoAttack(f, norm=spec.norm, eps=float(eps), version=o.version, seed=int(seed), device=device,
+                    attacks=list(o.attacks) if o.version == "custom" else None)
     if "n_iter" in p:
         aa.apgd.n_iter = aa.apgd_targeted.n_iter = aa.fab.n_iter = int(p["n_iter"])
     if "n_restarts" in p:
@@ -85,57 +83,62 @@ def autoattack_by_attack(aa, x0: torch.Tensor, labels: torch.Tensor):
     return x_adv, broken_by, acc
 
 
-def run_autoattack(f, x0, y, spec: AttackSpec, seeds, opts: AttackOptions) -> AttackResult:
-    E, B = len(spec.eps), x0.shape[0]
-    pred0, zero_grad, rejected_clean = clean_pass(f, x0, y, f32=opts.f32)
-    labels = pred0 if spec.protocol == "paper" else y
-    seed = autoattack_seed(seeds)
-    robust = torch.zeros(E, B, dtype=torch.bool, device=x0.device)
-    adv_pred = pred0.expand(E, B).clone()
-    per_eps, rejected = [], []
-    devices = [x0.device] if x0.device.type == "cuda" else []
-    for k, e in enumerate(spec.eps):
-        with torch.random.fork_rng(devices=devices):
-            aa = make_autoattack(f, spec, e, seed, x0.device)
-            x_adv, broken_by, acc = autoattack_by_attack(aa, x0, labels)
-        check_adversarial(x_adv, x0, e, spec.norm, opts.clip, f"AutoAttack-{spec.version}")
-        with torch.no_grad():
-            p = f(x_adv).argmax(1)
-        p, rej = confirm(opts.f32, x_adv, y, p)
-        rejected.append(rejected_clean + (0 if rej is None else int(rej.sum())))
-        robust[k] = (p == y) & ((pred0 == y) | (spec.protocol == "paper"))
-        adv_pred[k] = p
-        per_eps.append({"robust_after": acc, "broken_by": broken_by})
-    return AttackResult(robust=robust, adv_pred=adv_pred, zero_grad=zero_grad,
-                        info={"clean_correct": (pred0 == y).tolist(), "autoattack_seed": seed, "per_eps": per_eps,
-                              "rejected_hits": rejected})
+def attack_autoattack(f, x, labels, eps: float, spec: AttackSpec, seeds, ctx: RunContext):
+    """AutoAttack's adversarial images of the batch at one eps, and which of its attacks broke each sample."""
+    seed = autoattack_seed(ctx.batch_seeds)
+    with forked_rng(x.device):
+        aa = make_autoattack(f, spec, eps, seed, x.device)
+        x_adv, broken_by, acc = autoattack_by_attack(aa, x, labels)
+    return x_adv, {"robust_after": acc, "broken_by": broken_by, "autoattack_seed": seed}
 
 
-def parse_autoattack(d: dict, kw: dict, params: dict, where: str) -> AttackSpec:
-    kw["version"] = choice(d.get("version", "standard"), AA_VERSIONS, "AutoAttack version")
+@dataclass(frozen=True)
+class AutoAttackOptions:
+    """version: standard | plus | rand | custom; the rest only for 'custom' (None: AutoAttack's default)."""
+
+    version: str = "standard"
+    attacks: tuple = ()
+    n_iter: int | None = None
+    n_restarts: int | None = None
+    n_target_classes: int | None = None
+    n_queries: int | None = None
+
+    def overrides(self) -> dict:
+        d = {k: getattr(self, k) for k in AA_OVERRIDES if getattr(self, k) not in (None, ())}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    def identity(self) -> dict:
+        """The values hashed into cell ids, in the layout stored cells were written with."""
+        return {"steps": self.n_iter or 100, "step_size": "apgd", "random_start": True, "restarts": 1,
+                "loss": "ce", "targeted": False, "version": self.version, "params": self.overrides()}
+
+
+def parse_autoattack(table: dict, common: dict, where: str) -> AttackSpec:
+    version = choice(table.get("version", "standard"), AA_VERSIONS, "AutoAttack version")
+    params = dict(table.get("params", {}))
     for k in params:
         choice(k, AA_OVERRIDES, "AutoAttack parameter")
-    if kw["version"] != "custom" and params:
-        raise RobenchError(f"{where}: AutoAttack '{kw['version']}' takes no overrides ({', '.join(params)}); "
+    if version != "custom" and params:
+        raise RobenchError(f"{where}: AutoAttack '{version}' takes no overrides ({', '.join(params)}); "
                            "use version = 'custom' for a modified AutoAttack")
-    if kw["version"] == "custom":
-        attacks = params.get("attacks")
-        if not attacks or not isinstance(attacks, list):
-            raise RobenchError(f"{where}: AutoAttack 'custom' needs params.attacks, e.g. ['apgd-ce', 'apgd-t']")
-        for a in attacks:
-            choice(a, AA_ATTACKS, "AutoAttack attack")
-        for k in ("n_iter", "n_restarts", "n_target_classes", "n_queries"):
-            if k in params:
-                params[k] = positive_int(params[k], f"params.{k}")
-    kw["steps"] = int(params.get("n_iter", 100))
-    kw.update(step_size="apgd", random_start=True, restarts=1)
-    return AttackSpec(**kw, params=params)
+    if version != "custom":
+        return AttackSpec(**common, options=AutoAttackOptions(version))
+    attacks = params.pop("attacks", None)
+    if not attacks or not isinstance(attacks, list):
+        raise RobenchError(f"{where}: AutoAttack 'custom' needs params.attacks, e.g. ['apgd-ce', 'apgd-t']")
+    for a in attacks:
+        choice(a, AA_ATTACKS, "AutoAttack attack")
+    counts = {k: positive_int(v, f"params.{k}") for k, v in params.items()}
+    return AttackSpec(**common, options=AutoAttackOptions(version, tuple(attacks), **counts))
 
 
 def label_autoattack(s: AttackSpec) -> str:
-    extra = f": {'+'.join(s.params.get('attacks', []))}" if s.version == "custom" else ""
-    return f"AutoAttack-{s.version}{extra} {s.norm_label}"
+    o: AutoAttackOptions = s.options
+    extra = f": {'+'.join(o.attacks)}" if o.version == "custom" else ""
+    return f"AutoAttack-{o.version}{extra} {s.norm_label}"
 
 
-AUTOATTACK = register_kind(AttackKind("autoattack", parse=parse_autoattack, run=run_autoattack,
-                                      label=label_autoattack, order=2, batch_random=True))
+# whole_batch: pyautoattack gets the whole chunk (its own clean check included), as one run_standard_evaluation
+AUTOATTACK = register_kind(AttackKind("autoattack", parse=parse_autoattack, attack=attack_autoattack,
+                                      label=label_autoattack, order=2, keys=("version", "params"),
+                                      batch_random=True, whole_batch=True))

@@ -1,20 +1,26 @@
 """The bottom of `robench.attack`: the attack-kind registry, the result type, the invariant checks, the clean pass.
 
 Every attack kind (fgsm, pgd, autoattack, torchattacks) registers itself next to its definition with
-`register_kind(AttackKind(...))`: its spec parser, its runner, its label, its display order and its traits. Every
-list of kinds elsewhere (the suite parser, the engine's batch-random grouping, the report's attack order, the
-sanity flags, the diagnostics' filter) is derived from this registry, so a new kind is one module plus its test.
-This module imports nothing from the rest of `robench.attack` (no import cycle).
+`register_kind(AttackKind(...))`: its spec parser, its `attack` (adversarial images at one eps) or `fused` hook
+(every eps at once), its label, its display order and its traits. Every list of kinds elsewhere (the suite parser,
+the engine's batch-random grouping, the report's attack order, the sanity flags, the diagnostics' filter) is
+derived from this registry, so a new kind is one module plus its test. This module imports nothing from the rest
+of `robench.attack` (no import cycle).
+
+Words, one meaning each in this package: `kind` is a kind's name (`spec.kind`), `impl` the registered AttackKind;
+`spec` an AttackSpec; `params` the `params` sub-table of a suite's [[attack]] table (and its copy in
+`params_dict()`); `options` a kind's frozen options dataclass (`spec.options`); `ctx` the RunContext of one call.
 
 Invariant checks come in two forms with the same messages:
-- `check_adversarial(x_adv, x, eps, ...)`: strict, in float64, raises at once (used for AutoAttack / torchattacks
-  outputs and, in strict mode, on every FGSM/PGD iterate);
+- `check_adversarial(x_adv, x, eps, ...)`: strict, in float64, raises at once (robench.attack.core runs it on every
+  batch an `attack` returns and, in strict mode, FGSM/PGD run it on every iterate);
 - `Checker`: on the model's device in the working dtype with a tolerance that is sound for it; it accumulates a
   violation record over every iterate (no host sync) and raises once, at the end of the attack (`finish()`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -27,8 +33,12 @@ from robench.errors import RobenchError, suggest
 TOL = 1e-6
 
 
-class AttackInvariantError(AssertionError):
-    """An adversarial batch broke an invariant (perturbation too large, outside [0, 1], training mode, ...)."""
+class AttackInvariantError(RobenchError, AssertionError):
+    """An adversarial batch broke an invariant (perturbation too large, outside [0, 1], non-finite, training mode,
+    ...). An AssertionError (a broken guarantee) and a RobenchError: the CLI prints it on one line, exit code 1 (a
+    failed evaluation, not bad input)."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -40,19 +50,22 @@ class AttackResult:
 
 
 @dataclass
-class AttackOptions:
-    """What a kind's runner gets besides (f, x0, y, spec, seeds).
+class RunContext:
+    """What a kind's `attack` (or `fused`) callable gets besides the images, labels, eps, spec and seeds.
 
-    clip: clip iterates to [0, 1] (standard protocol). f32: the model in full precision when `f` runs under
-    autocast (low-precision hits are confirmed with it), else None. strict: check every iterate in float64 and
-    raise at once. compile: torch.compile the FGSM/PGD update step. compact_every: FGSM/PGD early exit compacts
-    the rows every this many steps (None: the device's default)."""
+    clip: the adversarial images must stay in [0, 1] (standard protocol). f32: the model in full precision when `f`
+    runs under autocast, else None. batch_seeds: every per-sample seed of the batch (a batch-random kind derives its
+    one seed from them, so it does not depend on which samples the gate lets through). The rest is for the fused
+    FGSM/PGD path: max_rows (rows through the model at once), clean_pred (the caller's clean predictions),
+    keep_adv (return the adversarial images), strict (check every iterate in float64), compile (torch.compile the
+    update step), compact_every (early-exit compaction period in steps; None: the device's default)."""
 
     clip: bool = True
+    f32: Callable | None = None
+    batch_seeds: tuple = ()
     max_rows: int | None = None
     clean_pred: torch.Tensor | None = None
     keep_adv: bool = False
-    f32: Callable | None = None
     strict: bool = False
     compile: bool = False
     compact_every: int | None = None
@@ -61,31 +74,54 @@ class AttackOptions:
 # ---- the registry ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AttackKind:
-    """One attack kind. parse(table, common, params, where) -> AttackSpec validates a suite's [[attack]] table
-    (`common` holds the already-validated name, kind, norm, eps, protocol, adaptive); run(f, x0, y, spec, seeds,
-    opts: AttackOptions) -> AttackResult; label(spec) -> str. order: position in tables. batch_random: the kind
-    draws its random numbers for a whole batch from one seed (results depend on the chunk, so the engine attacks
-    fixed blocks) instead of per sample. keeps_adv: run_attack(keep_adv=True) returns its adversarial images.
-    from_text: parser for a one-attack string '<kind>:...' (e.g. torchattacks:PGD?eps=4/255), or None."""
+    """One attack kind: it only produces adversarial images; robench.attack.core.run_attack does the rest (clean
+    pass, gating on clean-correct samples, the invariant checks of every adversarial batch, fp32 confirmation of
+    low-precision hits, robust flags).
+
+    parse(table, common, where) -> AttackSpec: validates a suite's [[attack]] table; `common` holds the validated
+    shared keys (name, kind, norm, eps, protocol, adaptive), the kind builds its `options` (a frozen dataclass)
+    from its own keys, listed in `keys` (any other key is refused before parse is called).
+    attack(f, x, labels, eps, spec, seeds, ctx: RunContext) -> x_adv, or (x_adv, info dict): the adversarial images
+    of the samples given, at one eps (x in the attacked space; `seeds` one per row of x). The core calls it once per
+    eps of the spec with the samples the protocol attacks (clean-correct ones under the standard protocol), or with
+    the whole batch if `whole_batch` (the core still counts only clean-correct samples as robust); an info dict is
+    collected into info["per_eps"].
+    fused(f, x0, y, spec, seeds, ctx) -> AttackResult: instead of `attack`, a kind that runs every eps at once and
+    does its own gating and fp32 confirmation (FGSM/PGD); its result must carry info["x_adv"] [n_eps, B, ...], the
+    images the core validates.
+    label(spec) -> str. order: position in tables. batch_random: the kind draws its random numbers for a whole
+    batch from one seed (results depend on the chunk, so the engine attacks fixed blocks). keeps_adv:
+    run_attack(keep_adv=True) returns its adversarial images. from_text: parser for a one-attack string
+    '<kind>:...' (e.g. torchattacks:PGD?eps=4/255), or None. with_steps(spec, steps) -> spec: the kind takes
+    `--steps` (None: it does not)."""
 
     name: str
     parse: Callable
-    run: Callable
     label: Callable
     order: int
+    attack: Callable | None = None
+    fused: Callable | None = None
+    keys: tuple = ()
     batch_random: bool = False
     keeps_adv: bool = False
+    whole_batch: bool = False
     from_text: Callable | None = None
+    with_steps: Callable | None = None
+
+    def __post_init__(self):
+        if (self.attack is None) == (self.fused is None):
+            raise RobenchError(f"attack kind '{self.name}' needs exactly one of attack= (one eps, images only) or "
+                               "fused= (every eps at once)")
 
 
 _KINDS: dict[str, AttackKind] = {}
 
 
-def register_kind(kind: AttackKind) -> AttackKind:
-    if kind.name in _KINDS and _KINDS[kind.name] != kind:
-        raise RobenchError(f"attack kind '{kind.name}' is registered twice")
-    _KINDS[kind.name] = kind
-    return kind
+def register_kind(impl: AttackKind) -> AttackKind:
+    if impl.name in _KINDS and _KINDS[impl.name] != impl:
+        raise RobenchError(f"attack kind '{impl.name}' is registered twice")
+    _KINDS[impl.name] = impl
+    return impl
 
 
 def unregister_kind(name: str) -> None:
@@ -95,11 +131,11 @@ def unregister_kind(name: str) -> None:
 
 def attack_kinds() -> list[AttackKind]:
     """The registered kinds in display order."""
-    return sorted(_KINDS.values(), key=lambda k: (k.order, k.name))
+    return sorted(_KINDS.values(), key=lambda impl: (impl.order, impl.name))
 
 
 def kind_names() -> tuple[str, ...]:
-    return tuple(k.name for k in attack_kinds())
+    return tuple(impl.name for impl in attack_kinds())
 
 
 def get_kind(name: str) -> AttackKind:
@@ -208,6 +244,16 @@ class Checker:
             _raise_eps(self.what, self.norm, n, e)
         if self.clip and (lo < 0 or hi > 1):
             _raise_range(self.what, lo, hi)
+
+
+@contextlib.contextmanager
+def forked_rng(device: torch.device, seed: int | None = None):
+    """The global torch RNG (CPU, and `device` if CUDA) forked for a library that draws from it (AutoAttack,
+    torchattacks), seeded with `seed` if given: the caller's RNG state is untouched."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
 
 
 # ---- losses, clean pass, low-precision confirmation ---------------------------------------------------------------

@@ -11,6 +11,14 @@ Protocols
   adversarial input equals the TRUE label. For AutoAttack the normalised image goes into pyautoattack unchanged,
   so its internal [0, 1] clamp acts on normalised values — as in the authors' code.
 
+The protocol lives here, for every kind (a kind only produces adversarial images, robench.attack.base.AttackKind):
+run_attack does the clean pass (predictions, fp32-confirmed under autocast, and the zero-gradient flag), hands the
+kind the samples the protocol attacks (clean-correct ones; every one under the paper protocol or for a
+`whole_batch` kind), validates every adversarial batch the kind returns, predicts on it (low-precision hits
+confirmed in fp32) and sets the robust flags. FGSM/PGD run every eps at once through the kind's `fused` hook
+(their own gating, confirmation and per-iterate checks on the device); the core still validates the final
+images they return.
+
 Invariants (every adversarial batch and every FGSM/PGD iterate, not only in tests): ‖x_adv − x‖ ≤ eps + 1e-6 in the
 attack norm (in the attacked space; FGSM/PGD iterates are checked on the device in the working dtype with a
 tolerance sound for it, and the attack raises once at its end — `strict=True` checks every iterate in float64),
@@ -31,8 +39,8 @@ import contextlib
 import torch
 from torch import nn
 
-from robench.attack.base import (AttackInvariantError, AttackOptions, AttackResult, check_adversarial,  # noqa: F401
-                                 clean_pass, get_kind)
+from robench.attack.base import (AttackInvariantError, AttackKind, AttackResult, Checker, RunContext,
+                                 check_adversarial, clean_pass, confirm, get_kind)
 from robench.attack.spec import AttackSpec
 from robench.errors import RobenchError
 
@@ -54,9 +62,9 @@ def attack_mode(model: nn.Module, spec: AttackSpec):
     """Guard one attack: eval mode required, parameters frozen (no grads), elliptical adaptive flag if asked."""
     if model.training:
         raise AttackInvariantError("model is in training mode; attacks run on a model in eval mode (model.eval())")
-    params = list(model.named_parameters())
-    had_grad = {n for n, p in params if p.grad is not None}
-    req = [p.requires_grad for _, p in params]
+    weights = list(model.named_parameters())
+    had_grad = {n for n, p in weights if p.grad is not None}
+    req = [p.requires_grad for _, p in weights]
     n_ell = 0
     if spec.adaptive:
         from robench.zoo.attention import set_elliptical_adaptive  # local: timm's import (~3.6 s), adaptive only
@@ -65,12 +73,12 @@ def attack_mode(model: nn.Module, spec: AttackSpec):
         if n_ell == 0:
             raise RobenchError(f"attack {spec.name} is adaptive (grad through elliptical m) but the model has no "
                                "elliptical attention layers")
-    for _, p in params:
+    for _, p in weights:
         p.requires_grad_(False)
     try:
         yield
     finally:
-        for (_, p), r in zip(params, req):
+        for (_, p), r in zip(weights, req):
             p.requires_grad_(r)
         if n_ell:
             from robench.zoo.attention import set_elliptical_adaptive
@@ -78,7 +86,7 @@ def attack_mode(model: nn.Module, spec: AttackSpec):
             set_elliptical_adaptive(model, False)
     if model.training:
         raise AttackInvariantError(f"attack {spec.name} left the model in training mode")
-    left = [n for n, p in params if p.grad is not None and n not in had_grad]
+    left = [n for n, p in weights if p.grad is not None and n not in had_grad]
     if left:
         raise AttackInvariantError(f"attack {spec.name} left gradients on parameters: {', '.join(left[:3])}")
 
@@ -106,7 +114,7 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackS
     `max_rows` bounds how many (sample, eps) rows go through the model at once (memory).
     `clean_pred`: the model's clean predictions if the caller has them (FGSM/PGD then skip misclassified samples
     without any forward pass; their zero_grad is reported False).
-    `keep_adv` (FGSM/PGD): info["x_adv"] holds the adversarial images [n_eps, B, C, H, W] (in the attack's space:
+    `keep_adv` (kinds with keeps_adv: FGSM/PGD): info["x_adv"] holds the adversarial images [n_eps, B, C, H, W] (in the attack's space:
     pixels for the standard protocol), x itself for rows that were not attacked.
     `strict`: check every FGSM/PGD iterate in float64 and raise at once (else on the device, raised at the end).
     `compile`: torch.compile the FGSM/PGD update step. `compact_every`: early-exit compaction period (steps).
@@ -116,15 +124,79 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackS
                            f"{tuple(y.shape)}, {len(seeds)} seeds")
     if spec.protocol == "standard" and (x.min() < 0 or x.max() > 1):
         raise RobenchError("run_attack: images must be in [0, 1] (the model normalises them itself)")
+    impl = get_kind(spec.kind)
     with attack_mode(model, spec):
         f, x0, clip = _space(model, x, spec)
         f32 = None
         if amp_dtype is not None:
             f, f32 = _Autocast(f, amp_dtype), f
-        kind = get_kind(spec.kind)  # keep_adv is ignored by kinds without keeps_adv
-        opts = AttackOptions(clip=clip, max_rows=max_rows, clean_pred=clean_pred, keep_adv=keep_adv, f32=f32,
-                             strict=strict, compile=compile, compact_every=compact_every)
-        res = kind.run(f, x0, y, spec, seeds, opts)
+        ctx = RunContext(clip=clip, f32=f32, batch_seeds=tuple(int(s) for s in seeds), max_rows=max_rows,
+                         clean_pred=clean_pred, keep_adv=keep_adv, strict=strict, compile=compile,
+                         compact_every=compact_every)
+        if impl.fused is not None:
+            res = impl.fused(f, x0, y, spec, seeds, ctx)
+            x_adv = res.info.pop("x_adv", None)
+            if x_adv is None or tuple(x_adv.shape) != (len(spec.eps), *x0.shape):
+                raise AttackInvariantError(f"{spec.name}: kind '{impl.name}' (fused) must return its adversarial "
+                                           "images in info['x_adv'] [n_eps, B, ...]")
+            _validate(x_adv, x0, spec, clip, strict)
+            if keep_adv and impl.keeps_adv:
+                res.info["x_adv"] = x_adv
+        else:
+            res = _run_per_eps(impl, f, x0, y, spec, seeds, ctx)
     res.info.update(attack=spec.name, label=spec.label, protocol=spec.protocol, adaptive=spec.adaptive,
                     eps=list(spec.eps), amp=str(amp_dtype).replace("torch.", "") if amp_dtype else None)
     return res
+
+
+def _validate(x_adv: torch.Tensor, x0: torch.Tensor, spec: AttackSpec, clip: bool, strict: bool, eps=None):
+    """Every adversarial batch a kind returns: finite, inside the eps ball in the spec's norm, in [0, 1] if
+    clipping. x_adv: [n_eps, B, ...] for every eps of the spec (on the device, with a tolerance sound for the
+    working dtype, one host sync; float64 if strict), or [B, ...] at one `eps` (float64)."""
+    if eps is not None:
+        if x_adv.shape != x0.shape:
+            raise AttackInvariantError(f"{spec.name}: the attack returned images of shape {tuple(x_adv.shape)} "
+                                       f"for a batch of shape {tuple(x0.shape)}")
+        return check_adversarial(x_adv, x0, eps, spec.norm, clip, spec.name)
+    check = Checker(spec.norm, clip, spec.name, x0, max(spec.eps), strict=strict)
+    for k, e in enumerate(spec.eps):
+        check(x_adv[k], x0, torch.full((x0.shape[0],), float(e), dtype=x0.dtype, device=x0.device))
+    check.finish()
+
+
+def _run_per_eps(impl: AttackKind, f, x0, y, spec: AttackSpec, seeds, ctx: RunContext) -> AttackResult:
+    """The protocol around a kind that makes images at one eps: clean pass, gate, attack, validate, confirm."""
+    E, B = len(spec.eps), x0.shape[0]
+    paper = spec.protocol == "paper"
+    pred0, zero_grad, rejected_clean = clean_pass(f, x0, y, f32=ctx.f32)
+    correct = pred0 == y
+    labels = pred0 if paper else y
+    gate = torch.ones_like(correct) if paper or impl.whole_batch else correct
+    sub = gate.nonzero().squeeze(1)
+    xs, ys = x0[sub], y[sub]
+    seeds_sub = [seeds[i] for i in sub.tolist()]
+    robust = torch.zeros(E, B, dtype=torch.bool, device=x0.device)
+    adv_pred = pred0.expand(E, B).clone()
+    rejected, per_eps = [], [None] * E
+    keep = x0.detach().expand(E, *x0.shape).clone() if ctx.keep_adv and impl.keeps_adv else None
+    for k, e in enumerate(spec.eps):
+        if len(sub) == 0:
+            rejected.append(rejected_clean)
+            continue
+        out = impl.attack(f, xs, labels[sub], float(e), spec, seeds_sub, ctx)
+        x_adv, per_eps[k] = out if isinstance(out, tuple) else (out, None)
+        _validate(x_adv, xs, spec, ctx.clip, True, eps=float(e))
+        if keep is not None:
+            keep[k, sub] = x_adv.detach()
+        with torch.no_grad():
+            p = f(x_adv.detach()).argmax(1)
+        p, rej = confirm(ctx.f32, x_adv, ys, p)
+        rejected.append(rejected_clean + (0 if rej is None else int(rej.sum())))
+        adv_pred[k, sub] = p
+        robust[k, sub] = (p == ys) & (correct[sub] | paper)
+    info = {"clean_correct": correct.tolist(), "rejected_hits": rejected}
+    if any(d is not None for d in per_eps):
+        info["per_eps"] = [d or {} for d in per_eps]
+    if keep is not None:
+        info["x_adv"] = keep
+    return AttackResult(robust=robust, adv_pred=adv_pred, zero_grad=zero_grad, info=info)

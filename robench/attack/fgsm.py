@@ -12,24 +12,25 @@ for all eps plus one forward per (sample, eps) row.
 from __future__ import annotations
 
 from robench.attack.base import AttackKind, register_kind
-from robench.attack.pgd import gradient_attack_spec, run_pgd
+from robench.attack.pgd import GRADIENT_KEYS, PGD_KEYS, gradient_options, run_pgd
 from robench.attack.spec import AttackSpec
 from robench.errors import RobenchError
 
 FIXED = {"steps": 1, "step_size": "1*eps", "random_start": False, "restarts": 1}
 
 
-def parse_fgsm(d: dict, kw: dict, params: dict, where: str) -> AttackSpec:
+def parse_fgsm(table: dict, common: dict, where: str) -> AttackSpec:
     for k, v in FIXED.items():
-        if k in d and d[k] != v:
+        if k in table and table[k] != v:
             raise RobenchError(f"{where}: FGSM is one step of size eps without random start; drop '{k}' "
                                "or use kind = 'pgd'")
-    kw.update(FIXED)
-    return gradient_attack_spec(d, kw, params, where)
+    return AttackSpec(**common, options=gradient_options(table, where, **FIXED))
 
 
 def label_fgsm(s: AttackSpec) -> str:
     return f"FGSM {s.norm_label}"
 
 
-FGSM = register_kind(AttackKind("fgsm", parse=parse_fgsm, run=run_pgd, label=label_fgsm, order=0, keeps_adv=True))
+# FIXED's keys are accepted (with their fixed values), as before: a PGD table with kind = "fgsm" stays valid
+FGSM = register_kind(AttackKind("fgsm", parse=parse_fgsm, fused=run_pgd, label=label_fgsm, order=0,
+                                keys=tuple(k for k in PGD_KEYS if k in FIXED) + GRADIENT_KEYS, keeps_adv=True))

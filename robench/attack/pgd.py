@@ -28,20 +28,21 @@ at eps_j because it broke at a smaller eps_i. PGD at a larger eps takes larger s
 and can fail where the smaller eps succeeded, so that shortcut would make a row's result depend on which other eps
 were in the sweep.
 
-Invariants: every iterate is checked on the device (robench.attack.base.Checker; strict float64 checks in strict
-mode) and a violation raises once, at the end of the attack.
+Invariants: every iterate is checked on the device (base.Checker; float64 in strict mode), a violation raises once,
+at the end; run_attack checks the images returned (info["x_adv"]) again, as it does for every kind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+from dataclasses import dataclass
 
 import torch
 
-from robench.attack.base import (AttackKind, AttackOptions, AttackResult, Checker, attack_loss, confirm,
-                                 register_kind)
+from robench.attack.base import AttackKind, AttackResult, Checker, RunContext, attack_loss, confirm, register_kind
 from robench.attack.draws import random_offsets, row_keys, uniform_start
-from robench.attack.spec import LOSSES, AttackSpec, choice, flag, parse_step_size, positive_int
+from robench.attack.spec import LOSSES, AttackSpec, choice, flag, parse_step_size, positive_int, step_size
 
 GRAD_EPS = 1e-10  # as torchattacks PGDL2
 
@@ -113,7 +114,7 @@ def compiled_step(device_type: str, fixed_shapes: bool):
 
 def pgd_rows(f, x0, labels, targets, eps, alpha, start, norm, steps, loss="ce", clip=True, early_exit=True,
              first_grad=None, check=None, amp=None, stats=None, *, f32=None, rejected=None, compact_every=1,
-             keep_x=True, step=None):
+             keep_x=True, step=None, x_out=None, out_rows=None):
     """Run PGD on N independent rows (one restart). Returns (broken [N] bool, pred [N] long, x_adv [N,...]).
 
     eps, alpha: [N] per row. start: first iterate (not modified). first_grad: gradient at `start` if already known
@@ -122,16 +123,18 @@ def pgd_rows(f, x0, labels, targets, eps, alpha, start, norm, steps, loss="ce", 
     iterate. `check(x_adv, x0, eps)` validates every iterate (a Checker or any callable that raises); `amp` is a
     context-manager factory for the forward passes; `f32`: the full-precision model that confirms low-precision
     hits (`rejected` [N] long counts the rejected ones per row); `compact_every`: broken rows leave the batch every
-    this many steps (0: never, fixed shapes); keep_x=False skips recording x_adv (then None is returned for it);
-    `step`: a compiled `_step_measured` (else the eager in-place step); `stats['row_grad_steps']` counts row
-    forward+backward passes, `stats['row_steps']` row iterations (updates; the first one reuses `first_grad`).
-    """
+    this many steps (0: never, fixed shapes); keep_x=False: no x_adv (None returned); `x_out`/`out_rows`: record
+    row r's image in x_out[out_rows[r]] (and return x_out) instead of a new [N, ...]; `step`: a compiled
+    `_step_measured` (else the eager in-place step); `stats['row_grad_steps']` counts row forward+backward passes,
+    `stats['row_steps']` row iterations (updates; the first one reuses `first_grad`)."""
     N = x0.shape[0]
     dev = x0.device
     view = (-1,) + (1,) * (x0.ndim - 1)
     pred_out = torch.empty(N, dtype=torch.long, device=dev)
     broken = torch.zeros(N, dtype=torch.bool, device=dev)
-    x_out = torch.empty_like(x0) if keep_x else None
+    if keep_x and x_out is None:
+        x_out, out_rows = torch.empty_like(x0), None
+    dest = torch.arange(N, device=dev) if out_rows is None else out_rows  # row -> its slot in x_out
     idx = torch.arange(N, device=dev)
     e_v, a_v = eps.to(x0.dtype).view(view), alpha.to(x0.dtype).view(view)
     lo, hi = linf_box(x0, e_v, clip) if norm == "Linf" else (x0, x0)
@@ -145,8 +148,7 @@ def pgd_rows(f, x0, labels, targets, eps, alpha, start, norm, steps, loss="ce", 
         pred_out[idx] = torch.where(new, p, pred_out[idx])
         broken[idx] = broken[idx] | new
         if keep_x:
-            m = new.nonzero().squeeze(1)
-            x_out[idx[m]] = rows_x[m]
+            record_rows(x_out, dest[idx], new, rows_x, sync_free=dev.type != "cpu")
         done = done | new
 
     def verdict(logits, x):
@@ -200,11 +202,21 @@ def pgd_rows(f, x0, labels, targets, eps, alpha, start, norm, steps, loss="ce", 
     else:
         pred_out[idx], broken[idx] = p, p != labels
         if keep_x:
-            x_out[idx] = xc
+            x_out[dest[idx]] = xc
     if keep_x and early_exit:
         m = (~done).nonzero().squeeze(1)
-        x_out[idx[m]] = xc[m]
+        x_out[dest[idx[m]]] = xc[m]
     return broken, pred_out, x_out
+
+
+def record_rows(x_out: torch.Tensor, idx: torch.Tensor, new: torch.Tensor, rows_x: torch.Tensor, sync_free: bool):
+    """x_out[idx[r]] = rows_x[r] for the rows r where `new`. On CPU (a host sync is free) only those rows are
+    copied; on an accelerator a masked copy of every row avoids a host sync per step."""
+    if sync_free:
+        x_out[idx] = torch.where(new.view(-1, *([1] * (rows_x.ndim - 1))), rows_x, x_out[idx])
+    else:
+        m = new.nonzero().squeeze(1)
+        x_out[idx[m]] = rows_x[m]
 
 
 def _worth_compacting(done: torch.Tensor, left: int) -> bool:
@@ -227,61 +239,60 @@ def default_compaction(device: torch.device) -> int:
     return 1 if device.type == "cpu" else 4
 
 
-def run_pgd(f, x0, y, spec: AttackSpec, seeds, opts: AttackOptions) -> AttackResult:
-    """FGSM/PGD on a batch at every eps of spec (see the module docstring)."""
+def run_pgd(f, x0, y, spec: AttackSpec, seeds, ctx: RunContext) -> AttackResult:
+    """FGSM/PGD on a batch at every eps of spec (see the module docstring): the kind's fused runner. Its result
+    carries info["x_adv"] [n_eps, B, ...] (x itself for rows not attacked), which run_attack validates."""
     B, E = x0.shape[0], len(spec.eps)
     dev, dt = x0.device, x0.dtype
-    clip, f32, clean_pred = opts.clip, opts.f32, opts.clean_pred
+    o: GradientOptions = spec.options
+    clip, f32, clean_pred = ctx.clip, ctx.f32, ctx.clean_pred
     eps_t = torch.tensor(spec.eps, dtype=dt, device=dev)
-    alpha_t = torch.tensor([spec.alpha(e) for e in spec.eps], dtype=dt, device=dev)
+    alpha_t = torch.tensor([o.alpha(e) for e in spec.eps], dtype=dt, device=dev)
     seeds_t = torch.tensor([int(s) for s in seeds], dtype=torch.int64, device=dev)
     paper = spec.protocol == "paper"
     pred0, g_clean, targets, zero_grad, rejected_clean = _clean_pass(f, x0, y, spec, seeds_t, clean_pred, f32)
     labels = pred0 if paper else y
-    first_grad = None if spec.random_start else g_clean
+    first_grad = None if o.random_start else g_clean
     alive = (pred0 == y).expand(E, B).clone() if not paper else torch.ones(E, B, dtype=torch.bool, device=dev)
-    adv_all = x0.detach().expand(E, *x0.shape).clone() if opts.keep_adv else None  # unattacked rows keep x
+    adv_all = x0.detach().unsqueeze(0).repeat(E, *[1] * x0.ndim)  # unattacked rows keep x; attacked: recorded
+    adv_rows = adv_all.view(E * B, *x0.shape[1:])  # row (k, i) is adv_rows[k * B + i]
     adv_pred = pred0.expand(E, B).clone()
     rejected = torch.zeros(E, B, dtype=torch.long, device=dev)
     stats = {"rows_attacked": 0, "row_grad_steps": 0, "row_steps": 0}
-    check = Checker(spec.norm, clip, spec.name, x0, max(spec.eps), strict=opts.strict)
-    compact = default_compaction(dev) if opts.compact_every is None else opts.compact_every
-    step = compiled_step(dev.type, compact == 0) if opts.compile else None
-    for r in range(spec.restarts):
+    check = Checker(spec.norm, clip, spec.name, x0, max(spec.eps), strict=ctx.strict)
+    compact = default_compaction(dev) if ctx.compact_every is None else ctx.compact_every
+    step = compiled_step(dev.type, compact == 0) if ctx.compile else None
+    for r in range(o.restarts):
         rows = alive.nonzero()  # (k, i) pairs still robust
         if rows.numel() == 0:
             break
-        if spec.random_start:  # one draw per sample (shared by its eps rows), batched on the device
+        if o.random_start:  # one draw per sample (shared by its eps rows), batched on the device
             uniq, inv = rows[:, 1].unique(return_inverse=True)
             noise = uniform_start(row_keys(seeds_t[uniq], "start", r, dev), x0.shape[1:], spec.norm, dt)
-        chunk = opts.max_rows or rows.shape[0]
+        chunk = ctx.max_rows or rows.shape[0]
         for c in range(0, rows.shape[0], chunk):
             k, i = rows[c:c + chunk, 0], rows[c:c + chunk, 1]
             e, xs = eps_t[k], x0[i]
             start = xs
-            if spec.random_start:
+            if o.random_start:
                 start = torch.addcmul(xs, noise[inv[c:c + chunk]], e.view(-1, *([1] * (x0.ndim - 1))))
                 if clip:
                     start.clamp_(0.0, 1.0)
                 check(start, xs, e)
             rej = torch.zeros(len(k), dtype=torch.long, device=dev)
-            broken, pred, x_adv = pgd_rows(
+            broken, pred, _ = pgd_rows(
                 f, xs, labels[i], targets[i] if targets is not None else None, e, alpha_t[k], start, spec.norm,
-                spec.steps, spec.loss, clip=clip, early_exit=not paper,
+                o.steps, o.loss, clip=clip, early_exit=not paper,
                 first_grad=first_grad[i] if first_grad is not None else None, check=check, stats=stats,
-                f32=f32, rejected=rej, compact_every=compact, keep_x=opts.keep_adv, step=step)
+                f32=f32, rejected=rej, compact_every=compact, step=step, x_out=adv_rows, out_rows=k * B + i)
             ok = (pred == y[i]) if paper else ~broken
             alive[k, i] = ok
             adv_pred[k, i] = pred
             rejected[k, i] += rej
-            if adv_all is not None:
-                adv_all[k, i] = x_adv.detach()
             stats["rows_attacked"] += int(k.numel())
     check.finish()
-    info = {"clean_correct": (pred0 == y).tolist(), **stats,
+    info = {"clean_correct": (pred0 == y).tolist(), **stats, "x_adv": adv_all,
             "rejected_hits": [rejected_clean + int(v) for v in rejected.sum(1).tolist()]}
-    if adv_all is not None:
-        info["x_adv"] = adv_all
     return AttackResult(robust=alive, adv_pred=adv_pred, zero_grad=zero_grad, info=info)
 
 
@@ -307,47 +318,83 @@ def _clean_pass(f, x0, y, spec: AttackSpec, seeds_t, clean_pred, f32):
         pred0[sub] = p
         rejected_clean += 0 if rej is None else int(rej.sum())
         labels_sub = pred0[sub] if paper else y[sub]
-        if spec.targeted:
+        if spec.options.targeted:
             targets = torch.zeros_like(y)
-            targets[sub] = _targets(seeds_t[sub], labels_sub, logits.detach(), spec.params.get("target", "random"))
+            targets[sub] = _targets(seeds_t[sub], labels_sub, logits.detach(), spec.options.target)
         g_clean[sub], = torch.autograd.grad(
-            attack_loss(logits, labels_sub, None if targets is None else targets[sub], spec.loss).sum(), xg)
+            attack_loss(logits, labels_sub, None if targets is None else targets[sub], spec.options.loss).sum(), xg)
     zero_grad = torch.zeros(B, dtype=torch.bool, device=dev)
     zero_grad[sub] = g_clean[sub].flatten(1).abs().amax(1) == 0
     return pred0, g_clean, targets, zero_grad, rejected_clean
 
 
-# ---- registration ------------------------------------------------------------------------------------------------
-def parse_pgd(d: dict, kw: dict, params: dict, where: str) -> AttackSpec:
-    kw["steps"] = positive_int(d.get("steps", 10))
-    kw["step_size"] = parse_step_size(d.get("step_size", "2.5*eps/steps"))
-    kw["random_start"] = flag(d.get("random_start", True), "random_start")
-    kw["restarts"] = positive_int(d.get("restarts", 1), "restarts")
-    return gradient_attack_spec(d, kw, params, where)
+# ---- options, parser, registration -------------------------------------------------------------------------------
+TARGETS = ("random", "least-likely")
 
 
-def gradient_attack_spec(d: dict, kw: dict, params: dict, where: str) -> AttackSpec:
-    """The loss / targeted keys FGSM and PGD share."""
-    kw["loss"] = choice(d.get("loss", "ce"), LOSSES, "loss")
-    kw["targeted"] = flag(d.get("targeted", False), "targeted")
-    if params.get("target", "random") not in ("random", "least-likely"):
-        from robench.errors import RobenchError
+@dataclass(frozen=True)
+class GradientOptions:
+    """FGSM/PGD options (FGSM: one step of size eps from the clean input). step_size: a canonical rule
+    (robench.attack.spec.parse_step_size); target: how a targeted attack picks its class."""
 
-        raise RobenchError(f"{where}: params.target must be 'random' or 'least-likely'")
-    return AttackSpec(**kw, params=params)
+    steps: int = 10
+    step_size: str = "2.5*eps/steps"
+    random_start: bool = True
+    restarts: int = 1
+    loss: str = "ce"
+    targeted: bool = False
+    target: str = "random"
+
+    def alpha(self, eps: float) -> float:
+        return step_size(self.step_size, eps, self.steps)
+
+    def identity(self) -> dict:
+        """The values hashed into cell ids, in the layout stored cells were written with."""
+        params = {"target": self.target} if self.target != "random" else {}
+        return {"steps": self.steps, "step_size": self.step_size, "random_start": self.random_start,
+                "restarts": self.restarts, "loss": self.loss, "targeted": self.targeted, "version": None,
+                "params": params}
+
+
+GRADIENT_KEYS = ("loss", "targeted", "params")
+PGD_KEYS = ("steps", "step_size", "random_start", "restarts") + GRADIENT_KEYS
+
+
+def gradient_options(table: dict, where: str, **fixed) -> GradientOptions:
+    """GradientOptions from a table's keys (the loss / targeted / params.target keys FGSM and PGD share)."""
+    params = dict(table.get("params", {}))
+    for k in params:
+        choice(k, ("target",), f"{where}: params key")
+    target = choice(params.get("target", "random"), TARGETS, f"{where}: params.target")
+    return GradientOptions(**fixed, loss=choice(table.get("loss", "ce"), LOSSES, "loss"),
+                           targeted=flag(table.get("targeted", False), "targeted"), target=target)
+
+
+def parse_pgd(table: dict, common: dict, where: str) -> AttackSpec:
+    fixed = dict(steps=positive_int(table.get("steps", 10)),
+                 step_size=parse_step_size(table.get("step_size", "2.5*eps/steps")),
+                 random_start=flag(table.get("random_start", True), "random_start"),
+                 restarts=positive_int(table.get("restarts", 1), "restarts"))
+    return AttackSpec(**common, options=gradient_options(table, where, **fixed))
 
 
 def label_pgd(s: AttackSpec) -> str:
-    bits = [f"step {s.step_size}"]
-    if s.random_start:
+    o: GradientOptions = s.options
+    bits = [f"step {o.step_size}"]
+    if o.random_start:
         bits.append("random start")
-    if s.restarts > 1:
-        bits.append(f"{s.restarts} restarts")
-    if s.loss != "ce":
-        bits.append(f"{s.loss.upper()} loss")
-    if s.targeted:
+    if o.restarts > 1:
+        bits.append(f"{o.restarts} restarts")
+    if o.loss != "ce":
+        bits.append(f"{o.loss.upper()} loss")
+    if o.targeted:
         bits.append("targeted")
-    return f"PGD-{s.steps} {s.norm_label} ({', '.join(bits)})"
+    return f"PGD-{o.steps} {s.norm_label} ({', '.join(bits)})"
 
 
-PGD = register_kind(AttackKind("pgd", parse=parse_pgd, run=run_pgd, label=label_pgd, order=1, keeps_adv=True))
+def pgd_with_steps(spec: AttackSpec, steps: int) -> AttackSpec:
+    return dataclasses.replace(spec, options=dataclasses.replace(spec.options, steps=steps))
+
+
+PGD = register_kind(AttackKind("pgd", parse=parse_pgd, fused=run_pgd, label=label_pgd, order=1, keys=PGD_KEYS,
+                               keeps_adv=True, with_steps=pgd_with_steps))

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from robench.attack.base import kind_names
-from robench.attack.spec import AttackSpec
+from robench.attack.spec import AttackSpec, make_spec
 from robench.common import fmt_eps
 
 LARGE_EPS = {"Linf": 64 / 255, "L2": 8.0}
@@ -28,8 +28,8 @@ LARGE_EPS = {"Linf": 64 / 255, "L2": 8.0}
 
 def large_eps_probe(norm: str = "Linf", steps: int = 10) -> AttackSpec:
     """A PGD spec at a large eps (64/255 L∞ or 8.0 L2) on which every non-masked model should reach ~0% robust."""
-    return AttackSpec(name="probe-large-eps", kind="pgd", norm=norm, eps=(LARGE_EPS[norm],), steps=steps,
-                      step_size="2.5*eps/steps", random_start=True)
+    return make_spec("pgd", name="probe-large-eps", norm=norm, eps=(LARGE_EPS[norm],), steps=steps,
+                     step_size="2.5*eps/steps", random_start=True)
 
 
 def _kind(row) -> str:

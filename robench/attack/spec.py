@@ -1,9 +1,11 @@
 """Attack specifications: `AttackSpec`, eps / step-size parsing, and suite loading (`load_attack_suite`).
 
 A suite is a TOML file with one `[[attack]]` table per attack (see attacks/pgd.toml). Keys of a table are the
-fields of `AttackSpec`; `eps` is a list (or comma-separated string) of numbers or fractions like "4/255", in pixel
-units (in normalised units under the paper protocol). `step_size` is a rule: "2.5*eps/steps", "0.15*eps",
-"eps/steps", or an absolute number ("1/255", 0.01).
+shared fields of `AttackSpec` (name, kind, norm, eps, protocol, adaptive) plus the kind's own (its `keys`: FGSM/PGD
+steps, step_size, random_start, restarts, loss, targeted, params.target; AutoAttack version, params), which its
+parser turns into the spec's `options`. `eps` is a list (or comma-separated string) of numbers or fractions like
+"4/255", in pixel units (in normalised units under the paper protocol). `step_size` is a rule: "2.5*eps/steps",
+"0.15*eps", "eps/steps", or an absolute number ("1/255", 0.01).
 
 `torchattacks:<Name>?key=value&key=value` runs one torchattacks attack, e.g.
 `torchattacks:PGD?eps=2/255,4/255&steps=10&alpha=1/255`. Values parse as numbers/fractions, true/false or strings;
@@ -13,13 +15,11 @@ units (in normalised units under the paper protocol). `step_size` is a rule: "2.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from robench.attack.base import get_kind, kind_names
-from robench.common import fmt_eps
 from robench.errors import RobenchError, suggest
 
 # bump when an algorithm changes its results: stored results with another version are redone.
@@ -93,33 +93,32 @@ def step_size(rule: str, eps: float, steps: int) -> float:
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """One attack of a suite. eps is in pixel units ([0, 1] images); under protocol 'paper' in normalised units."""
+    """One attack of a suite: what every kind shares, plus `options`, the kind's own frozen dataclass (built by the
+    kind's parser: e.g. robench.attack.pgd.GradientOptions). eps is in pixel units ([0, 1] images); under protocol
+    'paper' in normalised units."""
 
     name: str
-    kind: str  # a registered kind (robench.attack.base.kind_names()): fgsm | pgd | autoattack | torchattacks
+    kind: str  # the name of a registered kind (robench.attack.base.kind_names()): fgsm | pgd | autoattack | ...
     norm: str = "Linf"
     eps: tuple = (4 / 255,)
-    steps: int = 10
-    step_size: str = "2.5*eps/steps"
-    random_start: bool = True
-    restarts: int = 1
-    loss: str = "ce"
-    targeted: bool = False
     protocol: str = "standard"
     adaptive: bool = False
-    version: str | None = None  # autoattack version
-    params: dict = field(default_factory=dict)
+    options: object = None
 
     def params_dict(self) -> dict:
-        """Every parameter, JSON-able (the result store hashes this to decide whether results can be reused)."""
-        d = dataclasses.asdict(self)
-        d["eps"] = [float(e) for e in self.eps]
-        d["params"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(self.params.items())}
+        """Every value that defines the result, JSON-able (the result store hashes it into cell ids): the shared
+        fields, the options' `identity()` (else their fields) and the engine version."""
+        d = {"name": self.name, "kind": self.kind, "norm": self.norm, "eps": [float(e) for e in self.eps],
+             "protocol": self.protocol, "adaptive": self.adaptive}
+        if self.options is not None:
+            ident = getattr(self.options, "identity", None)
+            extra = ident() if ident is not None else dataclasses.asdict(self.options)
+            if set(extra) & set(d):
+                raise RobenchError(f"attack kind '{self.kind}': its options repeat shared keys "
+                                   f"({', '.join(sorted(set(extra) & set(d)))})")
+            d.update(extra)
         d["engine_version"] = ENGINE_VERSION
         return d
-
-    def alpha(self, eps: float) -> float:
-        return step_size(self.step_size, eps, self.steps)
 
     @property
     def norm_label(self) -> str:
@@ -134,10 +133,6 @@ class AttackSpec:
         if self.protocol == "paper":
             s += " [NON-STANDARD paper protocol: eps in normalised space, no [0,1] clipping, predicted labels]"
         return s
-
-    def cell_label(self, eps: float) -> str:
-        """'pgd Linf 4/255' (+ ' [paper]')."""
-        return f"{self.name} {self.norm} {fmt_eps(eps, self.norm)}" + (" [paper]" if self.protocol == "paper" else "")
 
 
 def choice(value, choices, what: str):
@@ -164,26 +159,33 @@ def positive_int(v, what="steps") -> int:
     return n
 
 
-_number, _choice, _bool, _steps = number, choice, flag, positive_int  # older private names
-FIELDS = [f.name for f in dataclasses.fields(AttackSpec)]
+SHARED_KEYS = ("name", "kind", "norm", "eps", "protocol", "adaptive")
 
 
-def spec_from_dict(d: dict, where: str = "suite") -> AttackSpec:
-    """Validate one [[attack]] table and build its AttackSpec: the keys every kind shares here, the rest by the
-    kind's own parser (robench.attack.base registry)."""
-    d = dict(d)
-    for k in d:
-        if k not in FIELDS:
-            raise RobenchError(f"{where}: unknown attack key '{k}'" + suggest(k, FIELDS) + f"; keys: {', '.join(FIELDS)}")
-    if "kind" not in d:
+def spec_from_dict(table: dict, where: str = "suite") -> AttackSpec:
+    """Validate one [[attack]] table and build its AttackSpec: the keys every kind shares here, the rest (the
+    kind's `keys`) by the kind's own parser (robench.attack.base registry)."""
+    table = dict(table)
+    if "kind" not in table:
         raise RobenchError(f"{where}: attack needs a 'kind' ({', '.join(kind_names()[:3])})")
-    kind = get_kind(choice(d["kind"], kind_names(), "attack kind"))
-    kw = dict(name=str(d.get("name", kind.name)), kind=kind.name)
-    kw["norm"] = choice(d.get("norm", "Linf"), NORMS, "norm")
-    kw["eps"] = tuple(parse_eps(d.get("eps", 4 / 255)))
-    kw["protocol"] = choice(d.get("protocol", "standard"), PROTOCOLS, "protocol")
-    kw["adaptive"] = flag(d.get("adaptive", False), "adaptive")
-    return kind.parse(d, kw, dict(d.get("params", {})), where)
+    impl = get_kind(choice(table["kind"], kind_names(), "attack kind"))
+    allowed = list(SHARED_KEYS) + [k for k in impl.keys if k not in SHARED_KEYS]
+    for k in table:
+        if k not in allowed:
+            raise RobenchError(f"{where}: unknown attack key '{k}' (kind '{impl.name}')" + suggest(k, allowed)
+                               + f"; keys: {', '.join(allowed)}")
+    common = dict(name=str(table.get("name", impl.name)), kind=impl.name)
+    common["norm"] = choice(table.get("norm", "Linf"), NORMS, "norm")
+    common["eps"] = tuple(parse_eps(table.get("eps", 4 / 255)))
+    common["protocol"] = choice(table.get("protocol", "standard"), PROTOCOLS, "protocol")
+    common["adaptive"] = flag(table.get("adaptive", False), "adaptive")
+    return impl.parse(table, common, where)
+
+
+def make_spec(kind: str, name: str | None = None, **table) -> AttackSpec:
+    """An AttackSpec from keyword arguments, validated as a suite's [[attack]] table would be, e.g.
+    make_spec("pgd", eps=(4 / 255,), steps=5, random_start=False)."""
+    return spec_from_dict({"kind": kind, "name": name or kind, **table}, f"attack '{name or kind}'")
 
 
 def load_attack_suite(name_or_path: str, *, eps=None, steps=None) -> list[AttackSpec]:
@@ -195,7 +197,7 @@ def load_attack_suite(name_or_path: str, *, eps=None, steps=None) -> list[Attack
     if eps is not None:
         eps = tuple(parse_eps(eps))
     if steps is not None:
-        steps = _steps(steps)
+        steps = positive_int(steps)
     prefix, sep, _ = str(name_or_path).partition(":")
     if sep and prefix in kind_names() and get_kind(prefix).from_text is not None:  # e.g. torchattacks:PGD?eps=...
         return [get_kind(prefix).from_text(str(name_or_path), eps=eps, steps=steps)]
@@ -210,8 +212,9 @@ def load_attack_suite(name_or_path: str, *, eps=None, steps=None) -> list[Attack
     if eps is not None:
         specs = [dataclasses.replace(s, eps=eps) for s in specs]
     if steps is not None:
-        if not any(s.kind == "pgd" for s in specs):
+        takes = [get_kind(s.kind).with_steps for s in specs]
+        if not any(takes):
             raise RobenchError(f"--steps does not apply to {where}: FGSM is a single step and AutoAttack runs its "
                                "own schedule (use a 'custom' AutoAttack suite with params.n_iter)")
-        specs = [dataclasses.replace(s, steps=steps) if s.kind == "pgd" else s for s in specs]
+        specs = [with_steps(s, steps) if with_steps else s for s, with_steps in zip(specs, takes)]
     return specs

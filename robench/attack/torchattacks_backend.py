@@ -1,7 +1,8 @@
-"""torchattacks (Kim, "Torchattacks: A PyTorch Repository for Adversarial Attacks", 2020) as an optional backend: any eps-bounded torchattacks attack (`torchattacks:<Name>?k=v`), under robench's bookkeeping
-(labels, eps loop, invariants, robust flags re-evaluated by robench). torchattacks draws from the global torch RNG:
-robench seeds it once per eps from all per-sample seeds of the batch (inside fork_rng, so the caller's RNG is
-untouched); results therefore depend on the chunk, as for AutoAttack.
+"""torchattacks (Kim, "Torchattacks: A PyTorch Repository for Adversarial Attacks", 2020) as an optional backend:
+any eps-bounded torchattacks attack (`torchattacks:<Name>?k=v`), under robench's protocol (robench.attack.core:
+labels, eps loop, invariants, robust flags re-evaluated by robench); the kind only makes the images. torchattacks
+draws from the global torch RNG: robench seeds it once per eps from all per-sample seeds of the batch (inside
+fork_rng, so the caller's RNG is untouched); results therefore depend on the chunk, as for AutoAttack.
 
 Distance: the attack's own (L∞ or L2, eps-bounded attacks only). Shapes: x (B, C, H, W) in [0, 1], y (B,) long;
 result robust / adv_pred (n_eps, B). Spec syntax: `torchattacks:<Name>?key=value&key=value`, e.g.
@@ -14,11 +15,9 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
+from dataclasses import dataclass, field
 
-import torch
-
-from robench.attack.base import AttackKind, AttackOptions, AttackResult, check_adversarial, clean_pass, confirm, \
-    register_kind
+from robench.attack.base import AttackKind, RunContext, forked_rng, register_kind
 from robench.attack.spec import NORMS, AttackSpec, choice, number, parse_eps
 from robench.errors import RobenchError, suggest
 from robench.seeding import derive_seed
@@ -26,30 +25,28 @@ from robench.seeding import derive_seed
 TORCHATTACKS_HINT = "pip install 'robench[torchattacks]'"
 
 
-def run_torchattacks(f, x0, y, spec: AttackSpec, seeds, opts: AttackOptions) -> AttackResult:
-    ta = import_torchattacks()
-    cls = getattr(ta, spec.params["attack"])
-    kwargs = {k: v for k, v in spec.params.items() if k != "attack"}
-    E, B = len(spec.eps), x0.shape[0]
-    pred0, zero_grad, rejected_clean = clean_pass(f, x0, y, f32=opts.f32)
-    rejected = []
-    robust = torch.zeros(E, B, dtype=torch.bool, device=x0.device)
-    adv_pred = pred0.expand(E, B).clone()
-    devices = [x0.device] if x0.device.type == "cuda" else []
-    for k, e in enumerate(spec.eps):
-        atk = cls(f, eps=float(e), **kwargs)
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(derive_seed("torchattacks", float(e), *[int(s) for s in seeds]))
-            x_adv = atk(x0, y).detach()
-        check_adversarial(x_adv, x0, e, spec.norm, True, spec.name)
-        with torch.no_grad():
-            p = f(x_adv).argmax(1)
-        p, rej = confirm(opts.f32, x_adv, y, p)
-        rejected.append(rejected_clean + (0 if rej is None else int(rej.sum())))
-        robust[k] = (p == y) & (pred0 == y)
-        adv_pred[k] = p
-    return AttackResult(robust=robust, adv_pred=adv_pred, zero_grad=zero_grad,
-                        info={"clean_correct": (pred0 == y).tolist(), "rejected_hits": rejected})
+def attack_torchattacks(f, x, labels, eps: float, spec: AttackSpec, seeds, ctx: RunContext):
+    """torchattacks' adversarial images of the batch at one eps (the global RNG seeded from the batch's seeds)."""
+    o: TorchattacksOptions = spec.options
+    atk = getattr(import_torchattacks(), o.attack)(f, eps=float(eps), **o.args)
+    with forked_rng(x.device, derive_seed("torchattacks", float(eps), *ctx.batch_seeds)):
+        return atk(x, labels).detach()
+
+
+@dataclass(frozen=True)
+class TorchattacksOptions:
+    """attack: the torchattacks class name; args: its keyword arguments besides model and eps; steps and
+    random_start: what the attack will do (for labels and the hash), from args or the class's defaults."""
+
+    attack: str
+    args: dict = field(default_factory=dict)
+    steps: int = 1
+    random_start: bool = False
+
+    def identity(self) -> dict:
+        """The values hashed into cell ids, in the layout stored cells were written with."""
+        return {"steps": self.steps, "step_size": "torchattacks", "random_start": self.random_start, "restarts": 1,
+                "loss": "ce", "targeted": False, "version": None, "params": {**self.args, "attack": self.attack}}
 
 
 def import_torchattacks():
@@ -111,25 +108,26 @@ def torchattacks_from_params(name: str, params: dict, *, eps=None, steps=None, s
     choice(norm, NORMS, "norm")
     n_steps = params.get("steps", sig["steps"].default if "steps" in sig else 1)
     rs = params.get("random_start", sig["random_start"].default if "random_start" in sig else False)
-    params["attack"] = name
+    options = TorchattacksOptions(name, params, int(n_steps) if isinstance(n_steps, int) else 1, bool(rs))
     return AttackSpec(name=spec_name or f"torchattacks:{name}", kind="torchattacks", norm=norm, eps=tuple(eps),
-                      steps=int(n_steps) if isinstance(n_steps, int) else 1, step_size="torchattacks",
-                      random_start=bool(rs), params=params)
+                      options=options)
 
 
-def parse_torchattacks(d: dict, kw: dict, params: dict, where: str) -> AttackSpec:
-    if kw["protocol"] != "standard":
+def parse_torchattacks(table: dict, common: dict, where: str) -> AttackSpec:
+    if common["protocol"] != "standard":
         raise RobenchError(f"{where}: the paper protocol is not available for torchattacks attacks")
+    params = dict(table.get("params", {}))
     if "attack" not in params:
         raise RobenchError(f"{where}: a torchattacks attack needs params.attack (e.g. 'PGD')")
-    spec = torchattacks_from_params(str(params["attack"]), params, eps=kw["eps"], spec_name=kw["name"])
-    return dataclasses.replace(spec, adaptive=kw["adaptive"])
+    spec = torchattacks_from_params(str(params["attack"]), params, eps=common["eps"], spec_name=common["name"])
+    return dataclasses.replace(spec, adaptive=common["adaptive"])
 
 
 def label_torchattacks(s: AttackSpec) -> str:
     return f"{s.name} {s.norm_label}"
 
 
-TORCHATTACKS = register_kind(AttackKind("torchattacks", parse=parse_torchattacks, run=run_torchattacks,
-                                        label=label_torchattacks, order=3, batch_random=True,
-                                        from_text=torchattacks_spec))
+# whole_batch: torchattacks gets the whole chunk, so its batched random draws are those of a plain call on it
+TORCHATTACKS = register_kind(AttackKind("torchattacks", parse=parse_torchattacks, attack=attack_torchattacks,
+                                        label=label_torchattacks, order=3, keys=("params",), batch_random=True,
+                                        whole_batch=True, from_text=torchattacks_spec))
