@@ -3,7 +3,8 @@
 check_dir / check_file: every `--out`, `--grid`, `--summary`... must be creatable and writable. The check creates
 and removes a probe file in the nearest existing directory (os.access alone says yes to root under /proc or on a
 read-only mount) and restores that directory's times: a check that fails leaves the file system as it was.
-write_file / write_text / make_dir: the writes themselves; an OS error becomes one RobenchError line.
+write_file / write_text / make_dir / atomic_write: the writes themselves; an OS error becomes one RobenchError line
+(atomic_write: a temporary file beside the target, then one rename, so readers never see half a file).
 """
 
 from __future__ import annotations
@@ -113,4 +114,23 @@ def check_file(path, what: str = "output file", overwrite: bool = True) -> Path:
         if not os.access(path, os.W_OK):
             raise RobenchError(f"{what} {path} is not writable")
     check_dir(path.parent, what, _shown=path)
+    return path
+
+
+def atomic_write(path, write) -> Path:
+    """Write a file all at once: `write(tmp)` fills path.tmp beside it, which then replaces path (readers never see
+    a half-written file; a failed write leaves the old one). An OS error is one RobenchError line naming the file
+    (as robench.paths.write_file, which the commands use; this one serves the layers below paths)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        tmp.replace(path)
+    except OSError as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise RobenchError(f"cannot write {path}: {e.strerror or e}") from None
     return path

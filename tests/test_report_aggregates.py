@@ -10,7 +10,7 @@ import pytest
 import robench
 from robench.errors import RobenchError
 from robench.report.leaderboard import format_leaderboard, leaderboard
-from robench.report.results import weights_tags
+from robench.labels import weights_tags
 from robench.report.testing import clean, corruption, synthetic_store
 
 N = 200  # synthetic outcomes hit round(acc * N) exactly: every accuracy below is a multiple of 1/200
@@ -102,3 +102,16 @@ def test_api_leaderboard_of_a_frame_keeps_extras_apart(store):
     lb = robench.leaderboard(df)
     assert math.isclose(lb.iloc[0]["extra_corruptions_acc"], (0.10 + 0.30 + 0.95) / 3)
     assert isinstance(lb, pd.DataFrame)
+
+
+def test_eval_table_keeps_extra_corruptions_out_of_the_corruption_mean():
+    from robench.run import summarize
+
+    rows = [dict(model="m", checkpoint_sha256="ab" * 32, threat="clean", n=10, value=0.9, ci_low=0.5, ci_high=1.0),
+            dict(model="m", checkpoint_sha256="ab" * 32, threat="corruption", category="noise", n=10, value=0.6),
+            dict(model="m", checkpoint_sha256="ab" * 32, threat="corruption", category="blur", n=10, value=0.4),
+            dict(model="m", checkpoint_sha256="ab" * 32, threat="corruption", category="extra", n=10, value=0.1)]
+    s = summarize(pd.DataFrame(rows)).set_index("threat")
+    assert s.loc["corruptions (mean of 2 cells)", "value"] == pytest.approx(0.5)  # (0.6 + 0.4) / 2, not 0.367
+    assert s.loc["extra corruptions (mean of 1 cells)", "value"] == pytest.approx(0.1)
+    assert set(s["weights"]) == {"abababab"}

@@ -22,7 +22,7 @@ from robench.attack.core import run_attack
 from robench.attack.pgd import project
 from robench.attack.sanity import large_eps_probe, sanity_flags
 from robench.attack.spec import AttackSpec, load_attack_suite, make_spec, parse_eps, parse_step_size
-from robench.common import fmt_eps
+from robench.labels import fmt_eps
 
 __all__ = ["AttackSpec", "AttackResult", "AttackInvariantError", "load_attack_suite", "make_spec", "run_attack",
            "parse_eps", "parse_step_size", "fmt_eps", "sanity_flags", "large_eps_probe", "check_adversarial",

@@ -21,7 +21,7 @@ from collections import defaultdict
 
 from robench.attack.base import kind_names
 from robench.attack.spec import AttackSpec, make_spec
-from robench.common import fmt_eps
+from robench.labels import fmt_eps
 
 LARGE_EPS = {"Linf": 64 / 255, "L2": 8.0}
 

@@ -9,7 +9,7 @@ import torch
 
 from robench.corrupt import corrupt_batch, get_suite
 from robench.corrupt.suite import check_corruption, check_severity
-from robench.common import open_rgb
+from robench.images import open_rgb
 from robench.errors import RobenchError
 from robench.seeding import sample_seeds
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from robench.common import open_rgb
+from robench.images import open_rgb
 from robench.corrupt.suite import CORRUPTIONS, check_severity
 from robench.data.imagenet import scan_class_folders
 from robench.errors import RobenchError, suggest

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robench.common import wilson
+from robench.intervals import wilson
 from robench.errors import RobenchError, suggest
 from robench.paths import check_dir, write_file
 from robench.seeding import derive_seed, generator

@@ -28,7 +28,7 @@ import math
 
 import pandas as pd
 
-from robench.common import fmt_eps
+from robench.labels import fmt_eps
 from robench.data.formats import leaderboard_placement
 from robench.errors import RobenchError, suggest
 from robench.report.results import _DEFAULT, Results, attack_rank, corruption_rank, corruption_summaries

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from robench.common import fmt_eps
+from robench.labels import fmt_eps
 from robench.report.results import corruption_rank
 
 DPI = 110

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from robench.common import fmt_eps
+from robench.labels import fmt_eps, weights_tags
 from robench.errors import RobenchError, suggest
 from robench.report.stats import AlexNetTable, CorruptionSummary, corruption_summary
 
@@ -245,28 +245,6 @@ def distinguish_evaluations(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def weights_tags(shas) -> dict:
-    """{sha: short tag}, distinct for distinct shas: 'random-init' (with its seed when several), else the first 8
-    hex digits of the sha after any 'kind:' prefix ('weights:9f3a...' -> '9f3a...'), lengthened until unique; shas
-    that still agree (differing only in their prefix) get '-2', '-3'."""
-    shas = [str(s) for s in dict.fromkeys(shas)]
-
-    def body(sha: str) -> str:
-        return sha.rsplit(":", 1)[-1]
-
-    random = [s for s in shas if s.startswith("random-init")]
-    tags = {s: ("random-init" if len(random) == 1 else s) for s in random}
-    rest = [s for s in shas if s not in tags]
-    for width in (8, 12, 16, 24, 64, None):
-        cut = {s: (body(s)[:width] or "none") for s in rest}
-        if len(set(cut.values())) == len(rest) or width is None:
-            break
-    seen: dict = {}
-    for s in rest:
-        t = cut[s]
-        seen[t] = seen.get(t, 0) + 1
-        tags[s] = t if seen[t] == 1 else f"{t}-{seen[t]}"
-    return tags
 
 
 def alexnet_table() -> AlexNetTable | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from robench.common import Z95, wilson  # noqa: F401  (re-exported: the statistics of reports)
+from robench.intervals import Z95, wilson  # noqa: F401  (re-exported: the statistics of reports)
 
 
 # ---- paired and unpaired comparisons ---------------------------------------------------------------------------

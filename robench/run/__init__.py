@@ -7,7 +7,7 @@
 from robench.run.plan import ModelEntry, Plan, load_config, load_plan, resolve_data  # noqa: F401
 from robench.run.export import export  # noqa: F401
 from robench.run.store import Store  # noqa: F401
-from robench.run.summary import summarize, summary_notes, weights_tag  # noqa: F401
+from robench.run.summary import summarize, summary_notes  # noqa: F401
 
 _LAZY = {"run_plan": "robench.run.engine", "resolve": "robench.run.resolve"}  # they import torch and timm
 

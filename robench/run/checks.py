@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from robench.common import fmt_eps
+from robench.labels import fmt_eps
 from robench.errors import RobenchError
 from robench.paths import check_dir, check_file
 from robench.run.plan import Plan

@@ -32,7 +32,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from robench._version import __version__
-from robench.common import wilson
+from robench.intervals import wilson
 from robench.errors import RobenchError
 from robench.paths import make_dir, probe_dir as _probe_dir
 

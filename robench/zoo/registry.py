@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from robench._version import __version__
-from robench.common import atomic_write
+from robench.paths import atomic_write
 from robench.errors import RobenchError, suggest
 import robench.zoo.demo  # noqa: F401  (registers the demo zoo, demo-<variant>, before any lookup)
 from robench.zoo import catalog

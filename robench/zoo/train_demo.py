@@ -23,7 +23,7 @@ from timm.layers import build_sincos2d_pos_embed
 
 from robench.data.digits import digits_tensors
 from robench._version import __version__
-from robench.common import atomic_write
+from robench.paths import atomic_write
 from robench.errors import RobenchError, suggest
 from robench.seeding import derive_seed, generator
 from robench.zoo.demo import DEMO_VARIANTS, WEIGHTS_DIR, demo_info, demo_name
