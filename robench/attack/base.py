@@ -47,6 +47,8 @@ class AttackResult:
     adv_pred: torch.Tensor  # long [n_eps, B]: prediction on the adversarial input (clean prediction if skipped)
     zero_grad: torch.Tensor  # bool [B]: input gradient of the attack loss exactly zero at the clean input
     info: dict = field(default_factory=dict)
+    adv_conf: torch.Tensor | None = None  # float [n_eps, B]: fp32 softmax probability of adv_pred (set by the core)
+    adv_nll: torch.Tensor | None = None  # float [n_eps, B]: -log softmax of the true label on the final input
 
 
 @dataclass
@@ -271,6 +273,14 @@ def attack_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tenso
         return -(zy - top) / (z[:, -1] - z[:, -3] + 1e-12)
     zt = logits.gather(1, targets[:, None])[:, 0]
     return -(zy - zt) / (z[:, -1] - 0.5 * (z[:, -3] + z[:, -4]) + 1e-12)
+
+
+def confidence(logits: torch.Tensor, pred: torch.Tensor, y: torch.Tensor | None = None):
+    """Softmax (fp32) probability of `pred` for each row of logits (B, K), and -log p(y) (None without y)."""
+    logp = torch.log_softmax(logits.detach().float(), dim=1)
+    conf = logp.gather(1, pred.view(-1, 1).to(logp.device)).squeeze(1).exp()
+    nll = None if y is None else -logp.gather(1, y.view(-1, 1).to(logp.device)).squeeze(1)
+    return conf, nll
 
 
 def confirm(f32, x: torch.Tensor, labels: torch.Tensor, pred: torch.Tensor):

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from robench.attack.base import (AttackInvariantError, AttackKind, AttackResult, Checker, RunContext,
-                                 check_adversarial, clean_pass, confirm, get_kind)
+                                 check_adversarial, clean_pass, confidence, confirm, get_kind)
 from robench.attack.spec import AttackSpec
 from robench.errors import RobenchError
 
@@ -140,6 +140,7 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackS
                 raise AttackInvariantError(f"{spec.name}: kind '{impl.name}' (fused) must return its adversarial "
                                            "images in info['x_adv'] [n_eps, B, ...]")
             _validate(x_adv, x0, spec, clip, strict)
+            _final_confidence(f, x_adv, y, res)
             if keep_adv and impl.keeps_adv:
                 res.info["x_adv"] = x_adv
         else:
@@ -147,6 +148,16 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackS
     res.info.update(attack=spec.name, label=spec.label, protocol=spec.protocol, adaptive=spec.adaptive,
                     eps=list(spec.eps), amp=str(amp_dtype).replace("torch.", "") if amp_dtype else None)
     return res
+
+
+def _final_confidence(f, x_adv: torch.Tensor, y: torch.Tensor, res: AttackResult) -> None:
+    """The confidence of each final prediction (res.adv_conf, res.adv_nll [n_eps, B]) for kinds that return their
+    images: one no-grad forward of each eps's final images (the clean image where a row was not attacked)."""
+    conf, nll = torch.empty(res.adv_pred.shape, device=y.device), torch.empty(res.adv_pred.shape, device=y.device)
+    with torch.no_grad():
+        for k in range(x_adv.shape[0]):
+            conf[k], nll[k] = confidence(f(x_adv[k].detach()), res.adv_pred[k], y)
+    res.adv_conf, res.adv_nll = conf, nll
 
 
 def _validate(x_adv: torch.Tensor, x0: torch.Tensor, spec: AttackSpec, clip: bool, strict: bool, eps=None):
@@ -179,6 +190,7 @@ def _run_per_eps(impl: AttackKind, f, x0, y, spec: AttackSpec, seeds, ctx: RunCo
     adv_pred = pred0.expand(E, B).clone()
     rejected, per_eps = [], [None] * E
     keep = x0.detach().expand(E, *x0.shape).clone() if ctx.keep_adv and impl.keeps_adv else None
+    adv_conf, adv_nll = _ungated_confidence(f, x0, y, pred0, gate, E)
     for k, e in enumerate(spec.eps):
         if len(sub) == 0:
             rejected.append(rejected_clean)
@@ -189,14 +201,29 @@ def _run_per_eps(impl: AttackKind, f, x0, y, spec: AttackSpec, seeds, ctx: RunCo
         if keep is not None:
             keep[k, sub] = x_adv.detach()
         with torch.no_grad():
-            p = f(x_adv.detach()).argmax(1)
-        p, rej = confirm(ctx.f32, x_adv, ys, p)
+            logits = f(x_adv.detach())
+        p, rej = confirm(ctx.f32, x_adv, ys, logits.argmax(1))
         rejected.append(rejected_clean + (0 if rej is None else int(rej.sum())))
         adv_pred[k, sub] = p
+        adv_conf[k, sub], adv_nll[k, sub] = confidence(logits, p, ys)
         robust[k, sub] = (p == ys) & (correct[sub] | paper)
     info = {"clean_correct": correct.tolist(), "rejected_hits": rejected}
     if any(d is not None for d in per_eps):
         info["per_eps"] = [d or {} for d in per_eps]
     if keep is not None:
         info["x_adv"] = keep
-    return AttackResult(robust=robust, adv_pred=adv_pred, zero_grad=zero_grad, info=info)
+    return AttackResult(robust=robust, adv_pred=adv_pred, zero_grad=zero_grad, info=info, adv_conf=adv_conf,
+                        adv_nll=adv_nll)
+
+
+def _ungated_confidence(f, x0, y, pred0, gate, E: int):
+    """[E, B] confidence and nll tensors, filled for the rows the gate keeps from the attack (their final input
+    is the clean image: one no-grad forward of those rows); the attacked rows are filled by the caller."""
+    B = x0.shape[0]
+    conf, nll = torch.full((E, B), float("nan"), device=x0.device), torch.full((E, B), float("nan"), device=x0.device)
+    rest = (~gate).nonzero().squeeze(1)
+    if len(rest):
+        with torch.no_grad():
+            c, n = confidence(f(x0[rest].detach()), pred0[rest], y[rest])
+        conf[:, rest], nll[:, rest] = c, n
+    return conf, nll

@@ -289,15 +289,14 @@ class Runner:
 
     def _write_chunk(self, job: Job, ch: int, parts: list):
         """One chunk's per-rank parts merged per cell and committed in one transaction."""
-        merged = {cid: ([], [], []) for cid in parts[0][0]}
+        merged = {cid: ([], [], [], [], []) for cid in parts[0][0]}
         skipped, extras = 0, {}
         for res, sk, ex in parts:
             skipped += len(sk)
             self._note_skipped(job, sk)
-            for cid, (s, c, p) in res.items():
-                merged[cid][0].extend(s)
-                merged[cid][1].extend(c)
-                merged[cid][2].extend(p)
+            for cid, cols in res.items():  # samples, correct, pred, confidence, nll
+                for k, v in enumerate(cols):
+                    merged[cid][k].extend(v)
             for cid, d in ex.items():
                 mine = extras.setdefault(cid, {})
                 for key, v in d.items():

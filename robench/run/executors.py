@@ -24,18 +24,21 @@ from robench.seeding import sample_seeds
 
 
 class ChunkResult:
-    """Outcomes of a chunk (or a shard of it): per cell (samples, correct, preds); unreadable samples; counters."""
+    """Outcomes of a chunk (or a shard of it): per cell (samples, correct, preds, confidences, nlls); unreadable
+    samples; counters. A confidence/nll not known is None (e.g. attack rows whose kind gives no final logits)."""
 
     def __init__(self, cells: list[Cell]):
-        self.res = {c.cell_id: ([], [], []) for c in cells}
+        self.res = {c.cell_id: ([], [], [], [], []) for c in cells}
         self.skipped: list[int] = []
         self.extras: dict[int, dict] = {}
 
-    def record(self, cell: Cell, idx, correct, pred) -> None:
-        s, c, p = self.res[cell.cell_id]
+    def record(self, cell: Cell, idx, correct, pred, conf=None, nll=None) -> None:
+        s, c, p, q, n = self.res[cell.cell_id]
         s.extend(idx.tolist())
         c.extend(correct.int().tolist())
         p.extend(pred.tolist())
+        for dst, v in ((q, conf), (n, nll)):
+            dst.extend([None] * len(idx) if v is None else v.detach().float().cpu().tolist())
 
     def counters(self, cell: Cell) -> dict:
         return self.extras.setdefault(cell.cell_id, {})
@@ -58,9 +61,9 @@ def run_clean(mr: ModelRun, cells: list[Cell], x, y, idx, out: ChunkResult):
     if not cells:
         return None
     with mr.guard(cells[0].name, idx):
-        pred = mr.predict(x, y, out.counters(cells[0]))
+        pred, conf, nll = mr.predict(x, y, out.counters(cells[0]))
     for c in cells:
-        out.record(c, idx, pred == y, pred.cpu())
+        out.record(c, idx, pred == y, pred.cpu(), conf, nll)
     return pred
 
 
@@ -96,8 +99,8 @@ class CorruptionExecutor:
         xk, yk, ik = (x, y, idx) if keep.all() else (x[keep.to(x.device)], y[keep.to(y.device)], idx[keep])
         xc = self.render(cell, xk, ik)
         with mr.guard(cell.name, ik):
-            pred = mr.predict(xc, yk, out.counters(cell))
-        out.record(cell, ik, pred == yk, pred.cpu())
+            pred, conf, nll = mr.predict(xc, yk, out.counters(cell))
+        out.record(cell, ik, pred == yk, pred.cpu(), conf, nll)
 
 
 def run_attack_group(mr: ModelRun, group: list[Cell], x, y, idx, out: ChunkResult, seed: int, compile: bool,
@@ -116,7 +119,9 @@ def run_attack_group(mr: ModelRun, group: list[Cell], x, y, idx, out: ChunkResul
         res = run_attack(mr.model, xa, ya, spec, seeds, amp_dtype=mr.amp, clean_pred=clean_pred, compile=compile)
         mr.check_eval_mode()
     for j, c in enumerate(group):
-        out.record(c, ia, res.robust[j].cpu(), res.adv_pred[j].cpu())
+        conf = None if res.adv_conf is None else res.adv_conf[j]
+        nll = None if res.adv_nll is None else res.adv_nll[j]
+        out.record(c, ia, res.robust[j].cpu(), res.adv_pred[j].cpu(), conf, nll)
         out.add(c, "attacked", len(ia))
         out.add(c, "zero_grad", int(res.zero_grad.sum()))
         if mr.amp is not None:  # low-precision "misclassified" verdicts that an fp32 forward rejected

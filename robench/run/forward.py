@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from robench.attack.base import confirm
+from robench.attack.base import confidence, confirm
 from robench.data.specs import EvalData, TensorData
 from robench.errors import RobenchError
 
@@ -59,16 +59,19 @@ class ModelRun:
         self.check_eval_mode()
         return out.float()
 
-    def predict(self, x, y, extras: dict) -> torch.Tensor:
-        """Predictions of one batch. Under --precision bf16/fp16 every 'misclassified' verdict of the
-        low-precision forward is re-checked with an fp32 forward (only the hits); the rejected ones are counted in
-        `extras` (`rejected_hits`), as the attacks do."""
-        pred = self.logits(x).argmax(1)
-        if self.amp is None:
-            return pred
-        pred, rejected = confirm(self.model, x, y, pred)
-        extras["rejected_hits"] = extras.get("rejected_hits", 0) + int(rejected.sum())
-        return pred
+    def predict(self, x, y, extras: dict):
+        """Predictions of one batch with their confidences: (pred, confidence, nll). Under --precision bf16/fp16
+        every 'misclassified' verdict of the low-precision forward is re-checked with an fp32 forward (only the
+        hits); the rejected ones are counted in `extras` (`rejected_hits`), as the attacks do. confidence: the fp32
+        softmax probability of the final predicted class over the model's logits (for masked 200-class data the
+        logits are already restricted to the evaluated classes); nll: -log softmax of the true class (fp32)."""
+        logits = self.logits(x)
+        pred = logits.argmax(1)
+        if self.amp is not None:
+            pred, rejected = confirm(self.model, x, y, pred)
+            extras["rejected_hits"] = extras.get("rejected_hits", 0) + int(rejected.sum())
+        conf, nll = confidence(logits, pred, y)
+        return pred, conf, nll
 
     @contextmanager
     def guard(self, cell_name: str, idx: torch.Tensor):

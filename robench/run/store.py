@@ -6,7 +6,8 @@ Tables
     models      name, label, variant, arch, params, checkpoint path + sha256
     cells       one threat on one model and dataset (every parameter in params_json; params_hash decides reuse)
     chunks      which sample chunks of a cell are committed
-    outcomes    per-sample results: correct (0/1) and predicted class
+    outcomes    per-sample results: correct (0/1), predicted class, its softmax confidence and the NLL of the
+                true class (fp32; both NULL in stores written before they were recorded)
     aggregates  n, correct, accuracy and its 95% Wilson interval, per done cell
     flags       sanity flags (gradient masking signs) naming the cells that raised them
     diagnostics attention diagnostics rows (layer, head, stat, value) of diagnostics cells
@@ -36,46 +37,8 @@ from robench.intervals import wilson
 from robench.errors import RobenchError
 from robench.paths import make_dir, probe_dir as _probe_dir
 
-SCHEMA_VERSION = 2
-STORE_NAME = "robench.sqlite"
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id INTEGER PRIMARY KEY, started REAL, ended REAL, status TEXT, robench_version TEXT, torch_version TEXT,
-    timm_version TEXT, python_version TEXT, device TEXT, gpu_name TEXT, precision TEXT, seed INTEGER,
-    world_size INTEGER, command TEXT, host TEXT, pid INTEGER, skipped INTEGER);
-CREATE TABLE IF NOT EXISTS models (
-    model_id INTEGER PRIMARY KEY, label TEXT, name TEXT, variant TEXT, arch TEXT, params INTEGER,
-    checkpoint TEXT, checkpoint_sha256 TEXT, UNIQUE(label, name, checkpoint_sha256));
-CREATE TABLE IF NOT EXISTS cells (
-    cell_id INTEGER PRIMARY KEY, model_id INTEGER REFERENCES models, dataset TEXT, threat TEXT, attack TEXT,
-    norm TEXT, eps REAL, corruption TEXT, severity INTEGER, category TEXT, protocol TEXT, adaptive INTEGER,
-    params_json TEXT, params_hash TEXT, n_expected INTEGER, n_chunks INTEGER, status TEXT, run_id INTEGER,
-    UNIQUE(model_id, params_hash));
-CREATE TABLE IF NOT EXISTS chunks (
-    cell_id INTEGER, chunk INTEGER, n INTEGER, skipped INTEGER, run_id INTEGER, extra_json TEXT,
-    PRIMARY KEY(cell_id, chunk));
-CREATE TABLE IF NOT EXISTS outcomes (
-    cell_id INTEGER, sample INTEGER, correct INTEGER, pred INTEGER, PRIMARY KEY(cell_id, sample)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS aggregates (
-    cell_id INTEGER PRIMARY KEY, n INTEGER, correct INTEGER, value REAL, ci_low REAL, ci_high REAL,
-    skipped INTEGER, extra_json TEXT);
-CREATE TABLE IF NOT EXISTS flags (
-    flag_id INTEGER PRIMARY KEY, model_id INTEGER, flag TEXT, message TEXT, cells_json TEXT, run_id INTEGER);
-CREATE TABLE IF NOT EXISTS diagnostics (
-    cell_id INTEGER, layer INTEGER, head INTEGER, stat TEXT, value REAL);
-CREATE TABLE IF NOT EXISTS sample_ids (
-    data_fingerprint TEXT, sample INTEGER, sample_id TEXT, label INTEGER, PRIMARY KEY(data_fingerprint, sample));
-"""
-# the tables a store must have to be read (sample_ids came later within schema version 2: optional)
-REQUIRED_TABLES = ("meta", "runs", "models", "cells", "chunks", "outcomes", "aggregates", "flags", "diagnostics")
-
-CELL_COLUMNS = ("dataset", "threat", "attack", "norm", "eps", "corruption", "severity", "category", "protocol",
-                "adaptive")
-EXPORT_COLUMNS = ["run_id", "model", "model_name", "variant", "arch", "params", "checkpoint_sha256", "dataset", "n",
-                  "threat", "attack", "norm", "eps", "corruption", "severity", "category", "metric", "value",
-                  "ci_low", "ci_high", "protocol", "adaptive", "cell_id", "skipped", "evaluated"]
+from robench.run.schema import (CELL_COLUMNS, EXPORT_COLUMNS, OUTCOME_EXTRAS, REQUIRED_TABLES, SCHEMA,  # noqa: F401
+                                 SCHEMA_VERSION, STORE_NAME)
 
 
 def params_hash(params: dict) -> str:
@@ -150,13 +113,17 @@ class Store:
 
     def _upgrade(self):
         """Columns and tables added within schema version 2 (older stores lack them): runs.pid, runs.skipped,
-        sample_ids. Then mark runs whose process is gone as interrupted. A read-only file is left as it is."""
+        sample_ids, outcomes.confidence/nll. Then mark runs whose process is gone as interrupted. A read-only file is left as it is."""
         try:
             self.db.execute(SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS sample_ids"):])
             cols = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
             for col in ("pid", "skipped"):
                 if col not in cols:
                     self.db.execute(f"ALTER TABLE runs ADD COLUMN {col} INTEGER")
+            have = {r[1] for r in self.db.execute("PRAGMA table_info(outcomes)")}
+            for col in OUTCOME_EXTRAS:
+                if col not in have:
+                    self.db.execute(f"ALTER TABLE outcomes ADD COLUMN {col} REAL")
             self.mark_stale_runs()
         except sqlite3.OperationalError:
             pass
@@ -243,15 +210,22 @@ class Store:
 
     def write_chunk(self, chunk: int, results: dict, run_id: int, skipped: int = 0, extras: dict | None = None,
                     _fault=None):
-        """Atomically record one chunk for several cells: results = {cell_id: (samples, correct, pred)};
-        extras = {cell_id: {name: count}} are summed over chunks into the cell's aggregate (e.g. zero_grad)."""
+        """Atomically record one chunk for several cells: results = {cell_id: (samples, correct, pred[, confidence,
+        nll])} (confidence/nll: per-sample floats or None); extras = {cell_id: {name: count}} are summed over chunks
+        into the cell's aggregate (e.g. zero_grad)."""
         extras = extras or {}
         with self.transaction():
-            for i, (cell_id, (samples, correct, pred)) in enumerate(results.items()):
+            for i, (cell_id, cols) in enumerate(results.items()):
+                samples, correct, pred = cols[:3]
+                conf, nll = (list(cols[3:5]) + [None, None])[:2]
+                conf, nll = (v if v is not None and len(v) == len(samples) else [None] * len(samples)
+                             for v in (conf, nll))
                 self.db.execute("DELETE FROM outcomes WHERE cell_id=? AND sample IN (%s)"
                                 % ",".join("?" * len(samples)), (cell_id, *map(int, samples)))
-                self.db.executemany("INSERT INTO outcomes VALUES (?,?,?,?)",
-                                    [(cell_id, int(s), int(c), int(p)) for s, c, p in zip(samples, correct, pred)])
+                self.db.executemany("INSERT INTO outcomes (cell_id, sample, correct, pred, confidence, nll) "
+                                    "VALUES (?,?,?,?,?,?)",
+                                    [(cell_id, int(s), int(c), int(p), _opt(q), _opt(n))
+                                     for s, c, p, q, n in zip(samples, correct, pred, conf, nll)])
                 self.db.execute("INSERT OR REPLACE INTO chunks VALUES (?,?,?,?,?,?)",
                                 (cell_id, chunk, len(samples), skipped, run_id, json.dumps(extras.get(cell_id, {}))))
                 if _fault is not None:
@@ -340,8 +314,15 @@ class Store:
         return df[EXPORT_COLUMNS]
 
     def outcomes(self, cell_id: int) -> pd.DataFrame:
-        """Per-sample outcomes of a cell: columns sample, correct, pred (sorted by sample)."""
-        return self._df("SELECT sample, correct, pred FROM outcomes WHERE cell_id=? ORDER BY sample", (cell_id,))
+        """Per-sample outcomes of a cell: columns sample, correct, pred, confidence, nll (sorted by sample;
+        confidence/nll NaN where not recorded, e.g. a store written before they were)."""
+        return self._df(f"SELECT sample, correct, pred, {self.outcome_extras_sql()} FROM outcomes WHERE cell_id=? "
+                        "ORDER BY sample", (cell_id,))
+
+    def outcome_extras_sql(self, alias: str = "") -> str:
+        """SELECT terms for outcomes' confidence and nll: the columns, or NULLs for a store without them."""
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(outcomes)")}
+        return ", ".join(f"{alias}{c} AS {c}" if c in have else f"NULL AS {c}" for c in OUTCOME_EXTRAS)
 
     def extras(self) -> pd.DataFrame:
         """Per done cell the counters summed over its chunks (extra_json: attacked, zero_grad, rejected_hits, ...)."""
@@ -381,6 +362,10 @@ class Store:
         return self._df("""SELECT m.label AS model, m.variant, c.dataset, c.corruption, c.attack, d.layer, d.head,
                            d.stat, d.value FROM diagnostics d JOIN cells c USING(cell_id) JOIN models m
                            USING(model_id) ORDER BY c.cell_id, d.layer, d.head""")
+
+
+def _opt(v):
+    return None if v is None or v != v else float(v)
 
 
 def _pid_alive(pid: int) -> bool:
