@@ -13,6 +13,8 @@ Layouts (as released):
     imagenet-c:DIR        DIR/<corruption>/<severity 1-5>/<wnid>/*.JPEG (pre-rendered, 224x224)
     imagenet-a:DIR        DIR/<wnid>/*.jpg, 200 classes (logits restricted to them, as the authors evaluate)
     imagenet-r:DIR        DIR/<wnid>/*.jpg, 200 classes (likewise)
+    imagenet-o:ODIR+imagenet:VALDIR  ODIR/<wnid>/*.jpg, 200 wnid folders (OOD), paired with ImageNet val VALDIR
+                          (its 200 classes; logits restricted to them): robench.data.imagenet_o
     imagenet-sketch:DIR   DIR/<wnid>/*.JPEG (or DIR/sketch/<wnid>/...), 1000 classes
     imagenet-v2:DIR       DIR/<class index 0..999>/*.jpeg (e.g. imagenetv2-matched-frequency-format-val/)
     cifar10:DIR           DIR/test_batch or DIR/cifar-10-batches-py/test_batch (python pickle, no code unpickled)
@@ -51,6 +53,7 @@ class DataFormat:
     column: str | None = None  # leaderboard: metrics of this dataset become <column>_acc... in the `row` row
     row: str | None = None
     needs_dir: bool = True
+    check_arg: Callable | None = None  # (arg) -> None: checks of the spec's argument at parse time (raises)
 
     @property
     def prerendered(self) -> bool:
@@ -94,6 +97,8 @@ def parse_data(spec) -> DataSpec:
                            + ", ".join(f.syntax for f in FORMATS.values()))
     if fmt.needs_dir and not arg:
         raise RobenchError(f"data spec '{spec}' needs a directory: {fmt.syntax}")
+    if fmt.check_arg is not None:
+        fmt.check_arg(arg)
     return DataSpec(spec, fmt, arg or None)
 
 
@@ -213,6 +218,24 @@ def _imagenet_subset(spec, model_info, strict):
     root = _within(spec.path, spec.format.name)
     return _image_folder(spec, root, {w: i for i, w in enumerate(wnids)}, model_info, strict,
                          hint=f"{spec.format.name} has the 200 wnid folders of its release")
+
+
+def _imagenet_o(spec, model_info, strict):
+    from robench.data import imagenet_o
+    from robench.data.specs import EvalData, fingerprint
+
+    fmt = spec.format
+    ds, digests = imagenet_o.load(spec, _transform(model_info), subset_wnids(fmt.class_subset), strict)
+    t = ds.transform
+    fp = fingerprint(fmt.name, *digests, t.size, t.crop_pct, t.interpolation)
+    return EvalData(ds, fmt.name, f"{fmt.name}:{spec.arg}", fmt.num_classes, ds.sample_ids, fp,
+                    class_mask=fmt.class_mask(), model_classes=fmt.model_classes)
+
+
+def _imagenet_o_arg(arg):
+    from robench.data.imagenet_o import split_pair
+
+    split_pair(arg)
 
 
 def _imagenet_sketch(spec, model_info, strict):
@@ -343,6 +366,9 @@ FORMATS = _formats(
                class_subset="imagenet_a_wnids.txt", column="imagenet_a", row="imagenet"),
     DataFormat("imagenet-r", "imagenet-r:DIR", "ImageNet-R, DIR/<wnid>/*.jpg (200 classes)", 200, _imagenet_subset,
                class_subset="imagenet_r_wnids.txt", column="imagenet_r", row="imagenet"),
+    DataFormat("imagenet-o", "imagenet-o:ODIR+imagenet:VALDIR", "ImageNet-O, ODIR/<wnid>/*.jpg (200 wnid folders), "
+               "detected against ImageNet val VALDIR (its 200 classes)", 200, _imagenet_o,
+               class_subset="imagenet_o_wnids.txt", column="imagenet_o", row="imagenet", check_arg=_imagenet_o_arg),
     DataFormat("imagenet-sketch", "imagenet-sketch:DIR", "ImageNet-Sketch, DIR/<wnid>/*.JPEG", 1000,
                _imagenet_sketch, column="imagenet_sketch", row="imagenet"),
     DataFormat("imagenet-v2", "imagenet-v2:DIR", "ImageNetV2, DIR/<class index>/*.jpeg", 1000, _imagenet_v2,

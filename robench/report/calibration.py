@@ -140,3 +140,48 @@ def cell_metrics(store) -> pd.DataFrame:
     rows = [{"cell_id": cid, "n": len(g), **metrics(g["confidence"], g["correct"], g["nll"])}
             for cid, g in df.groupby("cell_id", sort=True)]
     return pd.DataFrame(rows, columns=["cell_id", "n", *METRICS])
+
+
+def imagenet_o_aupr(store) -> dict[int, float]:
+    """{cell_id: AUPR} of the done clean cells of imagenet-o data (ImageNet-O samples positive, anomaly score
+    -confidence), from the recorded confidences and the sample ids that tell the two sides apart."""
+    import json
+
+    from robench.data.imagenet_o import is_ood
+
+    cells = store._df("SELECT cell_id, params_json FROM cells WHERE status='done' AND dataset='imagenet-o' "
+                      "AND threat='clean'")
+    if cells.empty or not store.has_table("sample_ids"):
+        return {}
+    conf = confidences(store)
+    out = {}
+    for cid, pj in zip(cells["cell_id"], cells["params_json"]):
+        fp = str(json.loads(pj or "{}").get("data_fingerprint", ""))
+        ids = store._df("SELECT sample, sample_id FROM sample_ids WHERE data_fingerprint=?", (fp,))
+        c = conf[conf["cell_id"] == cid].merge(ids, on="sample")
+        if c.empty:
+            continue
+        ood = np.array(is_ood(c["sample_id"]))
+        out[int(cid)] = aupr(c.loc[~ood, "confidence"].to_numpy(), c.loc[ood, "confidence"].to_numpy())
+    return out
+
+
+def results_metrics(res) -> dict[tuple[int, int], dict]:
+    """{(store index, cell_id): {n, ece, rms_calib, aurra, nll[, aupr]}} over a Results' stores (cells without
+    recorded confidences are absent)."""
+    out = {}
+    for i, s in enumerate(getattr(res, "stores", [])):
+        for r in cell_metrics(s).to_dict("records"):
+            out[(i, int(r.pop("cell_id")))] = r
+        for cid, v in imagenet_o_aupr(s).items():
+            out.setdefault((i, cid), {})["aupr"] = v
+    return out
+
+
+def corruption_mean(per_cell: list[tuple[str, float]]) -> float:
+    """Mean over corruptions of each corruption's mean over its severities (as corruptions_acc)."""
+    by: dict[str, list[float]] = {}
+    for corruption, v in per_cell:
+        by.setdefault(corruption, []).append(v)
+    means = [float(np.mean(v)) for v in by.values()]
+    return float(np.mean(means)) if means else float("nan")

@@ -31,6 +31,7 @@ import pandas as pd
 from robench.labels import fmt_eps
 from robench.data.formats import leaderboard_placement
 from robench.errors import RobenchError, suggest
+from robench.report import calibration
 from robench.report.results import _DEFAULT, Results, attack_rank, corruption_rank, corruption_summaries
 
 INFO_COLUMNS = ["model", "variant", "arch", "params", "dataset"]
@@ -111,6 +112,7 @@ def leaderboard(stores, sort: str | None = None, variant=None, model=None, datas
     n_flags = flags.groupby("model").size().to_dict() if len(flags) else {}
     flag_names = _model_notes(flags, t)
     rejected = res.rejected_hits()
+    calib = calibration.results_metrics(res)
 
     # a companion set (ImageNet-A, -R, -Sketch, -V2) joins its parent's row with prefixed columns: imagenet_a_acc
     place = {d: leaderboard_placement(d) for d in t["dataset"].dropna().unique()}
@@ -122,6 +124,7 @@ def leaderboard(stores, sort: str | None = None, variant=None, model=None, datas
                "params": None if pd.isna(first["params"]) else int(first["params"]), "dataset": dataset_}
         put = functools.partial(_put, row, col_order, ci)
         _cell_metrics(put, g, place, single_aa)
+        _calibration_metrics(put, g, place, calib)
         notes += _corruption_metrics(put, mlabel, dataset_, summaries, place)
         row["skipped"] = int(g["skipped"].max()) if "skipped" in g and g["skipped"].notna().any() else 0
         row["flags"] = int(n_flags.get(mlabel, 0))
@@ -172,6 +175,8 @@ def _put(row: dict, col_order: dict, ci: bool, name, value, rank, lo=None, hi=No
 def _cell_metrics(put, g: pd.DataFrame, place: dict, single_aa: bool) -> None:
     """The clean and attack cells of one model x row."""
     for r in g.itertuples():
+        if r.dataset == "imagenet-o":  # OOD detection data: its accuracy means nothing, AUPR is its metric
+            continue
         sfx = _suffix(r.protocol, r.adaptive)
         prot = (r.protocol != "standard", r.adaptive)
         pfx = place.get(r.dataset, (None, None))[1]
@@ -206,6 +211,29 @@ def _corruption_metrics(put, mlabel: str, dataset_: str, summaries: dict, place:
     return notes
 
 
+def _calibration_metrics(put, g: pd.DataFrame, place: dict, calib: dict) -> None:
+    """Calibration of one model x row (robench.report.calibration; cells with recorded confidences): clean_ece,
+    corruptions_ece / corruptions_rms_calib (mean over the benchmark corruptions, category != "extra", of each
+    one's mean over severities), imagenet_o_aupr."""
+    corr: dict = {}
+    for r in g.itertuples():
+        m = calib.get((int(r.store), int(r.cell_id)))
+        if not m:
+            continue
+        sfx, prot = _suffix(r.protocol, r.adaptive), (r.protocol != "standard", r.adaptive)
+        if r.dataset == "imagenet-o":
+            if r.threat == "clean" and "aupr" in m:
+                put("imagenet_o_aupr", m["aupr"], (3, "imagenet_o", 0), suffix=sfx)
+        elif place.get(r.dataset, (None, None))[1] is None and r.threat == "clean":
+            put("clean_ece", m["ece"], (0, *prot, 0.5), suffix=sfx)
+        elif place.get(r.dataset, (None, None))[1] is None and r.threat == "corruption" and r.category != "extra":
+            corr.setdefault((sfx, prot), []).append((r.corruption, m))
+    for (sfx, prot), cells in corr.items():
+        for k, key in enumerate(("ece", "rms_calib")):
+            put(f"corruptions_{key}", calibration.corruption_mean([(c, m[key]) for c, m in cells]),
+                (1, *prot, 5 + k), suffix=sfx)
+
+
 def _rank_key(rank: tuple) -> tuple:
     return tuple((0, x) if isinstance(x, (int, float)) else (1, str(x)) for x in rank)
 
@@ -223,7 +251,8 @@ def sort_leaderboard(df: pd.DataFrame, sort: str | None = None) -> pd.DataFrame:
     if sort not in df.columns:
         raise RobenchError(f"cannot sort by '{sort}': no such column" + suggest(sort, df.columns)
                            + f"; columns: {', '.join(df.columns)}")
-    ascending = "mce" in sort or sort in ("model", "variant", "arch", "dataset")
+    ascending = ("mce" in sort or sort in ("model", "variant", "arch", "dataset")
+                 or any(k in sort for k in ("_ece", "_rms_calib")))  # calibration errors: lower is better
     return df.sort_values(sort, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
 
 
@@ -323,4 +352,12 @@ def _footnote(df: pd.DataFrame) -> str:
                  "extra_corruptions_acc over the suite's extra corruptions")
     if "skipped" in df.columns:
         text += "; skipped = unreadable images left out"
+    text += _calibration_footnote(df)
     return text
+
+
+def _calibration_footnote(df: pd.DataFrame) -> str:
+    if not any(c.endswith(("_ece", "_rms_calib", "_aupr")) for c in df.columns):
+        return ""
+    return ("; ECE (15 bins) and RMS calibration error in %, lower is better (softmax confidence of the prediction)"
+            + ("; imagenet_o_aupr: ImageNet-O detection AUPR in %" if "imagenet_o_aupr" in df.columns else ""))
