@@ -115,3 +115,120 @@ def test_bootstrap_ci_brackets_the_estimate_and_is_deterministic():
     lo, hi = cal.bootstrap_ci(conf, correct, "ece", n_boot=200, seed=3)
     assert lo < cal.ece(conf, correct) < hi
     assert (lo, hi) == cal.bootstrap_ci(conf, correct, "ece", n_boot=200, seed=3)
+
+
+# ---- per-sample confidences in the store -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory):
+    from robench.run.engine import run_plan
+    from robench.run.plan import ModelEntry, Plan
+
+    out = tmp_path_factory.mktemp("conf")
+    run_plan(Plan(models=[ModelEntry("demo-quest")], data="digits", limit=24, corruptions=["cifar10-c"],
+                  corruption_names=["fog"], severities=[3], attacks=["demo-quick"],
+                  attack_limit=16, device="cpu", sanity_probe=False, out=str(out), quiet=True))
+    return out
+
+
+def test_clean_confidence_is_the_softmax_of_the_model(demo_store):
+    from robench.data.formats import load_clean
+    from robench.run.plan import ModelEntry
+    from robench.run.store import Store
+    from robench.zoo.sources import build_model
+
+    s = Store(demo_store, readonly=True)
+    cells = s.cells()
+    cid = int(cells.loc[cells["threat"] == "clean", "cell_id"].iloc[0])
+    o = s.outcomes(cid)
+    model = build_model(ModelEntry("demo-quest")).eval()
+    data = load_clean("digits", model.info, limit=24)
+    x = torch.stack([data.dataset[i][0] for i in range(24)])
+    y = torch.tensor([data.dataset[i][1] for i in range(24)])
+    with torch.no_grad():
+        p = torch.softmax(model(x).double(), 1)
+    assert o["pred"].tolist() == p.argmax(1).tolist()
+    np.testing.assert_allclose(o["confidence"], p.max(1).values.numpy(), atol=1e-5)
+    np.testing.assert_allclose(o["nll"], -torch.log(p[torch.arange(24), y]).numpy(), atol=1e-4)
+
+
+def test_every_cell_records_the_confidence_of_its_final_prediction(demo_store):
+    from robench.run.store import Store
+
+    s = Store(demo_store, readonly=True)
+    cells = s.cells()
+    assert set(cells["threat"]) == {"clean", "corruption", "attack"}
+    for cid, threat in zip(cells["cell_id"], cells["threat"]):
+        o = s.outcomes(int(cid))
+        assert o["confidence"].notna().all() and o["nll"].notna().all(), threat
+        conf, p_true = o["confidence"].to_numpy(), np.exp(-o["nll"].to_numpy())
+        assert ((conf > 0.1 - 1e-6) & (conf <= 1 + 1e-6)).all()  # an argmax of 10 classes: at least 1/10
+        assert (conf + 1e-5 >= p_true).all()  # p(pred) >= p(true label): pred is the argmax
+        if threat != "attack":
+            hit = o["correct"] == 1  # correct: pred is the label, so p(pred) = p(label)
+            np.testing.assert_allclose(conf[hit], p_true[hit], atol=1e-5)
+
+
+def test_attack_confidence_of_unattacked_samples_is_the_clean_one(demo_store):
+    from robench.run.store import Store
+
+    s = Store(demo_store, readonly=True)
+    cells = s.cells()
+    clean = s.outcomes(int(cells.loc[cells["threat"] == "clean", "cell_id"].iloc[0])).set_index("sample")
+    for cid in cells.loc[cells["threat"] == "attack", "cell_id"]:
+        o = s.outcomes(int(cid)).set_index("sample")
+        wrong = clean.loc[o.index, "correct"] == 0  # gated out: their final input is the clean image
+        np.testing.assert_allclose(o.loc[wrong, "confidence"], clean.loc[o.index][wrong]["confidence"], atol=1e-5)
+        assert (o["pred"] == clean.loc[o.index, "pred"])[wrong].all()
+
+
+def test_leaderboard_shows_calibration_columns(demo_store):
+    from robench.report.leaderboard import format_leaderboard, leaderboard
+    from robench.run.store import Store
+
+    board = leaderboard([demo_store])
+    s = Store(demo_store, readonly=True)
+    cells = s.cells()
+    conf = cal.confidences(s)
+    clean = conf[conf["cell_id"] == int(cells.loc[cells["threat"] == "clean", "cell_id"].iloc[0])]
+    assert board["clean_ece"].iloc[0] == pytest.approx(torchmetrics_ece(clean["confidence"], clean["correct"]),
+                                                       abs=1e-6)
+    fog = conf[conf["cell_id"] == int(cells.loc[cells["threat"] == "corruption", "cell_id"].iloc[0])]
+    assert board["corruptions_ece"].iloc[0] == pytest.approx(cal.ece(fog["confidence"], fog["correct"]))
+    assert board["corruptions_rms_calib"].iloc[0] == pytest.approx(
+        hendrycks_calib_err(fog["confidence"].to_numpy(), fog["correct"].to_numpy()), abs=1e-6)
+    assert "ECE (15 bins)" in format_leaderboard(board, "md")
+
+
+def _old_store(path):
+    """A store as written before confidences: outcomes without the two columns."""
+    import sqlite3
+
+    from robench.report.testing import clean as clean_cell
+    from robench.report.testing import synthetic_store
+
+    synthetic_store(path, {"a": {"cells": [(clean_cell(), 0.8)]}}, n=20).close()
+    db = sqlite3.connect(str(path / "robench.sqlite"))
+    db.executescript("CREATE TABLE o2 (cell_id INTEGER, sample INTEGER, correct INTEGER, pred INTEGER, "
+                     "PRIMARY KEY(cell_id, sample)) WITHOUT ROWID; INSERT INTO o2 SELECT cell_id, sample, correct, "
+                     "pred FROM outcomes; DROP TABLE outcomes; ALTER TABLE o2 RENAME TO outcomes;")
+    db.commit()
+    db.close()
+
+
+def test_a_store_written_before_still_reads(tmp_path):
+    from robench.report.leaderboard import leaderboard
+    from robench.run.export import per_sample
+    from robench.run.store import Store
+
+    _old_store(tmp_path)
+    s = Store(tmp_path, readonly=True)
+    assert "confidence" not in {r[1] for r in s.db.execute("PRAGMA table_info(outcomes)")}
+    o = s.outcomes(1)
+    assert len(o) == 20 and o["confidence"].isna().all() and o["nll"].isna().all()
+    assert per_sample(s)["confidence"].isna().all()
+    board = leaderboard([tmp_path])
+    assert board["clean_acc"].iloc[0] == pytest.approx(0.8) and "clean_ece" not in board
+    s.close()
+    w = Store(tmp_path)  # a writer adds the columns; old rows keep NULL
+    assert {"confidence", "nll"} <= {r[1] for r in w.db.execute("PRAGMA table_info(outcomes)")}
+    assert w.outcomes(1)["confidence"].isna().all()

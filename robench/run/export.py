@@ -16,7 +16,7 @@ EXPORT_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".js
 TABLES = ("results", "diagnostics", "samples")
 PER_SAMPLE_COLUMNS = ["model", "model_name", "checkpoint_sha256", "dataset", "data_fingerprint", "threat", "attack",
                       "norm", "eps", "corruption", "severity", "protocol", "adaptive", "cell_id", "sample",
-                      "sample_id", "label", "pred", "correct", "final_pred"]
+                      "sample_id", "label", "pred", "correct", "final_pred", "confidence", "nll"]
 
 
 def export_format(dest, fmt: str | None = None) -> str:
@@ -45,11 +45,13 @@ def per_sample(store: Store) -> pd.DataFrame:
     for folder formats, dataset index for array formats), else the position itself. `pred` is the model's
     prediction on the cell's input (for attack cells: on the clean image, from the clean cell of the same model
     and data), `final_pred` for attack cells the prediction on the final (adversarial) image; `correct` is the
-    cell's verdict (robust, for attacks)."""
-    df = store._df("""
+    cell's verdict (robust, for attacks). `confidence`: the fp32 softmax probability of the cell's own prediction
+    (final_pred for attack cells), `nll`: -log softmax of the true class on the cell's input; both empty in a store
+    written before they were recorded."""
+    df = store._df(f"""
         SELECT m.label AS model, m.name AS model_name, m.checkpoint_sha256, c.model_id, c.dataset, c.threat,
                c.attack, c.norm, c.eps, c.corruption, c.severity, c.protocol, c.adaptive, c.cell_id, c.params_json,
-               o.sample, o.correct, o.pred
+               o.sample, o.correct, o.pred, {store.outcome_extras_sql("o.")}
         FROM outcomes o JOIN cells c USING(cell_id) JOIN models m USING(model_id)
         WHERE c.status='done' AND c.threat != 'diagnostics' ORDER BY m.model_id, c.cell_id, o.sample""")
     df["data_fingerprint"] = [str(json.loads(p or "{}").get("data_fingerprint", "")) for p in df.pop("params_json")]
