@@ -397,6 +397,7 @@ def check(
     alpha: float = typer.Option(0.05, help="Significance level of the (one-sided) drop test."),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Baseline cells absent now are not an error."),
     summary: Optional[Path] = typer.Option(None, help="Append the markdown table to this file (e.g. $GITHUB_STEP_SUMMARY)."),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="Also gate a calibration error (ece or rms_calib): fail when it rises by more than --tolerance pp AND significantly (bootstrap)."),
 ):
     """CI regression gate: fail (exit 1) when a metric drops by more than --tolerance AND significantly.
 
@@ -411,6 +412,12 @@ def check(
         check_file(summary, "summary file")
     df, code = run_check(baseline, store, tolerance=tolerance, alpha=alpha, allow_missing=allow_missing)
     text = format_check(df)
+    if calibration is not None:  # issue 24: the calibration gate, after the accuracy one
+        from robench.report.calib_check import check_calibration, format_calibration_check
+
+        cdf, ccode = check_calibration(baseline, store, calibration, tolerance=tolerance, alpha=alpha)
+        text += "\n" + format_calibration_check(cdf)
+        code = code or ccode
     sys.stdout.write(text)
     if summary is not None:
         from robench.paths import write_text

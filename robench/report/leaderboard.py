@@ -225,7 +225,7 @@ def _calibration_metrics(put, g: pd.DataFrame, place: dict, calib: dict) -> None
             if r.threat == "clean" and "aupr" in m:
                 put("imagenet_o_aupr", m["aupr"], (3, "imagenet_o", 0), suffix=sfx)
         elif place.get(r.dataset, (None, None))[1] is None and r.threat == "clean":
-            put("clean_ece", m["ece"], (0, *prot, 0.5), suffix=sfx)
+            put("clean_ece", m["ece"], (0, *prot, 2), suffix=sfx)  # after the companion sets
         elif place.get(r.dataset, (None, None))[1] is None and r.threat == "corruption" and r.category != "extra":
             corr.setdefault((sfx, prot), []).append((r.corruption, m))
     for (sfx, prot), cells in corr.items():
