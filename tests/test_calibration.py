@@ -232,3 +232,54 @@ def test_a_store_written_before_still_reads(tmp_path):
     w = Store(tmp_path)  # a writer adds the columns; old rows keep NULL
     assert {"confidence", "nll"} <= {r[1] for r in w.db.execute("PRAGMA table_info(outcomes)")}
     assert w.outcomes(1)["confidence"].isna().all()
+
+
+# ---- the calibration gate ---------------------------------------------------------------------------------------
+def _conf_store(path, conf, correct):
+    from robench.run.store import Store
+
+    s = Store(path, create=True)
+    run = s.start_run(seed=0)
+    m = s.model_id(label="vit", name="demo-quest", variant="quest", arch="demo-vit", params=1, checkpoint=None,
+                   checkpoint_sha256="x")
+    c = s.cell_id(m, {"dataset": "digits", "threat": "clean", "protocol": "standard", "adaptive": False},
+                  len(conf), 1, run)
+    n = len(conf)
+    s.write_chunk(0, {c: (list(range(n)), list(correct), [0] * n, list(conf), [0.5] * n)}, run)
+    assert s.finish_cell(c)
+    s.end_run(run)
+    s.close()
+    return path
+
+
+def test_ece_replicates_equal_ece_of_each_resample():
+    from robench.report.calib_check import ece_replicates
+
+    conf, correct = CASES["ties"]
+    idx = np.random.default_rng(0).integers(0, len(conf), size=(20, len(conf)))
+    np.testing.assert_allclose(ece_replicates(conf, correct, idx), [cal.ece(conf[i], correct[i]) for i in idx],
+                               atol=1e-12)
+
+
+def test_calibration_gate(tmp_path):
+    import subprocess
+    import sys
+
+    from robench.report.calib_check import check_calibration
+
+    rng = np.random.default_rng(0)
+    n = 400
+    calibrated = rng.uniform(0.5, 1, n)
+    correct = (rng.uniform(size=n) < calibrated).astype(int)
+    base = _conf_store(tmp_path / "base", calibrated, correct)
+    worse = _conf_store(tmp_path / "worse", np.minimum(calibrated + 0.2, 1.0), correct)  # overconfident
+    df, code = check_calibration(base, worse, "ece")
+    assert code == 1 and df["verdict"].tolist() == ["regression"] and df["p"].iloc[0] < 0.05
+    assert df["current"].iloc[0] == pytest.approx(cal.ece(np.minimum(calibrated + 0.2, 1.0), correct))
+    df, code = check_calibration(base, base, "ece")
+    assert code == 0 and df["verdict"].tolist() == ["ok"] and df["delta_pp"].iloc[0] == 0
+    df, code = check_calibration(worse, base, "rms_calib", n_boot=200)  # better now: never fails
+    assert code == 0 and df["verdict"].tolist() == ["improved"]
+    p = subprocess.run([sys.executable, "-m", "robench", "check", "--baseline", str(base), "--store", str(worse),
+                        "--calibration", "ece"], capture_output=True, text=True)
+    assert p.returncode == 1 and "calibration regressed" in p.stdout
