@@ -283,3 +283,20 @@ def test_calibration_gate(tmp_path):
     p = subprocess.run([sys.executable, "-m", "robench", "check", "--baseline", str(base), "--store", str(worse),
                         "--calibration", "ece"], capture_output=True, text=True)
     assert p.returncode == 1 and "calibration regressed" in p.stdout
+
+
+def test_report_has_a_reliability_diagram_per_model(demo_store, tmp_path):
+    from robench.report.render import report
+
+    report([demo_store], tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Calibration" in md and (tmp_path / "rep" / "reliability.png").stat().st_size > 1000
+    row = next(ln for ln in md.splitlines() if ln.startswith("| demo-quest |") and "ECE" not in ln
+               and md.index("## Calibration") < md.index(ln))
+    from robench.run.store import Store
+
+    s = Store(demo_store, readonly=True)
+    cells = s.cells()
+    conf = cal.confidences(s)
+    clean = conf[conf["cell_id"] == int(cells.loc[cells["threat"] == "clean", "cell_id"].iloc[0])]
+    assert row.split("|")[2].strip() == f"{100 * torchmetrics_ece(clean['confidence'], clean['correct']):.2f}"

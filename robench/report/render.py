@@ -21,6 +21,7 @@ from robench._version import __version__
 from robench.errors import RobenchError
 from robench.paths import make_dir, write_file, write_text
 from robench.report import plots
+from robench.report.calibration_plots import calibration_section
 from robench.report.compare import _pp, compare_tables, fmt_p
 from robench.report.leaderboard import display_table, leaderboard, markdown_table
 from robench.report.results import (_DEFAULT, Results, cell_label, corruption_rank, corruption_summaries,
@@ -184,6 +185,7 @@ def report(stores, out_dir, baseline: str | None = None, alexnet=_DEFAULT, title
     lb, cat_cols = _leaderboard_section(doc, res, alexnet, multi)
     _adversarial_section(doc, table, colors, datasets, multi)
     _corruptions_section(doc, res, lb, cat_cols, colors, datasets, alexnet)
+    calibration_section(doc, res)  # issue 24: reliability diagrams (robench.report.calibration_plots)
     _comparison_section(doc, res, baseline, colors)
     _flags_section(doc, res)
     _diagnostics_section(doc, res, colors, multi)
