@@ -229,7 +229,8 @@ class Runner:
             model_id = self.store.model_id(label=label, name=info.name, variant=info.variant, arch=info.arch,
                                            params=info.params, checkpoint=info.checkpoint,
                                            checkpoint_sha256=info.checkpoint_sha256)
-            for job in jobs:
+            for job in jobs:  # each sample's identity (file path or index) and label, for the per-sample export
+                self.store.put_sample_ids(job.data.fingerprint, job.data.sample_ids, job.data.labels())
                 for cell in job.cells:
                     n = cell.params["n"]
                     cell.cell_id = self.store.cell_id(model_id, cell.params, n, math.ceil(n / self.plan.chunk_size),
