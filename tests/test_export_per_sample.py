@@ -107,3 +107,23 @@ def test_old_store_without_sample_ids_table_reads(tmp_path):
     assert w.has_table("sample_ids")
     w.put_sample_ids(FP, IDS)
     assert json.loads(per_sample(w).to_json(orient="records"))[0]["sample_id"] == "cat/001.png"
+
+
+def test_an_evaluation_records_each_samples_identity_and_label(tmp_path):
+    """Through the engine: the exported rows name the evaluated file of the --limit selection and its true label."""
+    import torch
+
+    from robench.data.formats import load_clean, parse_data
+    from robench.run import ModelEntry, Plan, run_plan
+    from robench.zoo import create_model
+
+    run_plan(Plan(models=[ModelEntry("demo-standard")], data="digits", limit=12, out=str(tmp_path), quiet=True))
+    rows = per_sample(Store(tmp_path, readonly=True))
+    model = create_model("demo-standard")
+    data = load_clean(parse_data("digits"), model.info, limit=12)
+    assert list(rows["sample_id"]) == list(data.sample_ids)  # the --limit selection, by position
+    truth = [int(data.dataset[i][1]) for i in range(len(data))]  # labels read from the images' own items
+    assert list(rows["label"]) == truth
+    with torch.no_grad():
+        pred = model(torch.stack([data.dataset[i][0] for i in range(len(data))])).argmax(1).tolist()
+    assert list(rows["pred"]) == pred and list(rows["correct"]) == [int(p == t) for p, t in zip(pred, truth)]

@@ -66,6 +66,7 @@ class Paired(Dataset):
         self.parts = (ood, ind)
         self.sample_ids = [OOD_PREFIX + s for s in ood.sample_ids] + [IND_PREFIX + s for s in ind.sample_ids]
         self.transform = ood.transform
+        self.labels = list(ood.labels) + list(ind.labels)  # from the folder index (robench.data.specs.known_labels)
 
     def __len__(self):
         return len(self.parts[0]) + len(self.parts[1])

@@ -35,6 +35,11 @@ class EvalData:
     def __len__(self):
         return len(self.dataset)
 
+    def labels(self) -> list[int] | None:
+        """Each sample's label by position, read from the dataset's index without decoding any image; None when
+        the dataset keeps none (a custom Dataset)."""
+        return known_labels(self.dataset)
+
 
 class TensorData(Dataset):
     """In-memory images (N,3,H,W) in [0,1] with labels."""
@@ -75,6 +80,20 @@ class IndexItems(Dataset):
     def __getitem__(self, i):
         item = self.base[i]
         return item[0], int(item[1]), i
+
+
+def known_labels(ds) -> list[int] | None:
+    """The labels a dataset holds in its index (`labels` or `y`), through selections and adapters; None if unknown."""
+    if isinstance(ds, Reindexed):
+        base = known_labels(ds.base)
+        return None if base is None else [base[p] for p in ds.positions]
+    if isinstance(ds, IndexItems):
+        return known_labels(ds.base)
+    for name in ("labels", "y"):
+        v = getattr(ds, name, None)
+        if v is not None and len(v) == len(ds):
+            return [int(t) for t in (v.tolist() if isinstance(v, torch.Tensor) else v)]
+    return None
 
 
 def fingerprint(*parts) -> str:

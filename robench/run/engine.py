@@ -229,7 +229,8 @@ class Runner:
             model_id = self.store.model_id(label=label, name=info.name, variant=info.variant, arch=info.arch,
                                            params=info.params, checkpoint=info.checkpoint,
                                            checkpoint_sha256=info.checkpoint_sha256)
-            for job in jobs:
+            for job in jobs:  # each sample's identity (file path or index) and label, for the per-sample export
+                self.store.put_sample_ids(job.data.fingerprint, job.data.sample_ids, job.data.labels())
                 for cell in job.cells:
                     n = cell.params["n"]
                     cell.cell_id = self.store.cell_id(model_id, cell.params, n, math.ceil(n / self.plan.chunk_size),
@@ -253,8 +254,6 @@ class Runner:
         if not pending:
             self.log(f"{what}: all {len(job.cells)} cells already done (use --force to recompute)")
         total = sum(min(plan.chunk_size, n - ch * plan.chunk_size) for ch in pending)
-        if pending and self.rank0:
-            self._put_sample_ids(job)
         task = self.progress.add_task(what, total=total) if (self.progress is not None and self.rank0) else None
         t0, done_samples = time.time(), 0
         for ch in sorted(pending):
@@ -288,14 +287,6 @@ class Runner:
                 if ch not in done:
                     pending.setdefault(ch, []).append(cell.cell_id)
         return pending
-
-    def _put_sample_ids(self, job: Job) -> None:
-        """Record each evaluated sample's identity once per data fingerprint and run (the sample_ids table: the
-        per-sample export's sample_id, ImageNet-O's detection sides)."""
-        done = self.__dict__.setdefault("_ids_written", set())
-        if job.data.fingerprint not in done and len(job.data.sample_ids) == len(job.data):
-            self.store.put_sample_ids(job.data.fingerprint, job.data.sample_ids)
-            done.add(job.data.fingerprint)
 
     def _write_chunk(self, job: Job, ch: int, parts: list):
         """One chunk's per-rank parts merged per cell and committed in one transaction."""
