@@ -140,7 +140,8 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackS
                 raise AttackInvariantError(f"{spec.name}: kind '{impl.name}' (fused) must return its adversarial "
                                            "images in info['x_adv'] [n_eps, B, ...]")
             _validate(x_adv, x0, spec, clip, strict)
-            _final_confidence(f, x_adv, y, res)
+            if res.adv_conf is None:  # a kind may fill it from its own final logits (saves this forward)
+                _final_confidence(f, x_adv, y, res)
             if keep_adv and impl.keeps_adv:
                 res.info["x_adv"] = x_adv
         else:
