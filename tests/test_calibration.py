@@ -300,3 +300,30 @@ def test_report_has_a_reliability_diagram_per_model(demo_store, tmp_path):
     conf = cal.confidences(s)
     clean = conf[conf["cell_id"] == int(cells.loc[cells["threat"] == "clean", "cell_id"].iloc[0])]
     assert row.split("|")[2].strip() == f"{100 * torchmetrics_ece(clean['confidence'], clean['correct']):.2f}"
+
+
+def test_calibration_gate_against_a_csv_value(tmp_path):
+    from robench.errors import RobenchError
+    from robench.report.calib_check import check_calibration
+    from robench.run.export import export
+    from robench.run.store import Store
+
+    rng = np.random.default_rng(1)
+    n = 400
+    conf = rng.uniform(0.5, 1, n)
+    correct = (rng.uniform(size=n) < conf).astype(int)
+    base = _conf_store(tmp_path / "base", conf, correct)
+    worse = _conf_store(tmp_path / "worse", np.minimum(conf + 0.2, 1.0), correct)
+    csv = export(Store(base, readonly=True), tmp_path / "base.csv")
+    with pytest.raises(RobenchError, match="no 'ece' column"):
+        check_calibration(csv, worse, "ece")
+    import pandas as pd
+
+    df = pd.read_csv(csv)
+    df["ece"] = cal.ece(conf, correct)  # the baseline's value, computed on its own confidences
+    df.to_csv(csv, index=False)
+    out, code = check_calibration(csv, worse, "ece")
+    assert code == 1 and out["verdict"].tolist() == ["regression"]
+    assert out["baseline"].iloc[0] == pytest.approx(cal.ece(conf, correct))
+    out, code = check_calibration(csv, base, "ece")
+    assert code == 0 and out["verdict"].tolist() == ["ok"]
