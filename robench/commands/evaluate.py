@@ -79,7 +79,7 @@ def eval_(
     random_init: bool = typer.Option(False, "--random-init", help="Evaluate models without a checkpoint with random weights, on purpose (flagged random-init everywhere)."),
     label: Optional[list[str]] = typer.Option(None, "--label", help="Display label per --model."),
     model_arg: Optional[list[str]] = typer.Option(None, "--model-arg", help="key=value passed to the model's class or factory (repeatable; Python literals: depth=12, act=gelu, dims=[64,128])."),
-    mean: Optional[str] = typer.Option(None, help="Input normalisation mean of a user model, e.g. 0.4914,0.4822,0.4465 (default: the module's timm pretrained_cfg, else none: the model takes [0,1] images)."),
+    mean: Optional[str] = typer.Option(None, help="Input normalisation mean of a user model (1 or 3 values in [0, 1], with --std), e.g. 0.485,0.456,0.406; `none`: the model takes [0, 1] images. Default: a cfg the module's authors set for their weights; timm's generic default cfg is refused (README: Your own model code)."),
     std: Optional[str] = typer.Option(None, help="Input normalisation std of a user model (see --mean)."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help=f"Data spec FORMAT:DIR, one of: {SPEC_HELP} (README lists the layouts)."),
     attack: Optional[list[str]] = typer.Option(None, "--attack", "-a", help="Attack suite (repeatable): fgsm, pgd, pgd-l2, autoattack, paper, a .toml path, torchattacks:Name."),
