@@ -328,6 +328,25 @@ def leaderboard(
 
 
 @app.command()
+def curve(
+    stores: Optional[list[Path]] = typer.Argument(None, help="Results directories (default results/)."),
+    eps: Optional[str] = typer.Option(None, help="Eps list, e.g. 1/255,2/255,8/255 (default: the threat model's "
+                                      "standard eps and every fixed eps of that norm in the stores)."),
+    compare: Optional[list[str]] = typer.Option(None, "--compare", help="Two models (give it twice): Wilcoxon "
+                                                "signed-rank test of their per-sample eps*."),
+    fmt: str = typer.Option("text", "--format", "-f", help="text, csv or json."),
+):
+    """Robustness curves from minimum-norm attacks (fmn-linf, fmn-l2, fmn-l1): robust accuracy at any eps read off
+    the per-sample eps*, with Wilson 95% intervals, the median eps* and the samples with no adversarial found.
+
+    Example: `robench curve results/ --eps 1/255,2/255,4/255,8/255 --compare demo-standard --compare demo-quest`
+    """
+    from robench.report.curve_cli import run_curve
+
+    sys.stdout.write(run_curve(list(stores or [Path("results")]), eps, compare, fmt))
+
+
+@app.command()
 def report(
     stores: Optional[list[Path]] = typer.Argument(None, help="Results directories (default results/)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report directory (default STORE/report)."),
