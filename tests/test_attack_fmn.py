@@ -155,3 +155,30 @@ def test_same_eps_star_for_any_batch_split():
     parts = torch.cat([run_attack(m, x[i:i + 7], y[i:i + 7], spec, list(range(i, i + 7))).eps_star
                        for i in range(0, 21, 7)])
     torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_agrees_with_foolbox_fmn_on_demo_model():
+    """foolbox 3.3.4's LInfFMNAttack (the reference, published defaults) on the same demo model and 64 digits:
+    median eps* within 5 %, robust accuracy at the standard eps (8/255) and at 2/255, 4/255 within 2 pp."""
+    fb = pytest.importorskip("foolbox")
+    from robench.data.digits import digits_tensors
+    from robench.zoo.registry import create_model
+
+    m = create_model("demo-standard").eval()
+    x, y, _ = digits_tensors("test")
+    x, y = x[:64], y[:64]
+    res = run_attack(m, x, y, make_spec("fmn", norm="Linf"), list(range(64)))
+    with torch.no_grad():
+        ok = m(x).argmax(1) == y
+    fmodel = fb.PyTorchModel(m, bounds=(0, 1))
+    xa = fb.attacks.LInfFMNAttack(steps=100).run(fmodel, x[ok], y[ok])
+    with torch.no_grad():
+        broken = m(xa).argmax(1) != y[ok]
+    ref = torch.full((64,), 0.0, dtype=torch.float64)
+    ref[ok] = torch.where(broken, lp_norm(xa.double() - x[ok].double(), "Linf"), torch.tensor(math.inf).double())
+    ours = res.eps_star
+    med = lambda e: float(e[e > 0].median())  # noqa: E731  (64 clean-correct or fewer: torch's lower median)
+    assert abs(med(ours) - med(ref)) <= 0.05 * med(ref), (med(ours), med(ref))
+    for eps in (2 / 255, 4 / 255, 8 / 255):
+        assert abs(float((ours > eps).double().mean()) - float((ref > eps).double().mean())) <= 0.02 + 1e-12, eps

@@ -48,9 +48,9 @@ def test_paired_comparison_matches_scipy_on_finite_and_ranks_inf_highest():
     assert (r["a_larger"], r["b_larger"]) == (5, 1)
 
 
-def _plan(out, **kw):
-    suite = Path(out).parent / "fmn-test.toml"
-    suite.write_text(FMN_SUITE)
+def _plan(out, steps=30, **kw):
+    suite = Path(out).parent / f"fmn-test-{steps}.toml"
+    suite.write_text(FMN_SUITE.replace("steps = 30", f"steps = {steps}"))
     base = dict(models=[ModelEntry("demo-standard")], data="digits", limit=24, out=str(out), quiet=True,
                 chunk_size=12, attacks=[str(suite), "pgd"], sanity_probe=False)
     base.update(kw)
@@ -67,19 +67,20 @@ def _eps_star(out) -> pd.DataFrame:
 
 @pytest.mark.slow
 def test_engine_eps_star_batch_invariant_and_below_pgd(tmp_path):
-    run_plan(_plan(tmp_path / "a", batch_size=7))
-    run_plan(_plan(tmp_path / "b", batch_size=64))
+    run_plan(_plan(tmp_path / "a", batch_size=7, steps=100))  # FMN's published 100 steps
+    run_plan(_plan(tmp_path / "b", batch_size=64, steps=100))
     a, b = _eps_star(tmp_path / "a"), _eps_star(tmp_path / "b")
     assert len(a) == 24 and np.isfinite(a.eps_star).sum() > 12
     pd.testing.assert_frame_equal(a, b)
-    # consistency: the curve (with PGD's breaks) and FMN alone at each PGD eps <= PGD's robust accuracy + 2 pp
+    # consistency: the curve (with PGD's breaks) <= PGD's robust accuracy at each PGD eps; FMN alone <= it + 2 pp
+    # (or one sample of the 24)
     res = Store(tmp_path / "a").results()
     pgd = res[res.attack == "pgd"].set_index("eps").value
     c = curves(tmp_path / "a", eps=list(pgd.index)).set_index("eps")
     own = eps_star_samples(tmp_path / "a").own
     for eps, acc in pgd.items():
         assert c.robust_acc[eps] <= acc + 1e-12
-        assert (own > eps).mean() <= acc + 0.02 + 1e-12, eps
+        assert (own > eps).mean() <= acc + max(0.02, 1 / len(own)) + 1e-12, eps  # FMN alone: 2 pp or 1 sample
     # the clean cell agrees with eps* = 0 exactly on the clean-misclassified samples
     clean = Store(tmp_path / "a").outcomes(int(res[res.threat == "clean"].cell_id.iloc[0])).set_index("sample")
     assert ((a.set_index("sample").eps_star == 0) == (clean.correct == 0)).all()

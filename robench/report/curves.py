@@ -22,6 +22,7 @@ import pandas as pd
 
 from robench.intervals import wilson
 from robench.labels import fmt_eps
+from robench.report.results import distinguish_evaluations
 from robench.run.eps_star import read_eps_star
 from robench.run.store import Store
 
@@ -46,9 +47,9 @@ def eps_star_samples(stores) -> pd.DataFrame:
     norm for that model (a list per row)."""
     frames = []
     for path in _stores(stores):
-        st = Store(path, readonly=True)
+        st = path if isinstance(path, Store) else Store(path, readonly=True)
         try:
-            res = st.results()
+            res = distinguish_evaluations(st.results())  # labels as the leaderboard shows them
             att = res[(res.threat == "attack") & (res.protocol == "standard")]
             mn = att[np.isinf(att.eps.astype(float))]
             fixed = att[np.isfinite(att.eps.astype(float))]
@@ -71,7 +72,8 @@ def eps_star_samples(stores) -> pd.DataFrame:
                 d["fixed_eps"] = [sorted(set(grid))] * len(d)
                 frames.append(d)
         finally:
-            st.close()
+            if st is not path:
+                st.close()
     cols = KEY + ["attack", "cell_id", "sample", "own", "eps_star", "clean_correct", "fixed_eps"]
     return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
 
