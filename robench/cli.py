@@ -416,6 +416,9 @@ def check(
     alpha: float = typer.Option(0.05, help="Significance level of the (one-sided) drop test."),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Baseline cells absent now are not an error."),
     summary: Optional[Path] = typer.Option(None, help="Append the markdown table to this file (e.g. $GITHUB_STEP_SUMMARY)."),
+    min_median_eps: Optional[list[str]] = typer.Option(None, "--min-median-eps", help="ATTACK=VALUE (repeatable): "
+                                                       "also fail when a model's median eps* of that minimum-norm "
+                                                       "attack is below VALUE, e.g. fmn-linf=4/255."),
 ):
     """CI regression gate: fail (exit 1) when a metric drops by more than --tolerance AND significantly.
 
@@ -423,13 +426,18 @@ def check(
     Example: `robench check --baseline results/demo-baseline.csv --store results/`
     """
     from robench.report.check import check as run_check, format_check
+    from robench.report.check_curves import median_eps_gate, parse_min_median_eps
 
+    minimums = parse_min_median_eps(min_median_eps)
     if summary is not None:
         from robench.paths import check_file
 
         check_file(summary, "summary file")
     df, code = run_check(baseline, store, tolerance=tolerance, alpha=alpha, allow_missing=allow_missing)
     text = format_check(df)
+    gate_text, gate_failed = median_eps_gate(store, minimums)
+    text += gate_text
+    code = max(code, int(gate_failed))
     sys.stdout.write(text)
     if summary is not None:
         from robench.paths import write_text

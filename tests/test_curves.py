@@ -95,6 +95,25 @@ def test_curve_cli_and_bad_inputs(tmp_path, run_cli):
     assert "median eps*" in text and "eps    8/255" in text
     s = eps_star_samples(out)
     assert f"({int((s.eps_star > 8 / 255).sum())}/8)" in text
+    # leaderboard: median eps* over clean-correct samples, accuracy at the standard eps (8/255 for digits)
+    from robench.report.leaderboard import leaderboard
+
+    lb = leaderboard([out]).iloc[0]
+    e = s.eps_star.to_numpy()
+    assert lb["median_eps*"] == pytest.approx(float(np.median(e[e > 0])))
+    assert lb["fmn-linf_acc@8/255"] == pytest.approx(float((e > 8 / 255).mean()))
+    # check: gate on median eps*
+    run_plan(_plan(tmp_path / "s", limit=8, attacks=[str(tmp_path / "fmn-test.toml")]))  # resume: nothing new
+    code, _, err = run_cli("export", out, "--out", tmp_path / "base.csv")
+    med = float(np.median(e[e > 0]))
+    code, text, err = run_cli("check", "--baseline", tmp_path / "base.csv", "--store", out, "--min-median-eps",
+                              f"fmn-linf={med * 0.9}")
+    assert code == 0 and "ok" in text, err
+    code, text, _ = run_cli("check", "--baseline", tmp_path / "base.csv", "--store", out, "--min-median-eps",
+                            f"fmn-linf={med * 1.1}")
+    assert code == 1 and "FAIL" in text
+    code, _, err = run_cli("check", "--baseline", tmp_path / "base.csv", "--store", out, "--min-median-eps", "fmn-l2=1")
+    assert code == 2 and "fmn-l2" in err
     # an eps list on a min-norm kind, unknown norm, steps <= 0: one line, exit 2, nothing written
     for body, msg in [(FMN_SUITE + 'eps = ["8/255"]\n', "drop 'eps'"), (FMN_SUITE.replace("Linf", "L7"), "norm"),
                       (FMN_SUITE.replace("steps = 30", "steps = 0"), "steps")]:
