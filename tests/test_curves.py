@@ -102,6 +102,13 @@ def test_curve_cli_and_bad_inputs(tmp_path, run_cli):
     e = s.eps_star.to_numpy()
     assert lb["median_eps*"] == pytest.approx(float(np.median(e[e > 0])))
     assert lb["fmn-linf_acc@8/255"] == pytest.approx(float((e > 8 / 255).mean()))
+    # the HTML/markdown report: the curve figure and the median eps* table
+    from robench.report.render import report
+
+    report([out], tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "Robustness curves (minimum-norm attacks)" in md and (tmp_path / "rep" / "curves-digits-test.png").exists()
+    assert f"{lb['median_eps*']:.4g}" in md
     # check: gate on median eps*
     run_plan(_plan(tmp_path / "s", limit=8, attacks=[str(tmp_path / "fmn-test.toml")]))  # resume: nothing new
     code, _, err = run_cli("export", out, "--out", tmp_path / "base.csv")
