@@ -35,7 +35,7 @@ import torch
 
 from robench.attack.base import AttackKind, lp_norm, register_kind
 from robench.attack.draws import row_keys, uniform_start
-from robench.attack.spec import AttackSpec, number, positive_int
+from robench.attack.spec import AttackSpec, number, positive_int, spec_from_dict
 from robench.errors import RobenchError
 
 FMN_KEYS = ("steps", "restarts", "alpha", "gamma", "patience", "rtol")
@@ -209,9 +209,29 @@ def attack_fmn(f, x, labels, eps, spec: AttackSpec, seeds, ctx):
     return x_adv, {"eps_star": best.double()}
 
 
+def fmn_from_text(text: str, *, eps=None, steps=None) -> AttackSpec:
+    """'fmn:Linf?steps=100&patience=10&rtol=0.01&name=fmn-linf-fast' -> one FMN spec (numbers as numbers)."""
+    if eps is not None:
+        raise RobenchError("--eps does not apply to a minimum-norm attack: one run gives every eps (robench curve)")
+    norm, _, query = text[len("fmn:"):].partition("?")
+    table = {"kind": "fmn", "norm": norm or "Linf", "name": f"fmn-{(norm or 'Linf').lower()}"}
+    for part in filter(None, query.split("&")):
+        k, sep, v = part.partition("=")
+        if not sep:
+            raise RobenchError(f"fmn parameters are key=value pairs joined by '&', got {part!r}")
+        table[k] = v if k == "name" else number(v, f"fmn: {k}") if k not in ("alpha", "gamma") else \
+            [number(e, f"fmn: {k}") for e in v.split(",")]
+    for k in ("steps", "restarts", "patience"):
+        if k in table and float(table[k]).is_integer():
+            table[k] = int(table[k])
+    spec = spec_from_dict(table, f"attack '{text}'")
+    return fmn_with_steps(spec, steps) if steps is not None else spec
+
+
 def fmn_with_steps(spec: AttackSpec, steps: int) -> AttackSpec:
     return dataclasses.replace(spec, options=dataclasses.replace(spec.options, steps=steps))
 
 
 FMN = register_kind(AttackKind("fmn", parse=parse_fmn, attack=attack_fmn, label=label_fmn, order=4, keys=FMN_KEYS,
-                               min_norm=True, norms=("Linf", "L2", "L1"), with_steps=fmn_with_steps))
+                               min_norm=True, norms=("Linf", "L2", "L1"), with_steps=fmn_with_steps,
+                               from_text=fmn_from_text))
