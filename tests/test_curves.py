@@ -102,6 +102,13 @@ def test_curve_cli_and_bad_inputs(tmp_path, run_cli):
     e = s.eps_star.to_numpy()
     assert lb["median_eps*"] == pytest.approx(float(np.median(e[e > 0])))
     assert lb["fmn-linf_acc@8/255"] == pytest.approx(float((e > 8 / 255).mean()))
+    # per-sample export: each sample's eps* beside its verdict (robust iff no adversarial found: eps* = inf)
+    from robench.run.export import per_sample
+
+    ps = per_sample(Store(out, readonly=True))
+    fm = ps[ps.attack == "fmn-linf"].sort_values("sample")
+    assert fm.eps_star.tolist() == pytest.approx(s.own.tolist())
+    assert (fm.correct.astype(bool) == np.isinf(fm.eps_star)).all() and ps[ps.attack != "fmn-linf"].eps_star.isna().all()
     # the HTML/markdown report: the curve figure and the median eps* table
     from robench.report.render import report
 
