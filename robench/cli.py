@@ -75,7 +75,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 for _command, _name in (
     (tools.models, "models"), (tools.convert, "convert"),
     (evaluate.eval_, "eval"), (evaluate.sweep, "sweep"),
-    (results.export_, "export"), (results.leaderboard, "leaderboard"), (results.report, "report"),
+    (results.export_, "export"), (results.leaderboard, "leaderboard"), (results.curve, "curve"),
+    (results.report, "report"),
     (results.compare, "compare"), (results.check, "check"),
     (tools.corrupt, "corrupt"), (diagnostics.inspect_, "inspect"), (diagnostics.toy, "toy"),
     (evaluate.demo, "demo"), (evaluate.train_demo_, "train-demo"),

@@ -1,10 +1,12 @@
 """`robench demo`: the whole tool on the built-in zoo (one tiny ViT per attention variant, trained on real
 handwritten digits), on the CPU, with no download: a sweep (clean, 15 CIFAR-style corruptions x 5 severities on
-the fly, FGSM and PGD at several L∞ eps, a cheap AutoAttack on a subset), then a leaderboard and an HTML report.
+the fly, FGSM and PGD at several L∞ eps, a cheap AutoAttack on a subset, one FMN robustness curve for two of the
+models), then a leaderboard and an HTML report.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +47,16 @@ def demo_plan(out="results/demo", quick: bool = False, quiet: bool = False) -> P
     )
 
 
+DEMO_FMN = "fmn:Linf?name=fmn-linf-fast&patience=10&rtol=0.01"  # FMN-100 L∞ with early exit (a few seconds)
+
+
+def curve_plan(plan: Plan) -> Plan:
+    """The demo's robustness curve: FMN-L∞ on the first 24 digits of the first two demo models (a paired comparison
+    of their eps* in the report; the CI time budget), in the same store; the clean cells are the demo sweep's."""
+    return dataclasses.replace(plan, models=plan.models[:2], corruptions=[], corruption_names=None,
+                               attacks=[DEMO_FMN], sanity_probe=False, attack_limit=24)
+
+
 @dataclass
 class DemoOutputs:
     out: Path
@@ -60,6 +72,7 @@ def run_demo(out="results/demo", quick: bool = False, progress=None, quiet: bool
     out = Path(out)
     plan = demo_plan(out, quick=quick, quiet=quiet)
     results = run_plan(plan, progress)
+    run_plan(curve_plan(plan), progress)  # one more cell per model: the minimum-norm curve (existing cells reused)
     board = leaderboard([out])
     (out / "leaderboard.csv").write_text(format_leaderboard(board, "csv"))
     md = format_leaderboard(board, "md")

@@ -12,6 +12,8 @@ def fmt_eps(eps, norm: str | None = "Linf") -> str:
         return ""
     e = float(eps)
     text = f"{e:g}"
+    if e == float("inf"):  # a minimum-norm attack's one cell (robench.attack.fmn): unbounded eps
+        return "inf"
     if norm != "Linf":
         return text
     k = e * 255

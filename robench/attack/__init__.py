@@ -15,7 +15,7 @@ See robench.attack.core for the protocols (standard / paper) and invariants, rob
 algorithm and early-exit rules.
 """
 
-from robench.attack import autoattack, fgsm, pgd, torchattacks_backend  # noqa: F401  (registers the kinds)
+from robench.attack import autoattack, fgsm, fmn, pgd, torchattacks_backend  # noqa: F401  (registers the kinds)
 from robench.attack.base import (AttackInvariantError, AttackKind, AttackResult, RunContext, attack_kinds,
                                  check_adversarial, get_kind, kind_names, register_kind, unregister_kind)
 from robench.attack.core import run_attack

@@ -49,6 +49,8 @@ class AttackResult:
     info: dict = field(default_factory=dict)
     adv_conf: torch.Tensor | None = None  # float [n_eps, B]: fp32 softmax probability of adv_pred (set by the core)
     adv_nll: torch.Tensor | None = None  # float [n_eps, B]: -log softmax of the true label on the final input
+    eps_star: torch.Tensor | None = None  # float64 [B], min-norm kinds only: the norm of the smallest adversarial
+    # found (0: clean-misclassified, inf: none found within the budget)
 
 
 @dataclass
@@ -109,6 +111,8 @@ class AttackKind:
     whole_batch: bool = False
     from_text: Callable | None = None
     with_steps: Callable | None = None
+    min_norm: bool = False  # a minimum-norm kind: one cell, no eps; its attack returns (x_adv, {"eps_star": [B]})
+    norms: tuple = ("Linf", "L2")  # the norms its parser accepts
 
     def __post_init__(self):
         if (self.attack is None) == (self.fused is None):
@@ -152,8 +156,7 @@ def check_adversarial(x_adv: torch.Tensor, x: torch.Tensor, eps, norm: str, clip
     """Raise AttackInvariantError unless every row of x_adv is finite, within eps of x, and in [0, 1] if clip."""
     if not torch.isfinite(x_adv).all():
         raise AttackInvariantError(f"{what}: adversarial batch has non-finite values")
-    d = (x_adv.detach().double() - x.detach().double()).flatten(1)
-    n = d.abs().amax(1) if norm == "Linf" else d.norm(dim=1)
+    n = lp_norm(x_adv.detach().double() - x.detach().double(), norm)
     e = eps.double() if torch.is_tensor(eps) else torch.tensor(float(eps), dtype=torch.float64)
     over = n > e.to(n.device) + TOL
     if over.any():
@@ -162,6 +165,14 @@ def check_adversarial(x_adv: torch.Tensor, x: torch.Tensor, eps, norm: str, clip
         _raise_eps(what, norm, float(n[i]), ei)
     if clip and (x_adv.min() < 0 or x_adv.max() > 1):
         _raise_range(what, float(x_adv.min()), float(x_adv.max()))
+
+
+def lp_norm(d: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-row norm of d [B, ...] in 'Linf', 'L2' or 'L1'."""
+    d = d.flatten(1)
+    if norm == "Linf":
+        return d.abs().amax(1)
+    return d.abs().sum(1) if norm == "L1" else d.norm(dim=1)
 
 
 def _raise_eps(what, norm, n, e):

@@ -39,8 +39,8 @@ import contextlib
 import torch
 from torch import nn
 
-from robench.attack.base import (AttackInvariantError, AttackKind, AttackResult, Checker, RunContext,
-                                 check_adversarial, clean_pass, confidence, confirm, get_kind)
+from robench.attack.base import (TOL, AttackInvariantError, AttackKind, AttackResult, Checker, RunContext,
+                                 check_adversarial, clean_pass, confidence, confirm, get_kind, lp_norm)
 from robench.attack.spec import AttackSpec
 from robench.errors import RobenchError
 
@@ -144,6 +144,8 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackS
                 _final_confidence(f, x_adv, y, res)
             if keep_adv and impl.keeps_adv:
                 res.info["x_adv"] = x_adv
+        elif impl.min_norm:
+            res = _run_min_norm(impl, f, x0, y, spec, seeds, ctx)
         else:
             res = _run_per_eps(impl, f, x0, y, spec, seeds, ctx)
     res.info.update(attack=spec.name, label=spec.label, protocol=spec.protocol, adaptive=spec.adaptive,
@@ -228,3 +230,49 @@ def _ungated_confidence(f, x0, y, pred0, gate, E: int):
             c, n = confidence(f(x0[rest].detach()), pred0[rest], y[rest])
         conf[:, rest], nll[:, rest] = c, n
     return conf, nll
+
+
+# ---- minimum-norm kinds (FMN): one run, the per-sample eps* -------------------------------------------------------
+EPS_STAR_RTOL = 1e-5  # the kind's eps* vs the norm of its image recomputed in float64 (fp32 rounding of x + δ − x)
+
+
+def _run_min_norm(impl: AttackKind, f, x0, y, spec: AttackSpec, seeds, ctx: RunContext) -> AttackResult:
+    """The protocol around a minimum-norm kind: clean pass, gate on clean-correct samples (eps* = 0 for the others),
+    one attack, then every returned image checked: finite and in [0, 1], and where the kind claims an adversarial
+    its norm equals the claimed eps*. eps* stored is the float64 norm of the image; a claimed hit that the model
+    (fp32 when under autocast) classifies correctly is rejected (eps* = inf, counted in rejected_hits)."""
+    B = x0.shape[0]
+    pred0, zero_grad, rejected_clean = clean_pass(f, x0, y, f32=ctx.f32)
+    correct = pred0 == y
+    sub = correct.nonzero().squeeze(1)
+    eps_star = torch.zeros(B, dtype=torch.float64, device=x0.device)
+    adv_pred = pred0.clone()
+    rejected = rejected_clean
+    if len(sub):
+        xs, ys = x0[sub], y[sub]
+        x_adv, info = impl.attack(f, xs, ys, float("inf"), spec, [seeds[i] for i in sub.tolist()], ctx)
+        claimed = info["eps_star"].to(device=x0.device, dtype=torch.float64)
+        _validate(x_adv, xs, spec, ctx.clip, True, eps=float("inf"))
+        norms = lp_norm(x_adv.detach().double() - xs.detach().double(), spec.norm)
+        hit = torch.isfinite(claimed)
+        off = hit & ((norms - claimed).abs() > TOL + EPS_STAR_RTOL * claimed.abs().nan_to_num(posinf=0))
+        if off.any():
+            i = int(off.nonzero()[0])
+            raise AttackInvariantError(f"{spec.name}: returned image has {spec.norm} norm {float(norms[i]):.8g}, "
+                                       f"not the eps* {float(claimed[i]):.8g} it reports")
+        with torch.no_grad():
+            p = f(x_adv.detach()).argmax(1)
+        p, rej = confirm(ctx.f32, x_adv, ys, p)
+        broken = hit & (p != ys)
+        rejected += int((hit & (p == ys)).sum())
+        eps_star[sub] = torch.where(broken, norms, torch.full_like(norms, float("inf")))
+        adv_pred[sub] = torch.where(broken, p, ys)
+        x_final = x0.detach().clone()  # the final input: the adversarial where one was found, else the clean image
+        x_final[sub[broken]] = x_adv[broken].detach().to(x_final.dtype)
+    else:
+        x_final = x0.detach()
+    robust = (correct & torch.isinf(eps_star))[None]
+    info = {"clean_correct": correct.tolist(), "rejected_hits": [rejected], "eps_star": eps_star.tolist()}
+    res = AttackResult(robust=robust, adv_pred=adv_pred[None], zero_grad=zero_grad, info=info, eps_star=eps_star)
+    _final_confidence(f, x_final[None], y, res)
+    return res

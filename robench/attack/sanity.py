@@ -62,7 +62,7 @@ def sanity_flags(rows: list[dict], clean_acc: float, *, margin: float = 0.01, la
          "eps: a sign of gradient masking", _pgd_weaker_than_fgsm(rows, noise)),
         ("large-eps-robust", f"robust accuracy stays above {large_eps_acc:.0%} at a very large eps where "
          "every real model is broken: gradients are likely masked",
-         [_cell(r) for r in rows if float(r["eps"]) >= LARGE_EPS.get(r["norm"], float("inf")) - 1e-9
+         [_cell(r) for r in rows if float("inf") > float(r["eps"]) >= LARGE_EPS.get(r["norm"], float("inf")) - 1e-9
           and float(r["robust_acc"]) > large_eps_acc + (1.0 / max(int(r.get("n") or 1), 1))]),
         ("zero-grad", f"the input gradient is exactly zero on more than {zero_grad_frac:.0%} of the samples: "
          "gradient-based attacks cannot work (non-differentiable layer / saturation)",

@@ -122,7 +122,7 @@ class AttackSpec:
 
     @property
     def norm_label(self) -> str:
-        return "L∞" if self.norm == "Linf" else "L2"
+        return "L∞" if self.norm == "Linf" else self.norm
 
     @property
     def label(self) -> str:
@@ -175,8 +175,10 @@ def spec_from_dict(table: dict, where: str = "suite") -> AttackSpec:
             raise RobenchError(f"{where}: unknown attack key '{k}' (kind '{impl.name}')" + suggest(k, allowed)
                                + f"; keys: {', '.join(allowed)}")
     common = dict(name=str(table.get("name", impl.name)), kind=impl.name)
-    common["norm"] = choice(table.get("norm", "Linf"), NORMS, "norm")
-    common["eps"] = tuple(parse_eps(table.get("eps", 4 / 255)))
+    common["norm"] = choice(table.get("norm", "Linf"), impl.norms, "norm")
+    if impl.min_norm and "eps" in table:
+        raise RobenchError(f"{where}: '{impl.name}' is a minimum-norm attack (one run gives every eps): drop 'eps'")
+    common["eps"] = (math.inf,) if impl.min_norm else tuple(parse_eps(table.get("eps", 4 / 255)))
     common["protocol"] = choice(table.get("protocol", "standard"), PROTOCOLS, "protocol")
     common["adaptive"] = flag(table.get("adaptive", False), "adaptive")
     return impl.parse(table, common, where)
@@ -210,6 +212,9 @@ def load_attack_suite(name_or_path: str, *, eps=None, steps=None) -> list[Attack
         raise RobenchError(f"{where} has no [[attack]] tables")
     specs = [spec_from_dict(t, where) for t in tables]
     if eps is not None:
+        if any(get_kind(s.kind).min_norm for s in specs):
+            raise RobenchError(f"--eps does not apply to {where}: a minimum-norm attack gives every eps in one run "
+                               "(read them with `robench curve`)")
         specs = [dataclasses.replace(s, eps=eps) for s in specs]
     if steps is not None:
         takes = [get_kind(s.kind).with_steps for s in specs]

@@ -132,6 +132,24 @@ def compare(
     console.print(summary_line(df))
 
 
+def curve(
+    stores: Optional[list[Path]] = typer.Argument(None, help="Results directories (default results/)."),
+    eps: Optional[str] = typer.Option(None, help="Eps list, e.g. 1/255,2/255,8/255 (default: the threat model's "
+                                      "standard eps and every fixed eps of that norm in the stores)."),
+    compare: Optional[list[str]] = typer.Option(None, "--compare", help="Two models (give it twice): Wilcoxon "
+                                                "signed-rank test of their per-sample eps*."),
+    fmt: str = typer.Option("text", "--format", "-f", help="text, csv or json."),
+):
+    """Robustness curves from minimum-norm attacks (fmn-linf, fmn-l2, fmn-l1): robust accuracy at any eps read off
+    the per-sample eps*, with Wilson 95% intervals, the median eps* and the samples with no adversarial found.
+
+    Example: `robench curve results/ --eps 1/255,2/255,4/255,8/255 --compare demo-standard --compare demo-quest`
+    """
+    from robench.report.curve_cli import run_curve
+
+    sys.stdout.write(run_curve(list(stores or [Path("results")]), eps, compare, fmt))
+
+
 def check(
     baseline: Path = typer.Option(..., help="Baseline: a CSV from `robench export`, or a results directory."),
     store: Path = typer.Option(Path("results"), help="Current results directory."),
@@ -140,6 +158,9 @@ def check(
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Baseline cells absent now are not an error."),
     summary: Optional[Path] = typer.Option(None, help="Append the markdown table to this file (e.g. $GITHUB_STEP_SUMMARY)."),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Also gate a calibration error (ece or rms_calib): fail when it rises by more than --tolerance pp AND significantly (bootstrap)."),
+    min_median_eps: Optional[list[str]] = typer.Option(None, "--min-median-eps", help="ATTACK=VALUE (repeatable): "
+                                                       "also fail when a model's median eps* of that minimum-norm "
+                                                       "attack is below VALUE, e.g. fmn-linf=4/255."),
 ):
     """CI regression gate: fail (exit 1) when a metric drops by more than --tolerance AND significantly.
 
@@ -148,7 +169,9 @@ def check(
     """
     from robench.report.check import check as run_check
     from robench.report.check import format_check
+    from robench.report.check_curves import median_eps_gate, parse_min_median_eps
 
+    minimums = parse_min_median_eps(min_median_eps)
     if summary is not None:
         from robench.paths import check_file
 
@@ -161,6 +184,9 @@ def check(
         cdf, ccode = check_calibration(baseline, store, calibration, tolerance=tolerance, alpha=alpha)
         text += "\n" + format_calibration_check(cdf)
         code = code or ccode
+    gate_text, gate_failed = median_eps_gate(store, minimums)  # issue 22: median eps* of min-norm attacks
+    text += gate_text
+    code = code or int(gate_failed)
     sys.stdout.write(text)
     if summary is not None:
         from robench.paths import write_text

@@ -118,6 +118,7 @@ def leaderboard(stores, sort: str | None = None, variant=None, model=None, datas
     place = {d: leaderboard_placement(d) for d in t["dataset"].dropna().unique()}
     t = t.assign(_row=[place.get(d, (d, None))[0] for d in t["dataset"]])
     rows, col_order, notes = [], {}, []
+    curve_table = _curve_table(res, t)
     for (mlabel, dataset_), g in t.groupby(["model", "_row"], sort=False):
         first = g.iloc[0]
         row = {"model": mlabel, "variant": first["variant"], "arch": first["arch"],
@@ -125,6 +126,7 @@ def leaderboard(stores, sort: str | None = None, variant=None, model=None, datas
         put = functools.partial(_put, row, col_order, ci)
         _cell_metrics(put, g, place, single_aa)
         _calibration_metrics(put, g, place, calib)
+        _curve_metrics(put, curve_table, mlabel, dataset_)
         notes += _corruption_metrics(put, mlabel, dataset_, summaries, place)
         row["skipped"] = int(g["skipped"].max()) if "skipped" in g and g["skipped"].notna().any() else 0
         row["flags"] = int(n_flags.get(mlabel, 0))
@@ -145,6 +147,31 @@ def leaderboard(stores, sort: str | None = None, variant=None, model=None, datas
     df = sort_leaderboard(df, sort)
     df.attrs["notes"] = list(dict.fromkeys(notes))
     return df
+
+
+def _curve_table(res: Results, t: pd.DataFrame) -> pd.DataFrame:
+    """The curves of the min-norm cells in `t` (robench.report.curves), at each threat model's standard eps and
+    every fixed eps of that norm in the stores; empty without stores or min-norm cells."""
+    att = t[t["threat"] == "attack"]
+    if not res.stores or not att["eps"].astype(float).map(math.isinf).any():
+        return pd.DataFrame()
+    from robench.report.curves import curves
+
+    return curves(res.stores)
+
+
+def _curve_metrics(put, curves: pd.DataFrame, mlabel: str, dataset_: str) -> None:
+    """median_eps* (over clean-correct samples; `<attack>_median_eps*` when several min-norm attacks ran) and
+    `<attack>_acc@<eps>` read off the curve, beside the fixed-eps attacks of that norm."""
+    if curves.empty:
+        return
+    single = curves["attack"].nunique() == 1
+    for (attack, norm), g in curves[(curves.model == mlabel) & (curves.dataset == dataset_)].groupby(
+            ["attack", "norm"], sort=False):
+        slug, rank = attack.lower().replace(":", "-"), (2, False, 0, attack_rank(attack), attack, norm)
+        put("median_eps*" if single else f"{slug}_median_eps*", float(g["median_eps_star"].iloc[0]), rank + (-1.0,))
+        for r in g.itertuples():
+            put(f"{slug}_acc@{fmt_eps(r.eps, norm)}", r.robust_acc, rank + (r.eps,), r.ci_low, r.ci_high)
 
 
 def _model_notes(flags: pd.DataFrame, t: pd.DataFrame) -> dict[str, list[str]]:
@@ -182,7 +209,7 @@ def _cell_metrics(put, g: pd.DataFrame, place: dict, single_aa: bool) -> None:
         pfx = place.get(r.dataset, (None, None))[1]
         if r.threat == "clean":
             put("clean_acc", r.value, (0, *prot, 0), r.ci_low, r.ci_high, sfx, pfx)
-        elif r.threat == "attack":
+        elif r.threat == "attack" and not math.isinf(r.eps or 0):  # inf: a min-norm cell (_curve_metrics)
             base = _attack_base(r.attack, r.norm, r.eps, single_aa)
             put(base, r.value, (2, *prot, attack_rank(r.attack), r.attack, r.norm or "", r.eps or 0.0),
                 r.ci_low, r.ci_high, sfx, pfx)
@@ -283,6 +310,8 @@ def display_table(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
                 out.append("" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
             elif c in COUNT_COLUMNS:
                 out.append(str(int(v)) if v and not pd.isna(v) else "0")
+            elif c.endswith("median_eps*"):  # a norm, not an accuracy
+                out.append("" if pd.isna(v) else f"{v:.4g}")
             else:
                 s = _pct(v)
                 lo_c, hi_c = _ci_cols(c)

@@ -64,6 +64,7 @@ def robust_vs_eps(table: pd.DataFrame, colors: dict, dataset: str) -> bytes | No
     """Robust accuracy vs ε: one panel per attack, norm (and protocol), one line per model; ε = 0 is clean."""
     plt = _plt()
     att = table[(table["threat"] == "attack") & (table["dataset"] == dataset)]
+    att = att[att["eps"].astype(float) < math.inf]  # a min-norm cell (eps inf) has its own curve (curve_section)
     if att.empty:
         return None
     panels = list(dict.fromkeys(zip(att["attack"], att["norm"], att["protocol"], att["adaptive"])))

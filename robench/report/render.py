@@ -20,6 +20,7 @@ import pandas as pd
 from robench._version import __version__
 from robench.errors import RobenchError
 from robench.paths import make_dir, write_file, write_text
+from robench.report.curve_section import curves_section
 from robench.report import plots
 from robench.report.calibration_plots import calibration_section
 from robench.report.compare import _pp, compare_tables, fmt_p
@@ -184,6 +185,7 @@ def report(stores, out_dir, baseline: str | None = None, alexnet=_DEFAULT, title
 
     lb, cat_cols = _leaderboard_section(doc, res, alexnet, multi)
     _adversarial_section(doc, table, colors, datasets, multi)
+    curves_section(doc, res, colors, datasets, multi, baseline)  # minimum-norm attacks (robench.report.curve_section)
     _corruptions_section(doc, res, lb, cat_cols, colors, datasets, alexnet)
     calibration_section(doc, res)  # issue 24: reliability diagrams (robench.report.calibration_plots)
     _comparison_section(doc, res, baseline, colors)

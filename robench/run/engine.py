@@ -27,6 +27,7 @@ from robench.run import dist, postrun
 from robench.run.cache import CorruptionCache  # noqa: F401  (its former home; tests import it from here)
 from robench.run.cells import Job, plan_jobs
 from robench.run.chunks import ATTACK_BLOCK, ChunkRunner
+from robench.run.eps_star import pop_eps_star, write_eps_star
 from robench.run.device import AMP_DTYPES, provenance
 from robench.run.executors import CorruptionExecutor
 from robench.run.forward import ModelRun, check_logits, check_readable
@@ -301,8 +302,12 @@ class Runner:
             for cid, d in ex.items():
                 mine = extras.setdefault(cid, {})
                 for key, v in d.items():
-                    mine[key] = mine.get(key, 0) + v
+                    if isinstance(v, dict):  # per-sample values (a min-norm cell's eps*): merged, not summed
+                        mine.setdefault(key, {}).update(v)
+                    else:
+                        mine[key] = mine.get(key, 0) + v
         self._chunk_writes += 1
+        write_eps_star(self.store, pop_eps_star(extras))  # min-norm cells' eps*, before the chunk commits
         self.store.write_chunk(ch, merged, self.run_id, skipped=skipped, extras=extras, _fault=self._fault_cb())
 
     def _finish_job(self, job: Job, task) -> None:

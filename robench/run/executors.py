@@ -126,10 +126,20 @@ def run_attack_group(mr: ModelRun, group: list[Cell], x, y, idx, out: ChunkResul
         out.add(c, "zero_grad", int(res.zero_grad.sum()))
         if mr.amp is not None:  # low-precision "misclassified" verdicts that an fp32 forward rejected
             out.add(c, "rejected_hits", int(res.info.get("rejected_hits", [0] * len(group))[j]))
+        if res.eps_star is not None:  # a minimum-norm cell: per-sample eps*, and how many found none
+            record_eps_star(out, c, ia, res.eps_star)
         per_eps = res.info.get("per_eps")
         if per_eps:  # AutoAttack: robust count after each of its attacks (for the square-beats-whitebox flag)
             for a, count in per_eps[j]["robust_after"].items():
                 out.add(c, f"robust_after:{a}", int(count))
+
+
+def record_eps_star(out: ChunkResult, cell: Cell, idx, eps_star) -> None:
+    """A min-norm cell's eps* per sample (into the chunk's extras, stored in the store's eps_star table) and the
+    count of attacked samples with no adversarial within the budget (eps* = inf: an under-powered run shows)."""
+    e = eps_star.detach().double().cpu()
+    out.counters(cell).setdefault("eps_star", {}).update(zip(idx.tolist(), e.tolist()))
+    out.add(cell, "eps_star_not_found", int(torch.isinf(e).sum()))
 
 
 def _elapsed(t0: float, device: torch.device) -> float:

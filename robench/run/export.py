@@ -10,6 +10,7 @@ import pandas as pd
 
 from robench.errors import RobenchError
 from robench.paths import check_file, write_file
+from robench.run.eps_star import read_eps_star
 from robench.run.store import Store
 
 EXPORT_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "json"}
@@ -47,7 +48,7 @@ def per_sample(store: Store) -> pd.DataFrame:
     and data), `final_pred` for attack cells the prediction on the final (adversarial) image; `correct` is the
     cell's verdict (robust, for attacks). `confidence`: the fp32 softmax probability of the cell's own prediction
     (final_pred for attack cells), `nll`: -log softmax of the true class on the cell's input; both empty in a store
-    written before they were recorded."""
+    written before they were recorded. Stores with minimum-norm cells add `eps_star` (robench.run.eps_star)."""
     df = store._df(f"""
         SELECT m.label AS model, m.name AS model_name, m.checkpoint_sha256, c.model_id, c.dataset, c.threat,
                c.attack, c.norm, c.eps, c.corruption, c.severity, c.protocol, c.adaptive, c.cell_id, c.params_json,
@@ -68,7 +69,12 @@ def per_sample(store: Store) -> pd.DataFrame:
     df = df.merge(ids, on=["data_fingerprint", "sample"], how="left")
     df["sample_id"] = df["sample_id"].where(df["sample_id"].notna(), df["sample"].astype(str))
     df["label"] = pd.to_numeric(df["label"], errors="coerce").astype("Int64")
-    return df[PER_SAMPLE_COLUMNS]
+    eps = read_eps_star(store)
+    if eps.empty:
+        return df[PER_SAMPLE_COLUMNS]
+    # minimum-norm cells: each sample's eps* (0: clean-misclassified, inf: none found); empty for other cells
+    df = df.merge(eps, on=["cell_id", "sample"], how="left")
+    return df[PER_SAMPLE_COLUMNS + ["eps_star"]]
 
 
 def export(store: Store, dest, fmt: str | None = None, table: str = "results") -> Path:

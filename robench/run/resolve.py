@@ -84,7 +84,8 @@ def resolve_attacks(plan: Plan, infos: list) -> list[AttackSpec]:
              for spec in load_attack_suite(name, eps=plan.eps, steps=plan.steps)]
     if not plan.allow_large_eps:
         check_spec_eps(specs, infos)
-    probe_norms = sorted({s.norm for s in specs if s.protocol == "standard"}) if plan.sanity_probe else []
+    probe_norms = sorted({s.norm for s in specs if s.protocol == "standard" and s.eps[0] < float("inf")}) \
+        if plan.sanity_probe else []  # eps inf: a minimum-norm attack (no fixed eps to probe)
     return specs + [large_eps_probe(norm) for norm in probe_norms]  # every real model fails it: masking check
 
 

@@ -12,6 +12,7 @@ Tables
     flags       sanity flags (gradient masking signs) naming the cells that raised them
     diagnostics attention diagnostics rows (layer, head, stat, value) of diagnostics cells
     sample_ids  per data fingerprint, each evaluated sample's identity (file path or dataset index) and label
+    eps_star    (optional, robench.run.eps_star) per-sample eps* of minimum-norm attack cells
 
 Readers open it read-only (`Store(path, readonly=True)`: mode=ro, no schema created or altered); a file without
 robench's tables is "not a robench store". A chunk's outcomes and its `chunks` row are written in one transaction;
