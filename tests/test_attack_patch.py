@@ -147,3 +147,36 @@ def test_cli_non_vit_and_too_many_patches_exit_2_nothing_written(tmp_path, run_c
         import re
         assert re.search(msg, err), err
         assert not out.exists()
+
+
+def test_vit_suite_end_to_end_cells_in_leaderboard_and_report(tmp_path, run_cli):
+    """`robench eval -m demo-standard -m demo-quest --attack vit` (few samples and steps): every cell is stored
+    and shows in the leaderboard and the report; the adaptive twin is not planned for these variants."""
+    from pathlib import Path
+
+    from robench.attack import load_attack_suite
+    from robench.run.store import Store
+
+    suite = Path(__file__).parents[1] / "attacks" / "vit.toml"
+    specs = load_attack_suite(str(suite))
+    assert {s.kind for s in specs} == {"patchfool", "pgd-attention", "pgd"}
+    out = tmp_path / "res"
+    code, _, err = run_cli("eval", "-m", "demo-standard", "-m", "demo-quest", "--data", "digits", "--attack", suite,
+                           "--limit", "6", "--steps", "2", "--device", "cpu", "--out", out, "-q")
+    assert code == 0, err
+    res = Store(out).results()
+    att = res[res["threat"] == "attack"]
+    want = {(s.name, round(e, 6)) for s in specs if not s.adaptive and s.name != "probe-large-eps" for e in s.eps}
+    for model in ("demo-standard", "demo-quest"):
+        got = {(a, round(e, 6)) for a, e in att[att["model"] == model][["attack", "eps"]].itertuples(index=False)}
+        assert want <= got and not any(a == "pgd-adaptive" for a, _ in got), got
+        assert (att[att["model"] == model]["n"] == 6).all()
+    code, lb, err = run_cli("leaderboard", out)
+    assert code == 0, err
+    for name in ("patchfool-sparse", "patchfool-sparse-random", "patchfool-mild", "pgd-attention"):
+        assert name in lb, lb
+    code, _, err = run_cli("report", out, "--out", tmp_path / "r")
+    assert code == 0, err
+    html = "".join(p.read_text() for p in (tmp_path / "r").rglob("*.html"))
+    for name in ("patchfool-sparse", "patchfool-mild", "pgd-attention"):
+        assert name in html
