@@ -133,9 +133,10 @@ def check_info(spec: AttackSpec, info) -> None:
 def check_net(spec: AttackSpec, model, label: str) -> None:
     """Before the store opens: the built model is a ViT with timm's patch embedding, k and layers within it."""
     require_tokens(model, spec.name, f"model {label}")
-    h, w = model.info.input_size[1:3] if getattr(model, "info", None) is not None else (None, None)
-    if h:
-        ph, pw, gh, gw, _ = token_grid(model, torch.empty(1, 3, h, w, device="meta"))
+    size = getattr(getattr(model, "info", None), "input_size", None)
+    h, w = tuple(size)[1:3] if size and len(size) == 3 else (None, None)
+    if h and w:
+        _, _, gh, gw, _ = token_grid(model, torch.empty(1, 3, h, w, device="meta"))
         _check_k(spec, gh * gw, f"model {label}")
     from robench.attack.attention_loss import attention_modules
 
