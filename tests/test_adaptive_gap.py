@@ -92,3 +92,54 @@ def test_adaptive_twin_planned_for_elliptical_variants_only():
     assert has_no_grad_statistic(demo_info("elliptical")) and has_no_grad_statistic(demo_info("elliptical-quest"))
     assert not has_no_grad_statistic(demo_info("standard")) and not has_no_grad_statistic(demo_info("quest"))
     assert has_no_grad_statistic(None)  # user code: the attack itself says if there is no such layer
+
+
+HIDDEN_FILE = '''
+import torch
+from torch import nn
+
+from robench.zoo.attention import EllipticalAttention
+
+
+class Hidden(EllipticalAttention):
+    def __init__(self):
+        nn.Module.__init__(self)
+        self.grad_through_scale = False
+
+    def forward(self, z):
+        s = z if self.grad_through_scale else z.detach()
+        return z - 3.0 * s
+
+
+def Net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10), Hidden())
+'''
+
+
+def test_flag_stored_and_reported_end_to_end(tmp_path, run_cli):
+    """robench eval on user code that hides its gradients, with PGD and its adaptive twin: the flag is written
+    by the post-run step, counted in the leaderboard and shown in the report."""
+    from robench.run.store import Store
+
+    (tmp_path / "hidden.py").write_text(HIDDEN_FILE)
+    suite = tmp_path / "s.toml"
+    suite.write_text('[[attack]]\nname = "pgd"\nkind = "pgd"\neps = ["16/255"]\nsteps = 5\nrandom_start = false\n'
+                     '[[attack]]\nname = "pgd-adaptive"\nkind = "pgd"\neps = ["16/255"]\nsteps = 5\n'
+                     'random_start = false\nadaptive = true\n')
+    out = tmp_path / "res"
+    code, _, err = run_cli("eval", "-m", f"{tmp_path / 'hidden.py'}:Net", "--data", "digits", "--limit", "200",
+                           "--attack", suite, "--device", "cpu", "--out", out, "-q")
+    assert code == 0, err
+    res = Store(out).results()
+    acc = dict(zip(res["attack"].fillna("clean"), res["value"]))
+    assert acc["pgd-adaptive"] < acc["pgd"], acc
+    flags = Store(out).flags()
+    row = flags[flags["flag"] == "gradient-obfuscation"]
+    assert len(row) == 1, flags
+    gap = 100 * (acc["pgd"] - acc["pgd-adaptive"])
+    assert f"lowers accuracy by {gap:.1f} pp" in row["message"].iloc[0]
+    code, _, err = run_cli("report", out, "--out", tmp_path / "r")
+    assert code == 0, err
+    html = "".join(p.read_text() for p in (tmp_path / "r").rglob("*.html"))
+    assert "gradient-obfuscation" in html and "adaptive attack lowers accuracy by" in html
