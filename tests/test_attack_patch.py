@@ -126,6 +126,9 @@ def test_bad_specs_one_line_errors():
                        ({"attn_weight": -1}, "attn_weight"), ({"random_start": True}, "mild")]:
         with pytest.raises(RobenchError, match=msg):
             make_spec("patchfool", **table)
+    for table, msg in [({"norm": "L2"}, "L∞ only"), ({"layers": "all"}, "layer indices"), ({"attn_weight": "x"}, "parse")]:
+        with pytest.raises(RobenchError, match=msg):
+            make_spec("pgd-attention", **table)
 
 
 def test_cli_non_vit_and_too_many_patches_exit_2_nothing_written(tmp_path, run_cli):

@@ -50,6 +50,8 @@ def parse_attention_pgd(table: dict, common: dict, where: str) -> AttackSpec:
     if not w >= 0:
         raise RobenchError(f"{where}: attn_weight must be >= 0, got {table.get('attn_weight')!r}")
     layers = table.get("layers")
+    if layers == "all" or layers == []:
+        raise RobenchError(f"{where}: layers of the attention PGD are attention layer indices (default: the last)")
     opts = AttentionPGDOptions(steps=positive_int(table.get("steps", 10)),
                                step_size=parse_step_size(table.get("step_size", "2.5*eps/steps")),
                                random_start=flag(table.get("random_start", True), "random_start"), attn_weight=w,
