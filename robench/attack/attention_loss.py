@@ -112,31 +112,36 @@ def cls_divergence(probs: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 def masked_pgd(f, x, y, support, eps: float, alpha: float, steps: int, loss_fn, layers=None, clip=True,
                start=None):
-    """Sign-gradient ascent of loss_fn(logits, y, probs) [B] on x + support ⊙ δ, ‖δ‖∞ ≤ eps (support [B,1,H,W]
-    or [B,C,H,W] 0/1: the perturbation is exactly 0 outside it), clipped to [0, 1]. As PGD: a row is broken as
-    soon as an iterate is misclassified, and that iterate is returned (the row then stops). start: first iterate
-    (inside the box), else x. Returns (x_adv [B, ...], broken [B] bool)."""
+    """Sign-gradient ascent of loss_fn(logits, labels, probs, rows) [R] on x + support ⊙ δ, ‖δ‖∞ ≤ eps (support
+    [B,1,H,W] or [B,C,H,W] 0/1: the perturbation is exactly 0 outside it), clipped to [0, 1]; `rows` are the
+    batch indices of the rows still attacked. As PGD: a row is broken as soon as an iterate is misclassified,
+    that iterate is returned and the row leaves the batch (each row's gradient is its own: the outcome does not
+    depend on the others). start: first iterate (inside the box), else x. Returns (x_adv [B, ...], broken [B])."""
     s = support.to(x.dtype).expand_as(x)
     lo, hi = x - eps * s, x + eps * s
     if clip:
         lo, hi = lo.clamp(0.0, 1.0), hi.clamp(0.0, 1.0)
     xc = (x if start is None else torch.minimum(torch.maximum(start, lo), hi)).detach().clone()
-    best = xc.clone()
+    out = xc.clone()
     broken = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    act = torch.arange(x.shape[0], device=x.device)
     for t in range(steps + 1):
-        xg = xc.clone().requires_grad_(t < steps)
-        with capture_attention(f, layers) as probs, torch.set_grad_enabled(t < steps):
-            logits = f(xg)
-            loss = loss_fn(logits, y, probs) if t < steps else None
-        hit = (logits.detach().argmax(1) != y) & ~broken
-        best[hit] = xc[hit]
-        broken |= hit
-        if t == steps or bool(broken.all()):
+        if act.numel() == 0:
             break
-        g, = torch.autograd.grad(loss.sum(), xg)
-        xn = torch.minimum(torch.maximum(xc + alpha * g.sign(), lo), hi)
-        xc = torch.where(broken.view(-1, *[1] * (x.ndim - 1)), xc, xn.detach())
-    return torch.where(broken.view(-1, *[1] * (x.ndim - 1)), best, xc), broken
+        xa = xc[act].clone().requires_grad_(t < steps)
+        with capture_attention(f, layers) as probs, torch.set_grad_enabled(t < steps):
+            logits = f(xa)
+            loss = loss_fn(logits, y[act], probs, act) if t < steps else None
+        hit = logits.detach().argmax(1) != y[act]
+        out[act] = xa.detach()
+        broken[act[hit]] = True
+        if t == steps:
+            break
+        g, = torch.autograd.grad(loss.sum(), xa)
+        keep = ~hit
+        act = act[keep]
+        xc[act] = torch.minimum(torch.maximum(xa.detach()[keep] + alpha * g[keep].sign(), lo[act]), hi[act])
+    return out, broken
 
 
 def ce_loss(logits, y):

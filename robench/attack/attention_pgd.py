@@ -80,8 +80,8 @@ def attack_attention_pgd(f, x, y, eps, spec: AttackSpec, seeds, ctx):
         f(x)
     ref = [p.detach() for p in ref]
 
-    def loss_fn(logits, labels, probs):
-        kl = torch.stack([cls_divergence(p, r) for p, r in zip(probs, ref)]).mean(0)
+    def loss_fn(logits, labels, probs, rows):
+        kl = torch.stack([cls_divergence(p, r[rows]) for p, r in zip(probs, ref)]).mean(0)
         return ce_loss(logits, labels) + o.attn_weight * kl
 
     start = None

@@ -179,8 +179,8 @@ def attack_patch(f, x, y, eps, spec: AttackSpec, seeds, ctx):
     support = patch_support(chosen, grid, x.shape)
     tokens = torch.cat([torch.zeros(x.shape[0], grid[4], device=x.device), chosen.float()], 1)
 
-    def loss_fn(logits, labels, probs):
-        return ce_loss(logits, labels) + o.attn_weight * attention_share(probs, tokens)
+    def loss_fn(logits, labels, probs, rows):
+        return ce_loss(logits, labels) + o.attn_weight * attention_share(probs, tokens[rows])
 
     start = None
     if o.random_start:
