@@ -16,6 +16,7 @@ algorithm and early-exit rules.
 """
 
 from robench.attack import autoattack, fgsm, fmn, pgd, torchattacks_backend  # noqa: F401  (registers the kinds)
+from robench.attack import attention_pgd, patch  # noqa: F401  (token / attention attacks: Patch-Fool, PGD + attention)
 from robench.attack.base import (AttackInvariantError, AttackKind, AttackResult, RunContext, attack_kinds,
                                  check_adversarial, get_kind, kind_names, register_kind, unregister_kind)
 from robench.attack.core import run_attack

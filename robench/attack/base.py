@@ -97,7 +97,8 @@ class AttackKind:
     batch from one seed (results depend on the chunk, so the engine attacks fixed blocks). keeps_adv:
     run_attack(keep_adv=True) returns its adversarial images. from_text: parser for a one-attack string
     '<kind>:...' (e.g. torchattacks:PGD?eps=4/255), or None. with_steps(spec, steps) -> spec: the kind takes
-    `--steps` (None: it does not)."""
+    `--steps` (None: it does not). An `attack` may return info["support"] (bool, broadcastable to x): the core
+    checks that the perturbation is exactly zero outside it (token-patch attacks) and drops it from the info."""
 
     name: str
     parse: Callable
@@ -113,6 +114,10 @@ class AttackKind:
     with_steps: Callable | None = None
     min_norm: bool = False  # a minimum-norm kind: one cell, no eps; its attack returns (x_adv, {"eps_star": [B]})
     norms: tuple = ("Linf", "L2")  # the norms its parser accepts
+    # attacks that need a particular model (e.g. a ViT's tokens): check_info(spec, info) at resolve time (static
+    # description; None for user code), check_model(spec, model, label) on the built model before the store opens
+    check_info: Callable | None = None
+    check_model: Callable | None = None
 
     def __post_init__(self):
         if (self.attack is None) == (self.fused is None):

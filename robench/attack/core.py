@@ -201,6 +201,7 @@ def _run_per_eps(impl: AttackKind, f, x0, y, spec: AttackSpec, seeds, ctx: RunCo
         out = impl.attack(f, xs, labels[sub], float(e), spec, seeds_sub, ctx)
         x_adv, per_eps[k] = out if isinstance(out, tuple) else (out, None)
         _validate(x_adv, xs, spec, ctx.clip, True, eps=float(e))
+        per_eps[k] = _check_support(x_adv, xs, per_eps[k], spec)
         if keep is not None:
             keep[k, sub] = x_adv.detach()
         with torch.no_grad():
@@ -276,3 +277,24 @@ def _run_min_norm(impl: AttackKind, f, x0, y, spec: AttackSpec, seeds, ctx: RunC
     res = AttackResult(robust=robust, adv_pred=adv_pred[None], zero_grad=zero_grad, info=info, eps_star=eps_star)
     _final_confidence(f, x_final[None], y, res)
     return res
+
+
+def _check_support(x_adv, x0, info, spec: AttackSpec):
+    """A kind that confines its perturbation (info["support"], bool broadcastable to x): zero outside it."""
+    if not info or "support" not in info:
+        return info
+    info = dict(info)
+    support = info.pop("support").to(x_adv.device).expand_as(x_adv)
+    outside = (x_adv.detach() != x0.detach()) & ~support
+    if outside.any():
+        raise AttackInvariantError(f"{spec.name}: the perturbation is not zero outside the attacked patches "
+                                   f"({int(outside.sum())} values changed)")
+    return info or None
+
+
+def check_attack_models(specs, model, label: str) -> None:
+    """The kinds' checks of a built model (e.g. a token attack needs a ViT), before any result is written."""
+    for spec in specs:
+        check = get_kind(spec.kind).check_model
+        if check is not None:
+            check(spec, model, label)

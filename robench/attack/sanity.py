@@ -11,6 +11,12 @@ chunks and divide by n). Flags:
   zero-grad           more than `zero_grad_frac` of the samples have an exactly zero input gradient
   square-beats-whitebox  AutoAttack's black-box Square broke samples the white-box attacks could not
   robust-above-clean  robust acc above clean accuracy (impossible for a correct evaluation)
+  gradient-obfuscation  an adaptive attack (rows with `adaptive` true: gradients through a no_grad statistic,
+                      e.g. elliptical's m) leaves fewer samples robust than the default attack of the same kind,
+                      norm and eps beyond the margin: "gradient obfuscation: adaptive attack lowers accuracy by X pp"
+
+Kinds whose perturbation is confined to a part of the image (Patch-Fool: k patches) are not whole-image threat
+models: their rows do not enter the large-eps flag (a sparse patch at eps 1 is not "every pixel free").
 
 The large-eps flag needs a row at a large eps: `large_eps_probe()` gives a cheap PGD spec for it.
 """
@@ -24,6 +30,7 @@ from robench.attack.spec import AttackSpec, make_spec
 from robench.labels import fmt_eps
 
 LARGE_EPS = {"Linf": 64 / 255, "L2": 8.0}
+LOCAL_KINDS = ("patchfool",)  # perturbation confined to part of the image (not a whole-image eps ball)
 
 
 def large_eps_probe(norm: str = "Linf", steps: int = 10) -> AttackSpec:
@@ -62,7 +69,8 @@ def sanity_flags(rows: list[dict], clean_acc: float, *, margin: float = 0.01, la
          "eps: a sign of gradient masking", _pgd_weaker_than_fgsm(rows, noise)),
         ("large-eps-robust", f"robust accuracy stays above {large_eps_acc:.0%} at a very large eps where "
          "every real model is broken: gradients are likely masked",
-         [_cell(r) for r in rows if float("inf") > float(r["eps"]) >= LARGE_EPS.get(r["norm"], float("inf")) - 1e-9
+         [_cell(r) for r in rows if _kind(r) not in LOCAL_KINDS
+          and float("inf") > float(r["eps"]) >= LARGE_EPS.get(r["norm"], float("inf")) - 1e-9
           and float(r["robust_acc"]) > large_eps_acc + (1.0 / max(int(r.get("n") or 1), 1))]),
         ("zero-grad", f"the input gradient is exactly zero on more than {zero_grad_frac:.0%} of the samples: "
          "gradient-based attacks cannot work (non-differentiable layer / saturation)",
@@ -75,7 +83,33 @@ def sanity_flags(rows: list[dict], clean_acc: float, *, margin: float = 0.01, la
          [_cell(r) for r in rows if r.get("protocol", "standard") == "standard"
           and float(r["robust_acc"]) > clean_acc + 1e-9]),
     ]
+    gap, gap_cells = _adaptive_gap(rows, noise)
+    checks.append(("gradient-obfuscation", f"gradient obfuscation: adaptive attack lowers accuracy by {gap:.1f} pp "
+                   "(gradients through the no_grad statistic find adversarials the default attack misses)",
+                   gap_cells))
     return [{"flag": flag, "message": message, "cells": cells} for flag, message, cells in checks if cells]
+
+
+def _adaptive_gap(rows: list[dict], noise) -> tuple[float, list[str]]:
+    """(largest gap in pp, cells): adaptive rows below the weakest-robust default row of the same kind, norm,
+    eps and protocol by more than the noise margin."""
+    default = defaultdict(list)
+    for r in rows:
+        if not r.get("adaptive"):
+            default[(_kind(r), r["norm"], round(float(r["eps"]), 9), r.get("protocol", "standard"))].append(r)
+    gap, cells = 0.0, []
+    for r in rows:
+        if not r.get("adaptive"):
+            continue
+        twins = default.get((_kind(r), r["norm"], round(float(r["eps"]), 9), r.get("protocol", "standard")))
+        if not twins:
+            continue
+        d = min(twins, key=lambda t: float(t["robust_acc"]))
+        g = float(d["robust_acc"]) - float(r["robust_acc"])
+        if g > noise(r):
+            gap = max(gap, 100 * g)
+            cells += [_cell(d), _cell(r) + " adaptive"]
+    return gap, sorted(set(cells), key=cells.index)
 
 
 def _non_monotone(rows: list[dict], noise) -> list[str]:

@@ -74,7 +74,7 @@ def corruption_params(suite: CorruptionSuite, corruption: str, severity: int, ba
             "backend": backend, "suite_values": suite.identity(corruption)}
 
 
-def clean_job(rp: ResolvedPlan, base: dict, data: EvalData) -> Job:
+def clean_job(rp: ResolvedPlan, base: dict, data: EvalData, info=None) -> Job:
     """The clean set's job: its clean cell, every on-the-fly corruption cell and every attack cell."""
     plan = rp.plan
     dset = {**base, "dataset": data.name, "data_fingerprint": data.fingerprint, "n": len(data)}
@@ -87,6 +87,8 @@ def clean_job(rp: ResolvedPlan, base: dict, data: EvalData) -> Job:
                 job.cells.append(Cell(p, "corruption", suite=rs.suite))
     n_att = min(len(data), plan.attack_limit) if plan.attack_limit else len(data)
     for spec in rp.attacks:
+        if spec.adaptive and not has_no_grad_statistic(info):
+            continue  # the adaptive twin of an attack applies to variants with a no_grad statistic only
         n_spec = min(n_att, PROBE_SAMPLES) if spec.name == PROBE else n_att
         for i, eps in enumerate(spec.eps):
             p = {**dset, "n": n_spec, "threat": "attack", "attack": spec.name, "norm": spec.norm,
@@ -114,4 +116,14 @@ def plan_jobs(rp: ResolvedPlan, info, data: EvalData | None) -> list[Job]:
     """The cells of one model (its built info), grouped into jobs that share a data stream (`data`: the clean set;
     None for a pre-rendered corruption set, read per corruption and severity)."""
     base = base_params(rp, info)
-    return [clean_job(rp, base, data)] if data is not None else prerendered_jobs(rp, base)
+    return [clean_job(rp, base, data, info)] if data is not None else prerendered_jobs(rp, base)
+
+
+def has_no_grad_statistic(info) -> bool:
+    """Whether the adaptive-gradient forward can differ from the default one: a registry model whose attention
+    variant computes a statistic under no_grad (elliptical's m); user code and unknown variants: assumed so (the
+    attack itself then says if the model has no such layer)."""
+    from robench.zoo.attention import ATTENTION_VARIANTS, EllipticalAttention
+
+    cls = ATTENTION_VARIANTS.get(getattr(info, "variant", None))
+    return cls is None or issubclass(cls, EllipticalAttention)

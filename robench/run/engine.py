@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from robench.attack.core import check_attack_models
 from robench.data.formats import load_clean
 from robench.errors import RobenchError
 from robench.run import dist, postrun
@@ -204,6 +205,7 @@ class Runner:
             raise RobenchError(f"model {label} has {model.info.num_classes} classes but data {plan.data} has {want}")
         jobs = plan_jobs(self.rp, model.info, data)
         check_logits(model, jobs[0].data, label, self.device)
+        check_attack_models(self.rp.attacks, model, label)  # e.g. a token attack needs a ViT
         mask = jobs[0].data.class_mask
         if mask is not None:  # 200-class subsets (ImageNet-A/R): logits restricted to their classes
             model = model.restricted(mask)

@@ -25,7 +25,7 @@ def write_attack_flags(store, run_id: int, model_id: int, jobs: list[Job]) -> No
         ex = extras.get(r.cell_id, {})
         n_att = ex.get("attacked") or 0
         rows.append(dict(attack=r.attack, kind=kinds.get(r.cell_id), norm=r.norm, eps=r.eps, robust_acc=r.value,
-                         n=r.n, protocol=r.protocol, zero_grad_frac=ex["zero_grad"] / n_att if n_att else None,
+                         n=r.n, protocol=r.protocol, adaptive=bool(r.adaptive), zero_grad_frac=ex["zero_grad"] / n_att if n_att else None,
                          acc_after={k.split(":", 1)[1]: v / n_att for k, v in ex.items()
                                     if k.startswith("robust_after:") and n_att} or None))
     store.write_flags(model_id, sanity_flags(rows, float(clean.iloc[0]) if len(clean) else None), run_id)

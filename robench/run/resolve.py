@@ -84,6 +84,7 @@ def resolve_attacks(plan: Plan, infos: list) -> list[AttackSpec]:
              for spec in load_attack_suite(name, eps=plan.eps, steps=plan.steps)]
     if not plan.allow_large_eps:
         check_spec_eps(specs, infos)
+    check_spec_models(specs, infos)
     probe_norms = sorted({s.norm for s in specs if s.protocol == "standard" and s.eps[0] < float("inf")}) \
         if plan.sanity_probe else []  # eps inf: a minimum-norm attack (no fixed eps to probe)
     return specs + [large_eps_probe(norm) for norm in probe_norms]  # every real model fails it: masking check
@@ -105,3 +106,13 @@ def resolve(plan: Plan | ResolvedPlan) -> ResolvedPlan:
     suites = resolve_suites(plan, data)
     attacks = resolve_attacks(plan, [m.info for m in models])
     return ResolvedPlan(plan, data, device, models, suites, attacks)
+
+
+def check_spec_models(specs, infos) -> None:
+    """The kinds' static checks of every model (e.g. a token attack's k within the model's patches)."""
+    from robench.attack import get_kind
+
+    for spec in specs:
+        check = get_kind(spec.kind).check_info
+        for info in infos if check is not None else ():
+            check(spec, info)
