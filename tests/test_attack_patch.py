@@ -183,3 +183,15 @@ def test_vit_suite_end_to_end_cells_in_leaderboard_and_report(tmp_path, run_cli)
     html = "".join(p.read_text() for p in (tmp_path / "r").rglob("*.html"))
     for name in ("patchfool-sparse", "patchfool-mild", "pgd-attention"):
         assert name in html
+
+
+def test_eps_override_leaves_the_sparse_patch_unbounded():
+    """--eps replaces the budget of the eps-bounded attacks of the vit suite, never the sparse patch's eps = 1."""
+    from robench.attack import load_attack_suite
+
+    specs = load_attack_suite("vit", eps="2/255")
+    sparse = [s for s in specs if s.kind == "patchfool" and s.options.mode == "sparse"]
+    others = [s for s in specs if s not in sparse]
+    assert sparse and others
+    assert all(s.eps == (1.0,) for s in sparse)
+    assert all(s.eps == (2 / 255,) for s in others)

@@ -56,6 +56,11 @@ class PatchOptions:
     step_size: str = "2.5*eps/steps"
     random_start: bool = False
 
+    @property
+    def fixed_eps(self) -> bool:
+        """A sparse patch is unbounded within [0, 1]: its eps (1) is not a budget that --eps may replace."""
+        return self.mode == "sparse"
+
     def identity(self) -> dict:
         return {"k": self.k, "mode": self.mode, "select": self.select,
                 "layers": None if self.layers is None else list(self.layers), "attn_weight": self.attn_weight,

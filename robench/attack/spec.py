@@ -215,7 +215,8 @@ def load_attack_suite(name_or_path: str, *, eps=None, steps=None) -> list[Attack
         if any(get_kind(s.kind).min_norm for s in specs):
             raise RobenchError(f"--eps does not apply to {where}: a minimum-norm attack gives every eps in one run "
                                "(read them with `robench curve`)")
-        specs = [dataclasses.replace(s, eps=eps) for s in specs]
+        # an attack whose eps is not a budget (a sparse patch: eps 1, the pixel range) keeps it
+        specs = [s if getattr(s.options, "fixed_eps", False) else dataclasses.replace(s, eps=eps) for s in specs]
     if steps is not None:
         takes = [get_kind(s.kind).with_steps for s in specs]
         if not any(takes):
