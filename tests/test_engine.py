@@ -111,8 +111,8 @@ def test_executors_alone_match_the_model_and_corrupt_batch():
     """The clean and corruption executors on one batch, without a runner or a store."""
     from robench.run.cache import CorruptionCache
     from robench.run.cells import Cell
-    from robench.run.executors import ChunkResult, CorruptionExecutor, run_clean
-    from robench.run.forward import ModelRun
+    from robench.run.execute import ChunkResult, CorruptionExecutor, run_clean
+    from robench.run.execute import ModelRun
     from robench.seeding import sample_seeds
     from robench.zoo.registry import create_model
 

@@ -234,7 +234,7 @@ def test_random_init_per_model_in_a_plan(tmp_path):
                  '[[models]]\nname = "deit-tiny-quest"\nrandom_init = true\nlabel = "r"\n')
     plan = load_plan(p)
     assert plan.models[0].random_init is True
-    from robench.run.preflight import preflight
+    from robench.run.resolve import resolve as preflight
 
     preflight(plan)  # accepted (a 1000-class model on digits then fails on classes, not on weights)
     p.write_text(p.read_text().replace("random_init = true\n", ""))
@@ -283,7 +283,7 @@ def test_a_well_typed_plan_loads(tmp_path):
 
 # ---- 5. eps range --------------------------------------------------------------------------------------------------
 def test_eps_limits_and_allow_large_eps(tmp_path):
-    from robench.run.preflight import check_eps, eps_limit
+    from robench.run.checks import check_eps, eps_limit
     from robench.zoo.registry import model_info
 
     info = model_info("demo-quest")
@@ -305,7 +305,7 @@ def test_eps_limits_and_allow_large_eps(tmp_path):
 
 def test_the_demo_probe_eps_is_within_range():
     from robench.attack.sanity import LARGE_EPS
-    from robench.run.preflight import eps_limit
+    from robench.run.checks import eps_limit
 
     assert LARGE_EPS["Linf"] <= eps_limit("Linf", (3, 32, 32))
     assert LARGE_EPS["L2"] <= eps_limit("L2", (3, 32, 32))

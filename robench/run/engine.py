@@ -1,6 +1,6 @@
 """The runner: a resolved plan (robench.run.resolve) executed into the results store, fast and crash-safe. It
 keeps only the lifecycle: the store and the run record, progress, resume, interruption and failure. Cells are
-planned by robench.run.cells, executed by robench.run.chunks / executors, flagged by robench.run.postrun.
+planned by robench.run.cells, executed by robench.run.execute, flagged by robench.run.postrun.
 
 For each model, cells that share data form one job: one decode and one clean forward feed the clean cell, every
 on-the-fly corruption cell and every attack cell (attacks batched over eps). Samples are processed in fixed chunks
@@ -27,11 +27,10 @@ from robench.errors import RobenchError
 from robench.run import dist, postrun
 from robench.run.cache import CorruptionCache  # noqa: F401  (its former home; tests import it from here)
 from robench.run.cells import Job, plan_jobs
-from robench.run.chunks import ATTACK_BLOCK, ChunkRunner
+from robench.run.execute import (ATTACK_BLOCK, ChunkRunner, CorruptionExecutor, ModelRun, check_logits,
+                                 check_readable)
 from robench.run.eps_star import pop_eps_star, write_eps_star
 from robench.run.device import AMP_DTYPES, provenance
-from robench.run.executors import CorruptionExecutor
-from robench.run.forward import ModelRun, check_logits, check_readable
 from robench.run.plan import ModelEntry, Plan
 from robench.run.resolve import ResolvedPlan, resolve
 from robench.run.store import Store, store_path

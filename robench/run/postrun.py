@@ -6,7 +6,7 @@ from __future__ import annotations
 from robench.attack import sanity_flags
 from robench.diag import inspect_model
 from robench.run.cells import ROBENCH_SCHEMA, Job
-from robench.run.chunks import make_loader
+from robench.run.execute import make_loader
 from robench.zoo.registry import is_random_init
 
 

@@ -72,7 +72,7 @@ USER_CODE_SOURCES = ("module", "file", "python", "plugin")  # their weights are 
 def check_entry(entry):
     """Before anything is built: the model's static info (None for user code, known only once built), or a
     one-line RobenchError when a model would silently get random weights or its checkpoint is missing. The one
-    place that knows which sources need weights (run.preflight asks here)."""
+    place that knows which sources need weights (run.resolve asks here)."""
     if entry.random_init and entry.checkpoint:
         raise RobenchError(f"model {entry.display}: both a checkpoint ({entry.checkpoint}) and random_init given; "
                            "choose one")
