@@ -46,6 +46,20 @@ def test_each_spec_parsed_and_each_suite_loaded_once_per_run(tmp_path, monkeypat
     assert suites == ["cifar10-c"]
 
 
+def test_eps_option_parsed_once_per_run(tmp_path, monkeypatch):
+    """--eps (a string) is parsed by plan_from_options; the resolve step and the attack suites get the floats."""
+    from robench.attack import spec as spec_module
+    from robench.run.plan import plan_from_options
+
+    eps = _count(monkeypatch, "parse_eps", spec_module.parse_eps)
+    plan = plan_from_options(["demo-quest"], data="digits", limit=8, attacks=["fgsm", "pgd"], eps="1/255,3/255",
+                             out=str(tmp_path), quiet=True)
+    res = run_plan(plan)
+    att = res[(res.threat == "attack") & (res.attack != "probe-large-eps")]
+    assert sorted(set(att.eps.round(6))) == [round(1 / 255, 6), round(3 / 255, 6)]
+    assert eps.count("1/255,3/255") == 1
+
+
 def _suite(path, name: str, values) -> str:
     path.write_text(f'name = "{name}"\nparams = "cifar"\n[corruptions.gaussian_noise]\ncategory = "noise"\n'
                     f"severity = {list(values)}\n")
