@@ -261,18 +261,23 @@ def test_ece_replicates_equal_ece_of_each_resample():
                                atol=1e-12)
 
 
+def _calibrated_and_overconfident(tmp_path, seed: int, n: int = 400):
+    """A calibrated store (confidence = probability of being right) and the same outcomes 0.2 overconfident."""
+    rng = np.random.default_rng(seed)
+    conf = rng.uniform(0.5, 1, n)
+    correct = (rng.uniform(size=n) < conf).astype(int)
+    base = _conf_store(tmp_path / "base", conf, correct)
+    worse = _conf_store(tmp_path / "worse", np.minimum(conf + 0.2, 1.0), correct)  # overconfident
+    return conf, correct, base, worse
+
+
 def test_calibration_gate(tmp_path):
     import subprocess
     import sys
 
     from robench.report.calib_check import check_calibration
 
-    rng = np.random.default_rng(0)
-    n = 400
-    calibrated = rng.uniform(0.5, 1, n)
-    correct = (rng.uniform(size=n) < calibrated).astype(int)
-    base = _conf_store(tmp_path / "base", calibrated, correct)
-    worse = _conf_store(tmp_path / "worse", np.minimum(calibrated + 0.2, 1.0), correct)  # overconfident
+    calibrated, correct, base, worse = _calibrated_and_overconfident(tmp_path, seed=0)
     df, code = check_calibration(base, worse, "ece")
     assert code == 1 and df["verdict"].tolist() == ["regression"] and df["p"].iloc[0] < 0.05
     assert df["current"].iloc[0] == pytest.approx(cal.ece(np.minimum(calibrated + 0.2, 1.0), correct))
@@ -308,12 +313,7 @@ def test_calibration_gate_against_a_csv_value(tmp_path):
     from robench.run.export import export
     from robench.run.store import Store
 
-    rng = np.random.default_rng(1)
-    n = 400
-    conf = rng.uniform(0.5, 1, n)
-    correct = (rng.uniform(size=n) < conf).astype(int)
-    base = _conf_store(tmp_path / "base", conf, correct)
-    worse = _conf_store(tmp_path / "worse", np.minimum(conf + 0.2, 1.0), correct)
+    conf, correct, base, worse = _calibrated_and_overconfident(tmp_path, seed=1)
     csv = export(Store(base, readonly=True), tmp_path / "base.csv")
     with pytest.raises(RobenchError, match="no 'ece' column"):
         check_calibration(csv, worse, "ece")

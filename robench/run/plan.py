@@ -11,12 +11,8 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: the same parser, as the tomli package
-    import tomli as tomllib
-
 from robench.errors import RobenchError, suggest
+from robench.suites.files import tomllib  # tomllib, or tomli before Python 3.11
 from robench.zoo.entry import ModelEntry  # noqa: F401  (the plan's model reference, defined with the sources)
 
 
