@@ -22,7 +22,7 @@ from robench.attack.attention_loss import (attention_modules, capture_attention,
 from robench.attack.base import AttackKind, register_kind
 from robench.attack.draws import row_keys, uniform_start
 from robench.attack.patch import parse_layers
-from robench.attack.spec import AttackSpec, flag, number, parse_step_size, positive_int, step_size
+from robench.attack.spec import AttackSpec, flag, number, parse_step_size, positive_int, step_size, steps_replaced
 from robench.errors import RobenchError
 
 KEYS = ("steps", "step_size", "random_start", "attn_weight", "layers")
@@ -92,10 +92,6 @@ def attack_attention_pgd(f, x, y, eps, spec: AttackSpec, seeds, ctx):
     return x_adv
 
 
-def with_steps(spec: AttackSpec, steps: int) -> AttackSpec:
-    return dataclasses.replace(spec, options=dataclasses.replace(spec.options, steps=steps))
-
-
 ATTENTION_PGD = register_kind(AttackKind("pgd-attention", parse=parse_attention_pgd, attack=attack_attention_pgd,
-                                         label=label_attention_pgd, order=6, keys=KEYS, with_steps=with_steps,
+                                         label=label_attention_pgd, order=6, keys=KEYS, with_steps=steps_replaced,
                                          check_model=check_model))

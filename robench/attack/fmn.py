@@ -27,7 +27,6 @@ others), confirms bf16 hits in fp32 and checks every returned image: in [0, 1], 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -35,7 +34,7 @@ import torch
 
 from robench.attack.base import AttackKind, lp_norm, register_kind
 from robench.attack.draws import row_keys, uniform_start
-from robench.attack.spec import AttackSpec, number, positive_int, spec_from_dict
+from robench.attack.spec import AttackSpec, number, positive_int, spec_from_dict, steps_replaced
 from robench.errors import RobenchError
 
 FMN_KEYS = ("steps", "restarts", "alpha", "gamma", "patience", "rtol")
@@ -225,13 +224,9 @@ def fmn_from_text(text: str, *, eps=None, steps=None) -> AttackSpec:
         if k in table and float(table[k]).is_integer():
             table[k] = int(table[k])
     spec = spec_from_dict(table, f"attack '{text}'")
-    return fmn_with_steps(spec, steps) if steps is not None else spec
-
-
-def fmn_with_steps(spec: AttackSpec, steps: int) -> AttackSpec:
-    return dataclasses.replace(spec, options=dataclasses.replace(spec.options, steps=steps))
+    return steps_replaced(spec, steps) if steps is not None else spec
 
 
 FMN = register_kind(AttackKind("fmn", parse=parse_fmn, attack=attack_fmn, label=label_fmn, order=4, keys=FMN_KEYS,
-                               min_norm=True, norms=("Linf", "L2", "L1"), with_steps=fmn_with_steps,
+                               min_norm=True, norms=("Linf", "L2", "L1"), with_steps=steps_replaced,
                                from_text=fmn_from_text))

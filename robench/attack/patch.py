@@ -37,7 +37,8 @@ from robench.attack.attention_loss import (attention_share, capture_attention, c
                                            require_tokens, token_grid)
 from robench.attack.base import AttackKind, register_kind
 from robench.attack.draws import row_keys, uniform_start
-from robench.attack.spec import AttackSpec, choice, flag, number, parse_step_size, positive_int, step_size
+from robench.attack.spec import (AttackSpec, choice, flag, number, parse_step_size, positive_int, step_size,
+                                 steps_replaced)
 from robench.errors import RobenchError
 
 MODES = ("sparse", "mild")
@@ -196,12 +197,6 @@ def attack_patch(f, x, y, eps, spec: AttackSpec, seeds, ctx):
     return x_adv, {"support": support.bool()}
 
 
-def with_steps(spec: AttackSpec, steps: int) -> AttackSpec:
-    import dataclasses
-
-    return dataclasses.replace(spec, options=dataclasses.replace(spec.options, steps=steps))
-
-
 PATCHFOOL = register_kind(AttackKind("patchfool", parse=parse_patch, attack=attack_patch, label=label_patch,
-                                     order=5, keys=PATCH_KEYS, with_steps=with_steps,
+                                     order=5, keys=PATCH_KEYS, with_steps=steps_replaced,
                                      check_info=check_info, check_model=check_net))

@@ -35,14 +35,14 @@ at the end; run_attack checks the images returned (info["x_adv"]) again, as it d
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from robench.attack.base import AttackKind, AttackResult, Checker, RunContext, attack_loss, confirm, register_kind
 from robench.attack.draws import random_offsets, row_keys, uniform_start
-from robench.attack.spec import LOSSES, AttackSpec, choice, flag, parse_step_size, positive_int, step_size
+from robench.attack.spec import (LOSSES, AttackSpec, choice, flag, parse_step_size, positive_int, step_size,
+                                 steps_replaced)
 
 GRAD_EPS = 1e-10  # as torchattacks PGDL2
 
@@ -392,9 +392,5 @@ def label_pgd(s: AttackSpec) -> str:
     return f"PGD-{o.steps} {s.norm_label} ({', '.join(bits)})"
 
 
-def pgd_with_steps(spec: AttackSpec, steps: int) -> AttackSpec:
-    return dataclasses.replace(spec, options=dataclasses.replace(spec.options, steps=steps))
-
-
 PGD = register_kind(AttackKind("pgd", parse=parse_pgd, fused=run_pgd, label=label_pgd, order=1, keys=PGD_KEYS,
-                               keeps_adv=True, with_steps=pgd_with_steps))
+                               keeps_adv=True, with_steps=steps_replaced))

@@ -162,6 +162,11 @@ def positive_int(v, what="steps") -> int:
 SHARED_KEYS = ("name", "kind", "norm", "eps", "protocol", "adaptive")
 
 
+def steps_replaced(spec: AttackSpec, steps: int) -> AttackSpec:
+    """`spec` with `steps` steps: the `with_steps` of every kind whose options have a `steps` field (--steps)."""
+    return dataclasses.replace(spec, options=dataclasses.replace(spec.options, steps=steps))
+
+
 def spec_from_dict(table: dict, where: str = "suite") -> AttackSpec:
     """Validate one [[attack]] table and build its AttackSpec: the keys every kind shares here, the rest (the
     kind's `keys`) by the kind's own parser (robench.attack.base registry)."""
