@@ -10,7 +10,6 @@ torch.compile, `net.` / `model.` of wrappers) is stripped only when that is what
 from __future__ import annotations
 
 import argparse
-import hashlib
 import pickle
 import warnings
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from robench.data.fingerprint import file_digest
 from robench.errors import RobenchError
 from robench.zoo.attention import VARIANT_PARAMS
 
@@ -29,11 +29,9 @@ SAFE_GLOBALS = [argparse.Namespace]
 
 
 def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """sha256 of a checkpoint or model file: robench.data.fingerprint's digest, cached by the file's stat, so a
+    checkpoint named for several models or builds is read once."""
+    return file_digest(path)
 
 
 def read_checkpoint(path) -> tuple[object, dict]:
