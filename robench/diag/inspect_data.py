@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from robench.attack import get_kind, load_attack_suite, run_attack
-from robench.corrupt import corrupt_batch
+from robench.corrupt import corrupt_batch, get_suite
 from robench.data.formats import load_clean
 from robench.diag.stats import inspect_model, layer_summary
 from robench.errors import RobenchError
@@ -34,8 +34,10 @@ def inspect(model, checkpoint=None, data: str = "digits", *, limit: int | None =
     ds = load_clean(data, model.info, limit=limit, seed=seed)
     if ds.class_mask is not None:
         model = model.restricted(ds.class_mask)
-    batches = ((x.to(device), y) for x, y, _ in DataLoader(ds.dataset, batch_size=batch_size))
-    if corruption is not None:
+    if corruption is None:
+        batches = ((x.to(device), y) for x, y, _ in DataLoader(ds.dataset, batch_size=batch_size))
+    else:
+        suite = get_suite(suite)  # once: a suite path is not re-read for every batch
         batches = ((corrupt_batch(x.to(device), corruption, severity,
                                   sample_seeds(seed, idx, corruption, severity), suite=suite), y)
                    for x, y, idx in DataLoader(ds.dataset, batch_size=batch_size))
