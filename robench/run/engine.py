@@ -60,6 +60,7 @@ class Runner:
         self.cell_ids: list[int] = []  # the cells this run evaluated (its results table)
         self._store_created = False
         self._skipped_ids: dict[tuple, set] = {}  # (data spec, fingerprint) -> unreadable sample indices
+        self._ids_written: set[str] = set()  # data fingerprints whose sample ids this run stored
         self._chunk_writes = 0
         self._fault = _parse_fault(os.environ.get("ROBENCH_FAULT"))
         # corrupted images are the same for every model: keep them (8-bit, CPU) for the next model of the plan
@@ -231,8 +232,10 @@ class Runner:
             model_id = self.store.model_id(label=label, name=info.name, variant=info.variant, arch=info.arch,
                                            params=info.params, checkpoint=info.checkpoint,
                                            checkpoint_sha256=info.checkpoint_sha256)
-            for job in jobs:  # each sample's identity (file path or index) and label, for the per-sample export
-                self.store.put_sample_ids(job.data.fingerprint, job.data.sample_ids, job.data.labels())
+            for job in jobs:  # each sample's identity (file path or index) and label, for the per-sample export:
+                if job.data.fingerprint not in self._ids_written:  # once per data selection and run, not per model
+                    self.store.put_sample_ids(job.data.fingerprint, job.data.sample_ids, job.data.labels())
+                    self._ids_written.add(job.data.fingerprint)
                 for cell in job.cells:
                     n = cell.params["n"]
                     cell.cell_id = self.store.cell_id(model_id, cell.params, n, math.ceil(n / self.plan.chunk_size),
