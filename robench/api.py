@@ -3,7 +3,7 @@
     import robench
     df = robench.evaluate(model, "cifar10:data/cifar-10-batches-py", attacks="autoattack", eps="8/255", limit=1000)
 
-`evaluate` runs the same path as `robench eval`: robench.run.plan.plan_from_options, then robench.run.engine.run_plan
+`evaluate` runs the same path as `robench eval`: robench.run.resolve.plan_from_options, then robench.run.engine.run_plan
 (resolve, then the runner);
 `model` is an nn.Module taking [0, 1] images (pass mean/std if it expects normalised ones) or anything `--model`
 accepts. The result is the tidy table: one row per model x cell (clean, each corruption x severity, each attack x
@@ -41,7 +41,7 @@ def evaluate(model, data, *, attacks=None, corruptions=None, eps=None, limit=Non
     from torch import nn
 
     from robench.run.engine import run_plan
-    from robench.run.plan import plan_from_options
+    from robench.run.resolve import plan_from_options
 
     tmp = None if out is not None else tempfile.mkdtemp(prefix="robench-")
     try:

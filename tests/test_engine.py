@@ -49,7 +49,7 @@ def test_each_spec_parsed_and_each_suite_loaded_once_per_run(tmp_path, monkeypat
 def test_eps_option_parsed_once_per_run(tmp_path, monkeypatch):
     """--eps (a string) is parsed by plan_from_options; the resolve step and the attack suites get the floats."""
     from robench.attack import spec as spec_module
-    from robench.run.plan import plan_from_options
+    from robench.run.resolve import plan_from_options
 
     eps = _count(monkeypatch, "parse_eps", spec_module.parse_eps)
     plan = plan_from_options(["demo-quest"], data="digits", limit=8, attacks=["fgsm", "pgd"], eps="1/255,3/255",
@@ -150,6 +150,43 @@ def test_executors_alone_match_the_model_and_corrupt_batch():
     assert res[1][0] == list(range(10, 16)) and res[1][2] == pred.tolist()
     assert res[2][0] == [10, 11, 12, 13] and res[2][2] == want.tolist()  # n=14: samples 14, 15 not corrupted
     assert len(cache.items) == 1 and next(iter(cache.items))[1] != "cifar10-c"  # keyed by values, not the name
+
+
+def test_cuda_oom_retry_records_each_sample_once(monkeypatch):
+    """CUDA OOM after a batch's clean forward: its outcomes are dropped and its halves run again, so every sample is
+    recorded once (the clean rows of the failed batch used to stay, and the halves added them a second time)."""
+    from types import SimpleNamespace
+
+    from robench.run import execute
+    from robench.run.cache import CorruptionCache
+    from robench.run.cells import Cell
+    from robench.zoo.registry import create_model
+
+    model = create_model("demo-quest").eval()
+    g = torch.Generator().manual_seed(1)
+    x, y, idx = torch.rand(8, 3, 32, 32, generator=g), torch.arange(8) % 10, torch.arange(8)
+    suite = get_suite("cifar10-c")
+    clean = Cell({"threat": "clean"}, "clean", cell_id=1)
+    fog = Cell({"corruption": "fog", "severity": 2, "n": 8, "backend": "torch", "seed": 0, "data_fingerprint": "f",
+                "suite_values": suite.identity("fog")}, "corruption", cell_id=2, suite=suite)
+    real = execute.CorruptionExecutor.run
+
+    def run_small_batches_only(self, mr, cell, x, y, idx, out):
+        if len(y) > 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(self, mr, cell, x, y, idx, out)
+
+    monkeypatch.setattr(execute.CorruptionExecutor, "run", run_small_batches_only)
+    logs = []
+    runner = execute.ChunkRunner(execute.ModelRun(model, model, "m", classes=10), SimpleNamespace(seed=0, compile=False),
+                                 torch.device("cpu"), execute.CorruptionExecutor(CorruptionCache(0), 0), logs.append)
+    out = execute.ChunkResult([clean, fog])
+    runner.batch([clean, fog], x, y, idx, out)
+    res, _, _ = out.part()
+    assert res[1][0] == list(range(8)) and res[2][0] == list(range(8))  # each sample once, in order
+    with torch.no_grad():
+        assert res[1][2] == model(x).argmax(1).tolist()
+    assert logs == ["CUDA out of memory: retrying with batch size 4"]
 
 
 def test_eval_and_evaluate_take_the_same_path(tmp_path, run_cli, monkeypatch):

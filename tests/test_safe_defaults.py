@@ -243,19 +243,19 @@ def test_random_init_per_model_in_a_plan(tmp_path):
 
 
 def test_checkpoints_pair_by_count_or_by_name(tmp_path):
-    from robench.run.plan import pair_checkpoints
+    from robench.run.resolve import model_entries
 
-    e = pair_checkpoints(["a", "b"], ["x.pth", "y.pth"], ["A"])
+    e = model_entries(["a", "b"], ["x.pth", "y.pth"], ["A"])
     assert [(m.name, m.checkpoint, m.label) for m in e] == [("a", "x.pth", "A"), ("b", "y.pth", None)]
-    e = pair_checkpoints(["a", "b"], ["b=y.pth"], config={"checkpoints": {"a": "cfg.pth"}})
+    e = model_entries(["a", "b"], ["b=y.pth"], config={"checkpoints": {"a": "cfg.pth"}})
     assert [m.checkpoint for m in e] == ["cfg.pth", "y.pth"]
     for bad, msg in ((["one.pth"], "1 --checkpoint for 2 --model"),
                      (["a=x.pth", "y.pth"], "mix of"),
                      (["a=x.pth", "a=y.pth"], "two checkpoints for model 'a'")):
         with pytest.raises(RobenchError, match=msg):
-            pair_checkpoints(["a", "b"], bad)
-    assert pair_checkpoints(["a"], [], random_init=True)[0].random_init
-    assert not pair_checkpoints(["a"], ["x.pth"], random_init=True)[0].random_init  # a checkpoint wins
+            model_entries(["a", "b"], bad)
+    assert model_entries(["a"], [], random_init=True)[0].random_init
+    assert not model_entries(["a"], ["x.pth"], random_init=True)[0].random_init  # a checkpoint wins
 
 
 # ---- 2./3. typed plan values ---------------------------------------------------------------------------------------

@@ -47,9 +47,9 @@ class Interrupted(RobenchError):
 class Runner:
     """Executes a resolved plan into a store. `run()` returns the tidy results of this plan's cells (rank 0)."""
 
-    def __init__(self, plan: Plan | ResolvedPlan, progress=None):
-        self.rp = resolve(plan)
-        self.plan = self.rp.plan
+    def __init__(self, rp: ResolvedPlan, progress=None):
+        self.rp = rp
+        self.plan = rp.plan
         self.device = self.rp.device
         self.amp = AMP_DTYPES[self.plan.precision]
         self.progress = progress
@@ -171,30 +171,15 @@ class Runner:
                 f"{empty[0].name}): the images they use all failed to decode")
 
     # ---- one model -------------------------------------------------------------------------------------------
-    def load_model(self, entry: ModelEntry):
-        """The entry's model (any source: robench.zoo.sources) on the device, eval mode, parameters frozen."""
+    def run_model(self, entry: ModelEntry):
+        """Build the entry's model (any source: robench.zoo.sources; on the device, eval mode, parameters frozen) and
+        evaluate it over the plan's data and threats. Everything is checked (data layout, class count, logits)
+        before the store is touched."""
+        plan, fmt, label = self.plan, self.rp.data.format, entry.display
         model = build_model(entry).to(self.device).eval()
-        if is_random_init(model.info.checkpoint_sha256):
-            self.warn(f"model {entry.display}: RANDOM weights (--random-init); its results are flagged random-init")
-        for note in model.info.notes:  # e.g. user code whose weights come from its own code (robench.zoo.sources)
-            self.log(note)
         for p in model.parameters():
             p.requires_grad_(False)
-        prov = model.info.provenance
-        if "normalization" in prov:
-            norm = (f"mean {prov['mean']} std {prov['std']} (from {prov['normalization']})"
-                    if prov["mean"] is not None else "none: the model takes [0, 1] images (set --mean/--std)")
-            self.log(f"{entry.display}: {model.info.source} model {model.info.arch}, {model.info.params} parameters, "
-                     f"weights {model.info.checkpoint or 'as built (no checkpoint)'}, input normalisation {norm}")
-        return model
-
-    def run_model(self, entry: ModelEntry):
-        return self.evaluate_model(self.load_model(entry), entry.display)
-
-    def evaluate_model(self, model, label: str):
-        """A built model (RobenchModel: module + description) under a label, over the plan's data and threats.
-        Everything is checked (data layout, class count, logits) before the store is touched."""
-        plan, fmt = self.plan, self.rp.data.format
+        self._describe(model, label)
         data = None
         if not fmt.prerendered:
             data = load_clean(self.rp.data, model.info, limit=plan.limit, subset=plan.subset, seed=plan.seed,
@@ -222,6 +207,19 @@ class Runner:
             if plan.diagnostics and data is not None:
                 postrun.run_diagnostics(self.store, self.run_id, plan, self.device, model, model_id, data)
         return model_id
+
+    def _describe(self, model, label: str) -> None:
+        """What was built, in the log: random weights warned, the source's notes, arch, weights and normalisation."""
+        if is_random_init(model.info.checkpoint_sha256):
+            self.warn(f"model {label}: RANDOM weights (--random-init); its results are flagged random-init")
+        for note in model.info.notes:  # e.g. user code whose weights come from its own code (robench.zoo.sources)
+            self.log(note)
+        prov = model.info.provenance
+        if "normalization" in prov:
+            norm = (f"mean {prov['mean']} std {prov['std']} (from {prov['normalization']})"
+                    if prov["mean"] is not None else "none: the model takes [0, 1] images (set --mean/--std)")
+            self.log(f"{label}: {model.info.source} model {model.info.arch}, {model.info.params} parameters, "
+                     f"weights {model.info.checkpoint or 'as built (no checkpoint)'}, input normalisation {norm}")
 
     def _register_cells(self, model, label: str, jobs: list[Job]):
         """The model and its cells in the store (rank 0; --force resets them), their ids broadcast to all ranks."""
@@ -357,7 +355,7 @@ def run_plan(plan: Plan | ResolvedPlan, progress=None, with_flags: bool = False)
     flags in `.attrs["flags"]`). Resumes whatever is already in the store. The one path of `robench eval`/`sweep`,
     robench.evaluate and `inspect --out`."""
     with dist.initialized():
-        runner = Runner(plan, progress)
+        runner = Runner(resolve(plan), progress)
         try:
             res = runner.run()
             if res is not None and with_flags:

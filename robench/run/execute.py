@@ -169,6 +169,20 @@ class ChunkResult:
         d = self.counters(cell)
         d[key] = d.get(key, 0) + v
 
+    def merge(self, other: "ChunkResult") -> None:
+        """Add the outcomes of another batch (counters summed, per-sample tables such as eps_star joined)."""
+        for cid, lists in other.res.items():
+            for dst, src in zip(self.res[cid], lists):
+                dst.extend(src)
+        self.skipped += other.skipped
+        for cid, counters in other.extras.items():
+            mine = self.extras.setdefault(cid, {})
+            for key, v in counters.items():
+                if isinstance(v, dict):
+                    mine.setdefault(key, {}).update(v)
+                else:
+                    mine[key] = mine.get(key, 0) + v
+
     def part(self):
         return self.res, self.skipped, self.extras
 
@@ -323,25 +337,28 @@ class ChunkRunner:
         return out.part()
 
     def batch(self, cells, x, y, idx, out: ChunkResult) -> None:
-        """Run every cell on one batch; on CUDA OOM halve the batch and retry the same samples."""
+        """Every cell on one batch: the shared clean forward, the on-the-fly corruptions, the per-sample attacks.
+        The batch's outcomes reach `out` only once all its cells ran: on CUDA OOM they are dropped and its two
+        halves run again (down to one sample), so no sample is recorded twice."""
+        part = ChunkResult(cells)
         try:
-            self._cells(cells, x, y, idx, out)
+            clean_pred = run_clean(self.mr, [c for c in cells if shares_clean_forward(c)], x, y, idx, part)
+            for c in cells:
+                if c.threat == "corruption" and not shares_clean_forward(c):
+                    self.corruptions.run(self.mr, c, x, y, idx, part)
+            for group in attack_groups(cells, per_sample=True):  # one run per spec over all its pending eps
+                run_attack_group(self.mr, group, x, y, idx, part, self.plan.seed, self.plan.compile, clean_pred)
         except torch.cuda.OutOfMemoryError:
             if len(y) == 1:
                 raise RobenchError("CUDA out of memory even with batch size 1") from None
+            del part
             torch.cuda.empty_cache()
             h = len(y) // 2
             self.log(f"CUDA out of memory: retrying with batch size {h}")
             for sl in (slice(0, h), slice(h, None)):
                 self.batch(cells, x[sl], y[sl], idx[sl], out)
-
-    def _cells(self, cells, x, y, idx, out: ChunkResult) -> None:
-        clean_pred = run_clean(self.mr, [c for c in cells if shares_clean_forward(c)], x, y, idx, out)
-        for c in cells:
-            if c.threat == "corruption" and not shares_clean_forward(c):
-                self.corruptions.run(self.mr, c, x, y, idx, out)
-        for group in attack_groups(cells, per_sample=True):  # one run per spec over all its pending eps
-            run_attack_group(self.mr, group, x, y, idx, out, self.plan.seed, self.plan.compile, clean_pred)
+            return
+        out.merge(part)
 
     def blocks(self, cells, xs, ys, idxs, chunk_lo: int, out: ChunkResult) -> None:
         """Batch-random kinds (AutoAttack, torchattacks) draw batched random numbers: attack fixed blocks of

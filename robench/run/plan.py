@@ -1,4 +1,5 @@
-"""Sweep plans: what to evaluate. Built from CLI options (`robench eval`) or a TOML file (`robench sweep`).
+"""Sweep plans: what to evaluate, read from a TOML file (`robench sweep`), with robench.toml and the typed checks
+of every value. CLI options (`robench eval`, robench.evaluate) become a Plan in robench.run.resolve.plan_from_options.
 
 See docs/plan.md for the commented plan format. `robench.toml` in the working directory (or --config) may hold
 data roots and model checkpoints, so `robench eval --model deit-quest --attack pgd` works as users type it.
@@ -7,7 +8,6 @@ data roots and model checkpoints, so `robench eval --model deit-quest --attack p
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -223,40 +223,7 @@ def check_types(obj, where: str = "plan") -> None:
             check_types(m, f"{where} model {i + 1} ({m.name})" if isinstance(m.name, str) else f"{where} model {i + 1}")
 
 
-# ---- checkpoints paired with models ----------------------------------------------------------------------------
-def pair_checkpoints(models: list[str], checkpoints: list[str] | None, labels: list[str] | None = None,
-                     config: dict | None = None, random_init: bool = False) -> list[ModelEntry]:
-    """ModelEntry per --model: checkpoints by equal count (in order), or by name (`-c NAME=PATH`, or the
-    config's [checkpoints] table); any other pairing is an error. --label: one per model, in order."""
-    checkpoints, labels, config = list(checkpoints or []), list(labels or []), config or {}
-    if len(labels) > len(models):
-        raise RobenchError(f"{len(labels)} --label values for {len(models)} --model: give at most one per model")
-    by_name, positional = {}, []
-    for c in checkpoints:
-        name, sep, path = str(c).partition("=")
-        if sep and name in models:
-            if name in by_name:
-                raise RobenchError(f"two checkpoints for model '{name}' (--checkpoint {name}=...)")
-            by_name[name] = path
-        else:
-            positional.append(str(c))
-    if positional and by_name:
-        raise RobenchError("mix of --checkpoint PATH and --checkpoint NAME=PATH: pair all by name or all by order")
-    if positional and len(positional) != len(models):
-        raise RobenchError(f"{len(positional)} --checkpoint for {len(models)} --model: give one per model in "
-                           "order, or pair them by name with --checkpoint NAME=PATH")
-    if len(set(models)) != len(models) and by_name:
-        raise RobenchError("the same --model twice: pair its checkpoints by order, not by name")
-    table = config.get("checkpoints", {}) or {}
-    entries = []
-    for i, m in enumerate(models):
-        ckpt = positional[i] if positional else by_name.get(m, table.get(m))
-        entries.append(ModelEntry(name=m, checkpoint=ckpt, label=labels[i] if i < len(labels) else None,
-                                  random_init=bool(random_init) and ckpt is None))
-    return entries
-
-
-# ---- options (robench eval, robench.evaluate) -> Plan --------------------------------------------------------------
+# ---- model options (robench eval, robench.evaluate, plan files) ----------------------------------------------------
 def parse_model_args(items) -> dict:
     """['depth=2', "act='gelu'", 'widths=[16, 32]'] (or a dict) -> keyword arguments. Values are Python literals;
     a bare word (relu) is a string; true/false/none are accepted as True/False/None."""
@@ -319,76 +286,3 @@ def parse_norms(mean, std, where: str = "") -> tuple[list[float] | None, list[fl
     except RobenchError as e:
         raise RobenchError(f"{where}{e}") from None
     return mean, [1.0] * 3 if none and std is None else std
-
-
-def _entries(models: list, checkpoints, labels, cfg: dict, random_init: bool) -> list[ModelEntry]:
-    """ModelEntry per model of plan_from_options."""
-    if all(isinstance(m, str) for m in models):  # names / refs: checkpoints paired by count or by name
-        return pair_checkpoints(models, checkpoints, labels, cfg, random_init=random_init)
-    # nn.Module objects (robench.evaluate) and ModelEntry items: checkpoints and labels in order
-    ckpts, labs = list(checkpoints or []), list(labels or [])
-    if len(ckpts) > len(models) or len(labs) > len(models):
-        raise RobenchError("give at most one checkpoint and one label per model")
-    entries = []
-    for i, m in enumerate(models):
-        if isinstance(m, ModelEntry):
-            entries.append(m)
-            continue
-        ckpt = str(ckpts[i]) if i < len(ckpts) and ckpts[i] else None
-        if isinstance(m, str):
-            entry = ModelEntry(name=m, checkpoint=ckpt or cfg.get("checkpoints", {}).get(m))
-        else:
-            name = getattr(getattr(m, "info", None), "name", None) or type(m).__name__  # a RobenchModel's name
-            entry = ModelEntry(name=name, checkpoint=ckpt, module=m)
-        entry.label = labs[i] if i < len(labs) else None
-        entry.random_init = bool(random_init) and entry.checkpoint is None
-        entries.append(entry)
-    return entries
-
-
-def plan_from_options(models, *, checkpoints=None, labels=None, model_args=None, mean=None, std=None,
-                      checkpoint_key: str | None = None, config=None, data=None, attacks=None, corruptions=None,
-                      corruption_names=None, severities=None, backend=None, eps=None, steps=None, limit=None,
-                      attack_limit=None, corruption_limit=None, subset=None, batch_size=None, device=None,
-                      precision=None, seed=None, out=None, compile: bool = False, force: bool = False,
-                      strict: bool = False, diagnostics: bool = False, random_init: bool = False,
-                      allow_large_eps: bool = False, quiet: bool = False, command: str = "") -> Plan:
-    """The plan of `robench eval` and `robench.evaluate`. Given values win; robench.toml (`config`: a loaded dict,
-    a path, or None for ./robench.toml when present) fills what was not given; Plan's defaults the rest.
-
-    models: names / refs (str), nn.Module objects or ModelEntry; checkpoints and labels: one per model, in order;
-    model_args / mean / std apply to every model given by name or object.
-    """
-    cfg = config if isinstance(config, dict) else load_config(config)
-    models = list(models) if isinstance(models, (list, tuple)) else [models]
-    if not models:
-        raise RobenchError("nothing to evaluate: give a model (--model)")
-    args, (mean, std) = parse_model_args(model_args), parse_norms(mean, std)
-    entries = _entries(models, checkpoints, labels, cfg, random_init)
-    for entry, m in zip(entries, models):
-        if not isinstance(m, ModelEntry):
-            entry.checkpoint_key, entry.args, entry.mean, entry.std = checkpoint_key, args or None, mean, std
-    if eps is not None:
-        from robench.attack.spec import parse_eps
-
-        eps = parse_eps(eps)
-
-    def _list(v):
-        return None if v is None else ([v] if isinstance(v, (str, int)) else list(v)) or None
-
-    if data is not None and not isinstance(data, (str, os.PathLike)):
-        shape = getattr(data, "shape", None)
-        raise RobenchError(f"data must be a data spec string like cifar10:DIR (see robench.data.formats), got a "
-                           f"{type(data).__name__}" + (f" of shape {tuple(shape)}" if shape is not None else ""))
-    given = {"data": resolve_data(str(data) if data is not None else None, cfg), "attacks": _list(attacks),
-             "corruptions": _list(corruptions), "corruption_names": _list(corruption_names),
-             "severities": _list(severities), "corruption_backend": backend, "eps": eps, "steps": steps,
-             "limit": limit, "attack_limit": attack_limit, "corruption_limit": corruption_limit,
-             "subset": str(subset) if subset else None, "batch_size": batch_size, "device": device,
-             "precision": precision, "seed": seed, "out": str(out) if out is not None else None}
-    flags = {"compile": compile, "force": force, "strict": strict, "diagnostics": diagnostics,
-             "allow_large_eps": allow_large_eps}
-    defaults = {k: v for k, v in cfg.items() if k in PLAN_KEYS}
-    return Plan(models=entries, **{**defaults, **{k: v for k, v in given.items() if v is not None},
-                                   **{k: True for k, v in flags.items() if v}}, quiet=quiet, command=command)
-

@@ -1,4 +1,5 @@
-"""Resolve once: a Plan (options or a plan file) becomes a ResolvedPlan of typed objects, checked whole before any
+"""Resolve once: CLI options and robench.evaluate's arguments become a Plan (plan_from_options; plan files are read
+by robench.run.plan), and a Plan becomes a ResolvedPlan of typed objects (resolve), checked whole before any
 store is created, any model built or any image read. Everything after it (the cells, the executors, the runner,
 robench.evaluate, `inspect --out`) consumes these objects and never parses a spec string or loads a suite again.
 
@@ -11,6 +12,7 @@ range, and options that only mean something with another option (--eps needs --a
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -20,7 +22,7 @@ from robench.corrupt import CorruptionSuite, get_suite
 from robench.data.formats import DataSpec, parse_data
 from robench.errors import RobenchError, suggest
 from robench.run.device import resolve_device
-from robench.run.plan import ModelEntry, Plan
+from robench.run.plan import PLAN_KEYS, ModelEntry, Plan, load_config, parse_model_args, parse_norms, resolve_data
 from robench.run.checks import check_output, check_spec_eps
 from robench.zoo.info import ModelInfo
 from robench.zoo.sources import check_entry
@@ -28,6 +30,108 @@ from robench.zoo.sources import check_entry
 PROBE = "probe-large-eps"  # the sanity probe's attack name (robench.attack.large_eps_probe)
 
 
+# ---- options -> Plan ---------------------------------------------------------------------------------------------
+def plan_from_options(models, *, checkpoints=None, labels=None, model_args=None, mean=None, std=None,
+                      checkpoint_key: str | None = None, config=None, data=None, attacks=None, corruptions=None,
+                      corruption_names=None, severities=None, backend=None, eps=None, steps=None, limit=None,
+                      attack_limit=None, corruption_limit=None, subset=None, batch_size=None, device=None,
+                      precision=None, seed=None, out=None, compile: bool = False, force: bool = False,
+                      strict: bool = False, diagnostics: bool = False, random_init: bool = False,
+                      allow_large_eps: bool = False, quiet: bool = False, command: str = "") -> Plan:
+    """The plan of `robench eval` and `robench.evaluate`. Given values win; robench.toml (`config`: a loaded dict,
+    a path, or None for ./robench.toml when present) fills what was not given; Plan's defaults the rest.
+
+    models: names / refs (str), nn.Module objects or ModelEntry; checkpoints and labels: one per model, in order;
+    model_args / mean / std apply to every model given by name or object.
+    """
+    cfg = config if isinstance(config, dict) else load_config(config)
+    models = list(models) if isinstance(models, (list, tuple)) else [models]
+    if not models:
+        raise RobenchError("nothing to evaluate: give a model (--model)")
+    args, (mean, std) = parse_model_args(model_args), parse_norms(mean, std)
+    entries = model_entries(models, checkpoints, labels, cfg, random_init)
+    for entry, m in zip(entries, models):
+        if not isinstance(m, ModelEntry):
+            entry.checkpoint_key, entry.args, entry.mean, entry.std = checkpoint_key, args or None, mean, std
+    if eps is not None:
+        from robench.attack.spec import parse_eps
+
+        eps = parse_eps(eps)
+
+    def _list(v):
+        return None if v is None else ([v] if isinstance(v, (str, int)) else list(v)) or None
+
+    if data is not None and not isinstance(data, (str, os.PathLike)):
+        shape = getattr(data, "shape", None)
+        raise RobenchError(f"data must be a data spec string like cifar10:DIR (see robench.data.formats), got a "
+                           f"{type(data).__name__}" + (f" of shape {tuple(shape)}" if shape is not None else ""))
+    given = {"data": resolve_data(str(data) if data is not None else None, cfg), "attacks": _list(attacks),
+             "corruptions": _list(corruptions), "corruption_names": _list(corruption_names),
+             "severities": _list(severities), "corruption_backend": backend, "eps": eps, "steps": steps,
+             "limit": limit, "attack_limit": attack_limit, "corruption_limit": corruption_limit,
+             "subset": str(subset) if subset else None, "batch_size": batch_size, "device": device,
+             "precision": precision, "seed": seed, "out": str(out) if out is not None else None}
+    flags = {"compile": compile, "force": force, "strict": strict, "diagnostics": diagnostics,
+             "allow_large_eps": allow_large_eps}
+    defaults = {k: v for k, v in cfg.items() if k in PLAN_KEYS}
+    return Plan(models=entries, **{**defaults, **{k: v for k, v in given.items() if v is not None},
+                                   **{k: True for k, v in flags.items() if v}}, quiet=quiet, command=command)
+
+
+def model_entries(models: list, checkpoints=None, labels=None, config: dict | None = None,
+                  random_init: bool = False) -> list[ModelEntry]:
+    """A ModelEntry per model: names / refs (str), nn.Module objects (robench.evaluate; named after a RobenchModel's
+    name or the class) or ModelEntry items (kept as they are). --label: one per model, in order; random_init marks
+    the models left without a checkpoint."""
+    labels, config = list(labels or []), config or {}
+    if len(labels) > len(models):
+        raise RobenchError(f"{len(labels)} --label values for {len(models)} --model: give at most one per model")
+    table = config.get("checkpoints", {}) or {}
+    entries = []
+    for i, (m, ckpt) in enumerate(zip(models, pair_checkpoints(models, checkpoints))):
+        if isinstance(m, ModelEntry):
+            entries.append(m)
+            continue
+        if isinstance(m, str):
+            entry = ModelEntry(name=m, checkpoint=ckpt or table.get(m))
+        else:
+            name = getattr(getattr(m, "info", None), "name", None) or type(m).__name__
+            entry = ModelEntry(name=name, checkpoint=ckpt, module=m)
+        entry.label = labels[i] if i < len(labels) else None
+        entry.random_init = bool(random_init) and entry.checkpoint is None
+        entries.append(entry)
+    return entries
+
+
+def pair_checkpoints(models: list, checkpoints) -> list[str | None]:
+    """The checkpoint given for each model (None: none given; robench.toml's [checkpoints] may still name one).
+    Names / refs: by equal count (in order) or by name (`-c NAME=PATH`); any other pairing is an error. Module
+    objects and entries (robench.evaluate): in order, at most one each."""
+    checkpoints = [str(c) if c else "" for c in checkpoints or []]
+    if not all(isinstance(m, str) for m in models):
+        if len(checkpoints) > len(models):
+            raise RobenchError(f"{len(checkpoints)} checkpoints for {len(models)} models: give at most one per model")
+        return [c or None for c in checkpoints] + [None] * (len(models) - len(checkpoints))
+    by_name, positional = {}, []
+    for c in checkpoints:
+        name, sep, path = c.partition("=")
+        if sep and name in models:
+            if name in by_name:
+                raise RobenchError(f"two checkpoints for model '{name}' (--checkpoint {name}=...)")
+            by_name[name] = path
+        else:
+            positional.append(c)
+    if positional and by_name:
+        raise RobenchError("mix of --checkpoint PATH and --checkpoint NAME=PATH: pair all by name or all by order")
+    if positional and len(positional) != len(models):
+        raise RobenchError(f"{len(positional)} --checkpoint for {len(models)} --model: give one per model in "
+                           "order, or pair them by name with --checkpoint NAME=PATH")
+    if len(set(models)) != len(models) and by_name:
+        raise RobenchError("the same --model twice: pair its checkpoints by order, not by name")
+    return positional or [by_name.get(m) for m in models]
+
+
+# ---- Plan -> ResolvedPlan ------------------------------------------------------------------------------------------
 @dataclass
 class ResolvedModel:
     entry: ModelEntry
