@@ -1,10 +1,13 @@
-"""Extending robench from outside the package (README "Extending robench"): a user's own module registers an attack
-kind and a corruption that `robench eval` then runs from suite TOMLs; an attention variant registered the same way
-is a model `create_model` builds and `robench models` lists."""
+"""Every recipe of README "Extending robench", followed as written: a user's own module registers an attack kind and a
+corruption that `robench eval` then runs from suite TOMLs; an attention variant registered the same way is a model
+`create_model` builds and `robench models` lists; an attack kind saved inside robench/attack/ registers with no
+other edit; a data format is one FORMATS entry and a model source one SOURCES row, each run through `robench
+eval`."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import textwrap
 from pathlib import Path
@@ -170,3 +173,93 @@ def test_registered_attention_variant_is_a_model(toy_variant):
 
     assert row["params"] == count_params(info)
     assert json.dumps(row["variant"]) == '"toy-temp"'
+
+
+def test_a_kind_module_inside_robench_registers_without_another_edit(tmp_path):
+    """Inside the package an attack kind is one module too: robench/attack/__init__.py imports every module of its
+    folder, so a new file there is registered with no list to edit (README's kind, saved as robench/attack/*.py)."""
+    import subprocess
+    import sys
+
+    import robench.attack
+
+    folder = Path(robench.attack.__file__).parent
+    if not os.access(folder, os.W_OK):
+        pytest.skip(f"{folder} is not writable")
+    module = folder / "zz_test_readme_noise_kind.py"
+    module.write_text(readme_attack_kind())
+    try:
+        r = subprocess.run([sys.executable, "-c", "import robench.attack as a; print(' '.join(a.kind_names()))"],
+                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    finally:
+        module.unlink()
+        for cached in (folder / "__pycache__").glob("zz_test_readme_noise_kind.*"):
+            cached.unlink()
+    assert r.returncode == 0, r.stderr
+    assert "noise" in r.stdout.split() and "pgd" in r.stdout.split()
+
+
+# ---- data format and model source recipes (README "Extending robench"): one entry in the module's table -----------
+def _npy_format():
+    """A new data format as README's recipe has it: a reader and one DataFormat entry (added to FORMATS below)."""
+    import numpy as np
+
+    from robench.data.fingerprint import file_digest
+    from robench.data.formats import DataFormat
+    from robench.data.specs import EvalData, TensorData, fingerprint
+
+    def read(spec, model_info, strict):  # DIR/x.npy (N, 3, H, W) uint8, DIR/y.npy (N,) labels
+        x, y = np.load(spec.path / "x.npy"), np.load(spec.path / "y.npy")
+        ids = [f"x.npy/{i}" for i in range(len(y))]
+        return EvalData(TensorData(torch.from_numpy(x).float() / 255, y.tolist(), 10), "npy10", f"npy10:{spec.path}",
+                        10, ids, fingerprint("npy10", file_digest(spec.path / "x.npy"), file_digest(spec.path / "y.npy")))
+
+    return DataFormat("npy10", "npy10:DIR", "DIR/x.npy uint8 images, DIR/y.npy labels (10 classes)", 10, read)
+
+
+def test_a_new_data_format_is_one_formats_entry(tmp_path, run_cli, monkeypatch):
+    import numpy as np
+
+    from robench.data.digits import digits_tensors
+    from robench.data.formats import FORMATS
+    from robench.run import Store
+    from robench.zoo.registry import create_model
+
+    monkeypatch.setitem(FORMATS, "npy10", _npy_format())
+    x, y, _ = digits_tensors("test")
+    x8 = (x[:24] * 255).round().to(torch.uint8)
+    (tmp_path / "d").mkdir()
+    np.save(tmp_path / "d" / "x.npy", x8.numpy()), np.save(tmp_path / "d" / "y.npy", y[:24].numpy())
+    code, _, err = run_cli("eval", "-m", "demo-quest", "-d", f"npy10:{tmp_path / 'd'}", "-q", "--out", tmp_path / "o")
+    assert code == 0, err
+    with torch.no_grad():
+        want = (create_model("demo-quest").eval()(x8.float() / 255).argmax(1) == y[:24]).float().mean().item()
+    res = Store(tmp_path / "o").results()
+    assert res.dataset.tolist() == ["npy10"] and res.n.tolist() == [24]
+    assert res.value.iloc[0] == pytest.approx(want)
+
+
+def test_a_new_model_source_is_one_sources_row(tmp_path, run_cli, monkeypatch):
+    """A source as README's recipe has it: an adapter (entry) -> RobenchModel and one Source row. Without `describe`
+    it is user code: nothing else (resolve, the weights check, the runner) needs to know about it."""
+    from robench.data.digits import digits_tensors
+    from robench.run import Store
+    from robench.zoo import sources
+
+    def tiny(width: int):
+        torch.manual_seed(width)
+        return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(width), torch.nn.Flatten(),
+                                   torch.nn.Linear(3 * width * width, 10))
+
+    def from_tiny(entry):
+        return sources._wrap(tiny(int(entry.name[5:])), entry, 10, code_sha256=None)
+
+    row = sources.Source("tiny", "tiny:WIDTH", lambda ref: isinstance(ref, str) and ref.startswith("tiny:"), from_tiny)
+    monkeypatch.setattr(sources, "SOURCES", (row, *sources.SOURCES))
+    code, _, err = run_cli("eval", "-m", "tiny:4", "-d", "digits", "--mean", "none", "-q", "--out", tmp_path)
+    assert code == 0, err
+    x, y, _ = digits_tensors("test")
+    with torch.no_grad():
+        want = (tiny(4)(x).argmax(1) == y).float().mean().item()
+    res = Store(tmp_path).results()
+    assert res.model.tolist() == ["tiny:4"] and res.value.iloc[0] == pytest.approx(want)

@@ -271,9 +271,9 @@ def test_package_module_factory_and_entry_point(setup, tmp_path, monkeypatch):
     for ref in ("mypkg.nets:ResNet18", "tiny-resnet"):
         df = robench.evaluate(ref, data, model_args={"width": 4}, checkpoint=ckpt, device="cpu")
         assert df.value.iloc[0] == pytest.approx(expect), ref
-    from robench.zoo.sources import source_of
+    from robench.zoo.sources import source_for
 
-    assert [source_of(r) for r in ("mypkg.nets:ResNet18", "tiny-resnet", "timm:resnet18", "demo-quest",
+    assert [source_for(r).name for r in ("mypkg.nets:ResNet18", "tiny-resnet", "timm:resnet18", "demo-quest",
                                    "a/b.py:C")] == ["python", "plugin", "timm", "registry", "file"]
 
 

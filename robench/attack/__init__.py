@@ -6,17 +6,19 @@ an optional torchattacks backend, invariants on every adversarial batch, and gra
 
 Layout (bottom up, no import cycle): `base` (kind registry, AttackResult, invariant checks, clean pass) →
 `draws` (counter-based random draws) → `spec` (AttackSpec, parsing) → one module per kind, each registering itself
-(`pgd`, `fgsm`, `autoattack`, `torchattacks_backend`) → `core` (run_attack) → `sanity`. Importing this package
-imports every kind module, so the registry is complete. To add a kind: one module that defines its parser, its
-`attack` (adversarial images at one eps: run_attack does the clean pass, gating, checks and confirmation) and its
-label and calls `register_kind(AttackKind(...))`, plus its test (README "Adding an attack kind").
+(`pgd`, `fgsm`, `fmn`, `autoattack`, `torchattacks_backend`, `patch`, `attention_pgd`) → `core` (run_attack) →
+`sanity`. Importing this package imports every module in it, so the registry is complete. To add a kind: one module
+in this folder that defines its parser, its `attack` (adversarial images at one eps: run_attack does the clean
+pass, gating, checks and confirmation) and its label and calls `register_kind(AttackKind(...))`, plus its test
+(README "Adding an attack kind"); no list to edit.
 
 See robench.attack.core for the protocols (standard / paper) and invariants, robench.attack.pgd for the exact
 algorithm and early-exit rules.
 """
 
-from robench.attack import autoattack, fgsm, fmn, pgd, torchattacks_backend  # noqa: F401  (registers the kinds)
-from robench.attack import attention_pgd, patch  # noqa: F401  (token / attention attacks: Patch-Fool, PGD + attention)
+import importlib as _importlib
+import pkgutil as _pkgutil
+
 from robench.attack.base import (AttackInvariantError, AttackKind, AttackResult, RunContext, attack_kinds,
                                  check_adversarial, get_kind, kind_names, register_kind, unregister_kind)
 from robench.attack.core import run_attack
@@ -24,6 +26,10 @@ from robench.attack.pgd import project
 from robench.attack.sanity import large_eps_probe, sanity_flags
 from robench.attack.spec import AttackSpec, load_attack_suite, make_spec, parse_eps, parse_step_size
 from robench.labels import fmt_eps
+
+# Every module of this folder, so every kind module's register_kind call has run (a new kind is one module).
+for _module in _pkgutil.iter_modules(__path__):
+    _importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["AttackSpec", "AttackResult", "AttackInvariantError", "load_attack_suite", "make_spec", "run_attack",
            "parse_eps", "parse_step_size", "fmt_eps", "sanity_flags", "large_eps_probe", "check_adversarial",

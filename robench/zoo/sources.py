@@ -15,7 +15,8 @@ model *file* is code the user chose to run (robench.zoo.usercode imports it, iso
 input normalisation of user code follows robench.zoo.usercode.user_normalization and is recorded in provenance.
 The weights' identity (info.checkpoint_sha256) follows one rule for every source (`_weights`). Constructor
 arguments and the class count merge in one place (`model_args`).
-Adding a source = one adapter and one SOURCES row here (plus its test).
+Adding a source = one adapter and one SOURCES row here (plus its test); a source that can describe a model
+before building it gives `describe`, and only such models must have weights before the run starts.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class Source:
     syntax: str
     match: Callable[[object], bool]
     build: Callable  # (entry) -> RobenchModel
+    describe: Callable | None = None  # (name) -> ModelInfo before building (classes, input size, shipped weights);
+    # None: user code, described once built (its weights are whatever its code builds or loads)
 
 
 def build_model(entry) -> RobenchModel:
@@ -53,20 +56,19 @@ def build_model(entry) -> RobenchModel:
     ref = entry.module if entry.module is not None else entry.name
     if isinstance(ref, RobenchModel):
         return ref.eval()
+    src = source_for(ref)
+    model = src.build(entry)
+    model.info.source = src.name
+    return model.eval()
+
+
+def source_for(ref) -> Source:
+    """The first source that takes this reference (a name / ref string or an nn.Module object)."""
     for src in SOURCES:
         if src.match(ref):
-            model = src.build(entry)
-            model.info.source = src.name
-            return model.eval()
+            return src
     raise RobenchError(f"unknown model '{ref}'" + suggest(str(ref), _known_names())
                        + "; give " + ", ".join(s.syntax for s in SOURCES if s.name != "module"))
-
-
-def source_of(ref) -> str | None:
-    return next((s.name for s in SOURCES if s.match(ref)), None)
-
-
-USER_CODE_SOURCES = ("module", "file", "python", "plugin")  # their weights are whatever that code builds or loads
 
 
 def check_entry(entry):
@@ -78,9 +80,10 @@ def check_entry(entry):
                            "choose one")
     if entry.checkpoint and not Path(entry.checkpoint).is_file():
         raise RobenchError(f"checkpoint not found: {entry.checkpoint} (for model {entry.display})")
-    if source_of(entry.module if entry.module is not None else entry.name) in USER_CODE_SOURCES:
+    src = source_for(entry.module if entry.module is not None else entry.name)
+    if src.describe is None:
         return None
-    info = model_info(entry.name)
+    info = src.describe(entry.name)
     if not entry.checkpoint and not entry.random_init and not info.default_checkpoint:
         raise RobenchError(f"model {entry.display} has no weights: pass --checkpoint PATH (or set it in "
                            "robench.toml [checkpoints]), or --random-init to evaluate random weights on purpose "
@@ -261,9 +264,10 @@ def _wrap(net, entry, num_classes: int | None, code_sha256: str | None, extra: d
 
 SOURCES = (
     Source("module", "an nn.Module object (Python API)", lambda ref: isinstance(ref, nn.Module), _from_object),
-    Source("timm", "timm:NAME", lambda ref: isinstance(ref, str) and ref.startswith("timm:"), _from_registry),
+    Source("timm", "timm:NAME", lambda ref: isinstance(ref, str) and ref.startswith("timm:"), _from_registry,
+           describe=model_info),
     Source("file", "path/to/models.py:Class", _is_file_ref, _from_file),
     Source("python", "package.module:factory", _is_module_ref, _from_module),
-    Source("registry", "NAME (robench models)", _is_registered, _from_registry),
+    Source("registry", "NAME (robench models)", _is_registered, _from_registry, describe=model_info),
     Source("plugin", f"NAME (entry point of group {ENTRY_POINT_GROUP})", _is_plugin, _from_plugin),
 )
