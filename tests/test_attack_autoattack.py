@@ -1,6 +1,5 @@
 """AutoAttack through robench == pyautoattack called directly on the same inputs and seed."""
 
-import pytest
 import torch
 
 from robench.attack import make_spec, run_attack

@@ -1,6 +1,5 @@
 """Gradient-masking sanity flags: a masked toy model raises them, a plain one raises none."""
 
-import pytest
 import torch
 from torch import nn
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 from robench.errors import RobenchError
@@ -89,7 +88,7 @@ def test_force_recomputes(tmp_path):
 
 
 def _write_plan(path, out, **extra):
-    lines = [f'data = "digits"', "limit = 40", "chunk_size = 8", 'corruptions = ["cifar10-c"]',
+    lines = ['data = "digits"', "limit = 40", "chunk_size = 8", 'corruptions = ["cifar10-c"]',
              'corruption_names = ["gaussian_noise"]', "severities = [3]", f'out = "{out}"',
              '[[models]]\nname = "demo-standard"', '[[models]]\nname = "demo-quest"']
     lines[6:6] = [f"{k} = {v!r}".replace("'", '"') for k, v in extra.items()]

@@ -56,7 +56,6 @@ def canny(img: torch.Tensor, low: int, high: int) -> torch.Tensor:
     tg67 = tg22 + (ax << 16)
     horiz = ay < tg22
     vert = ~horiz & (ay > tg67)
-    diag = ~horiz & ~vert
     s_neg = (gx ^ gy) < 0  # s = -1: neighbours (-1, +1) and (+1, -1); else (-1, -1) and (+1, +1)
     keep_h = (mag > m(0, -1)) & (mag >= m(0, 1))
     keep_v = (mag > m(-1, 0)) & (mag >= m(1, 0))

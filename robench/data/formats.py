@@ -34,9 +34,12 @@ import pickle
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from robench.errors import RobenchError, suggest
+
+if TYPE_CHECKING:  # robench.data.specs imports torch: the readers import it when they run
+    from robench.data.specs import EvalData
 
 
 @dataclass(frozen=True)

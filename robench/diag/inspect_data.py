@@ -5,7 +5,7 @@ from __future__ import annotations
 from robench.attack import get_kind, load_attack_suite, run_attack
 from robench.corrupt import corrupt_batch, get_suite
 from robench.data.formats import load_clean
-from robench.diag.stats import inspect_model, layer_summary
+from robench.diag.stats import inspect_model
 from robench.errors import RobenchError
 from robench.seeding import derive_seed, sample_seeds
 from robench.zoo.entry import ModelEntry

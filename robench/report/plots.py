@@ -11,7 +11,6 @@ import math
 import numpy as np
 import pandas as pd
 
-from robench.labels import fmt_eps
 from robench.report.results import corruption_rank
 
 DPI = 110
