@@ -116,3 +116,20 @@ def test_reader_sees_a_running_writer_through_its_wal(tmp_path):
     assert len(r.runs()) == 2
     r.close()
     w.close()
+
+
+def test_a_reader_opened_before_a_run_reads_the_store_again_once_it_changed(tmp_path):
+    """A store without a -wal file is read as immutable (nothing appears beside it). When a run then writes to it
+    and checkpoints, the reader must not answer from the file it opened (stale, or torn mid-checkpoint): it opens
+    the store again. Before, the second read still showed two models."""
+    path = _two_models(tmp_path / "s")
+    reader = Store(path, readonly=True)
+    assert reader.models().label.tolist() == ["a", "b"]
+    writer = Store(path)
+    writer.model_id(label="c", name="c", variant="quest", arch="toy", params=1, checkpoint=None,
+                    checkpoint_sha256="c" * 64)
+    writer.close()  # the last connection: the WAL is checkpointed into the file and removed
+    assert reader.models().label.tolist() == ["a", "b", "c"]
+    assert reader.cell_extras([]) == {} and reader.has_table("models")
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["robench.sqlite"]
+    reader.close()

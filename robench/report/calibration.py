@@ -129,7 +129,7 @@ def bootstrap_ci(conf, correct, metric: str = "ece", n_boot: int = 1000, seed: i
 def confidences(store) -> pd.DataFrame:
     """Per done cell x sample of a store with a recorded confidence: cell_id, sample, correct, confidence, nll
     (empty for a store written before confidences were recorded)."""
-    return store._df(f"SELECT o.cell_id, o.sample, o.correct, {store.outcome_extras_sql('o.')} FROM outcomes o "
+    return store.query(f"SELECT o.cell_id, o.sample, o.correct, {store.outcome_extras_sql('o.')} FROM outcomes o "
                      "JOIN cells c USING(cell_id) WHERE c.status='done' AND c.threat != 'diagnostics' "
                      "ORDER BY o.cell_id, o.sample").dropna(subset=["confidence"]).reset_index(drop=True)
 
@@ -149,7 +149,7 @@ def imagenet_o_aupr(store) -> dict[int, float]:
 
     from robench.data.imagenet_o import is_ood
 
-    cells = store._df("SELECT cell_id, params_json FROM cells WHERE status='done' AND dataset='imagenet-o' "
+    cells = store.query("SELECT cell_id, params_json FROM cells WHERE status='done' AND dataset='imagenet-o' "
                       "AND threat='clean'")
     if cells.empty or not store.has_table("sample_ids"):
         return {}
@@ -157,7 +157,7 @@ def imagenet_o_aupr(store) -> dict[int, float]:
     out = {}
     for cid, pj in zip(cells["cell_id"], cells["params_json"]):
         fp = str(json.loads(pj or "{}").get("data_fingerprint", ""))
-        ids = store._df("SELECT sample, sample_id FROM sample_ids WHERE data_fingerprint=?", (fp,))
+        ids = store.query("SELECT sample, sample_id FROM sample_ids WHERE data_fingerprint=?", (fp,))
         c = conf[conf["cell_id"] == cid].merge(ids, on="sample")
         if c.empty:
             continue

@@ -38,5 +38,4 @@ def read_eps_star(store, cell_id: int | None = None) -> pd.DataFrame:
         return pd.DataFrame({"cell_id": pd.Series(dtype=int), "sample": pd.Series(dtype=int),
                              "eps_star": pd.Series(dtype=float)})
     where, args = ("", ()) if cell_id is None else (" WHERE cell_id=?", (int(cell_id),))
-    return pd.read_sql_query("SELECT cell_id, sample, eps_star FROM eps_star" + where + " ORDER BY cell_id, sample",
-                             store.db, params=args)
+    return store.query("SELECT cell_id, sample, eps_star FROM eps_star" + where + " ORDER BY cell_id, sample", args)

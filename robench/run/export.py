@@ -49,7 +49,7 @@ def per_sample(store: Store) -> pd.DataFrame:
     cell's verdict (robust, for attacks). `confidence`: the fp32 softmax probability of the cell's own prediction
     (final_pred for attack cells), `nll`: -log softmax of the true class on the cell's input; both empty in a store
     written before they were recorded. Stores with minimum-norm cells add `eps_star` (robench.run.eps_star)."""
-    df = store._df(f"""
+    df = store.query(f"""
         SELECT m.label AS model, m.name AS model_name, m.checkpoint_sha256, c.model_id, c.dataset, c.threat,
                c.attack, c.norm, c.eps, c.corruption, c.severity, c.protocol, c.adaptive, c.cell_id, c.params_json,
                o.sample, o.correct, o.pred, {store.outcome_extras_sql("o.")}
@@ -63,7 +63,7 @@ def per_sample(store: Store) -> pd.DataFrame:
     attack = df["threat"] == "attack"
     df["final_pred"] = df["pred"].where(attack).astype("Int64")
     df["pred"] = df["pred"].where(~attack, df["clean_pred"]).astype("Int64")
-    ids = (store._df("SELECT data_fingerprint, sample, sample_id, label FROM sample_ids")
+    ids = (store.query("SELECT data_fingerprint, sample, sample_id, label FROM sample_ids")
            if store.has_table("sample_ids") else pd.DataFrame(columns=["data_fingerprint", "sample", "sample_id",
                                                                        "label"]))
     df = df.merge(ids, on=["data_fingerprint", "sample"], how="left")

@@ -43,3 +43,17 @@ CELL_COLUMNS = ("dataset", "threat", "attack", "norm", "eps", "corruption", "sev
 EXPORT_COLUMNS = ["run_id", "model", "model_name", "variant", "arch", "params", "checkpoint_sha256", "dataset", "n",
                   "threat", "attack", "norm", "eps", "corruption", "severity", "category", "metric", "value",
                   "ci_low", "ci_high", "protocol", "adaptive", "cell_id", "skipped", "evaluated"]
+
+
+def upgrade(db) -> None:
+    """Add the columns and tables added within schema version 2 that an older store lacks: runs.pid, runs.skipped,
+    sample_ids, outcomes.confidence/nll (sqlite3.OperationalError on a read-only file)."""
+    db.execute(SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS sample_ids"):])
+    cols = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
+    for col in ("pid", "skipped"):
+        if col not in cols:
+            db.execute(f"ALTER TABLE runs ADD COLUMN {col} INTEGER")
+    have = {r[1] for r in db.execute("PRAGMA table_info(outcomes)")}
+    for col in OUTCOME_EXTRAS:
+        if col not in have:
+            db.execute(f"ALTER TABLE outcomes ADD COLUMN {col} REAL")

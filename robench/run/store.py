@@ -14,8 +14,8 @@ Tables
     sample_ids  per data fingerprint, each evaluated sample's identity (file path or dataset index) and label
     eps_star    (optional, robench.run.eps_star) per-sample eps* of minimum-norm attack cells
 
-Readers open it read-only (`Store(path, readonly=True)`: mode=ro, no schema created or altered); a file without
-robench's tables is "not a robench store". A chunk's outcomes and its `chunks` row are written in one transaction;
+Readers open it read-only (`Store(path, readonly=True)`: mode=ro, nothing created or altered; one opened before a
+run changed the file reads it again); a file without robench's tables is "not a robench store". A chunk's outcomes and its `chunks` row are written in one transaction;
 a cell becomes 'done' (with its aggregate) only when all its chunks are in: a crash loses at most one chunk.
 """
 
@@ -39,7 +39,7 @@ from robench.errors import RobenchError
 from robench.paths import make_dir, probe_dir as _probe_dir
 
 from robench.run.schema import (CELL_COLUMNS, EXPORT_COLUMNS, OUTCOME_EXTRAS, REQUIRED_TABLES, SCHEMA,  # noqa: F401
-                                 SCHEMA_VERSION, STORE_NAME)
+                                 SCHEMA_VERSION, STORE_NAME, upgrade)
 
 
 def params_hash(params: dict) -> str:
@@ -65,12 +65,10 @@ class Store:
             if not create or readonly:
                 raise RobenchError(f"no results store at {self.path} (run `robench eval` or `robench sweep` first)")
             _probe_dir(make_dir(self.path.parent, "output directory"))
+        self._stamp = None  # the file's (size, mtime, inode) while it is read as immutable
         try:
-            if readonly:  # no -wal file: no writer is open and nothing is left to checkpoint, so read the file as
-                # it is (immutable: SQLite creates no -wal/-shm beside it); else read through the existing WAL
-                wal = Path(f"{self.path}-wal").exists()
-                uri = f"file:{quote(str(self.path.absolute()))}?mode=ro" + ("" if wal else "&immutable=1")
-                self.db = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
+            if readonly:
+                self._open_readonly()
             else:
                 self.db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
             self._check_schema()
@@ -80,6 +78,30 @@ class Store:
                 self._init_schema()
         except sqlite3.DatabaseError as e:
             raise RobenchError(f"not a robench store: {self.path} ({e})") from None
+
+    def _open_readonly(self):
+        """mode=ro. No -wal file: no writer is open and nothing is left to checkpoint, so the file is read as it is
+        (immutable: SQLite creates no -wal/-shm beside it), and every read checks that it did not change since
+        (`_read`); else read through the existing WAL, which keeps each read consistent."""
+        wal = Path(f"{self.path}-wal").exists()
+        uri = f"file:{quote(str(self.path.absolute()))}?mode=ro" + ("" if wal else "&immutable=1")
+        self._stamp = None if wal else _file_stamp(self.path)
+        self.db = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
+
+    def _read(self, read):
+        """read(); if the file read as immutable changed (a run wrote to it), open it again and read again."""
+        for _ in range(5):
+            try:
+                out = read()
+            except Exception:  # sqlite3's, or pandas' wrapping of it
+                if self._stamp is None or _file_stamp(self.path) == self._stamp:
+                    raise
+                out = None
+            if self._stamp is None or _file_stamp(self.path) == self._stamp:
+                return out
+            self.db.close()
+            self._open_readonly()
+        raise RobenchError(f"results store {self.path} kept changing while it was read: rerun the command")
 
     def _check_schema(self):
         """A non-empty database must hold robench's tables at this schema version (a foreign SQLite file is
@@ -103,7 +125,11 @@ class Store:
     def _init_schema(self):
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if "meta" in tables:
-            self._upgrade()
+            try:  # columns and tables added within schema version 2; a read-only file is left as it is
+                upgrade(self.db)
+                self.mark_stale_runs()
+            except sqlite3.OperationalError:
+                pass
             return
         with self.transaction():
             for statement in SCHEMA.split(";"):
@@ -111,23 +137,6 @@ class Store:
                     self.db.execute(statement)
             self.db.execute("INSERT INTO meta VALUES ('schema_version', ?), ('robench_version', ?)",
                             (str(SCHEMA_VERSION), __version__))
-
-    def _upgrade(self):
-        """Columns and tables added within schema version 2 (older stores lack them): runs.pid, runs.skipped,
-        sample_ids, outcomes.confidence/nll. Then mark runs whose process is gone as interrupted. A read-only file is left as it is."""
-        try:
-            self.db.execute(SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS sample_ids"):])
-            cols = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
-            for col in ("pid", "skipped"):
-                if col not in cols:
-                    self.db.execute(f"ALTER TABLE runs ADD COLUMN {col} INTEGER")
-            have = {r[1] for r in self.db.execute("PRAGMA table_info(outcomes)")}
-            for col in OUTCOME_EXTRAS:
-                if col not in have:
-                    self.db.execute(f"ALTER TABLE outcomes ADD COLUMN {col} REAL")
-            self.mark_stale_runs()
-        except sqlite3.OperationalError:
-            pass
 
     def mark_stale_runs(self) -> int:
         """Runs still marked 'running' whose process (same host, recorded pid) no longer exists were killed:
@@ -297,12 +306,12 @@ class Store:
                                 [(str(data_fingerprint), i, sid, lab) for i, (sid, lab) in enumerate(zip(ids, labels))])
 
     # ---- reading ------------------------------------------------------------------------------------------------
-    def _df(self, sql: str, params=()) -> pd.DataFrame:
-        return pd.read_sql_query(sql, self.db, params=params)
+    def query(self, sql: str, params=()) -> pd.DataFrame:  # readers: robench.report, robench.run.export
+        return self._read(lambda: pd.read_sql_query(sql, self.db, params=params))
 
     def results(self) -> pd.DataFrame:
         """The tidy long table: one row per model x done cell (columns EXPORT_COLUMNS; value = accuracy in [0,1])."""
-        df = self._df("""
+        df = self.query("""
             SELECT c.run_id, m.label AS model, m.name AS model_name, m.variant, m.arch, m.params,
                    m.checkpoint_sha256, c.dataset, a.n, c.threat, c.attack, c.norm, c.eps, c.corruption, c.severity,
                    c.category, a.value, a.ci_low, a.ci_high, c.protocol, c.adaptive, c.cell_id, a.extra_json,
@@ -317,35 +326,35 @@ class Store:
     def outcomes(self, cell_id: int) -> pd.DataFrame:
         """Per-sample outcomes of a cell: columns sample, correct, pred, confidence, nll (sorted by sample;
         confidence/nll NaN where not recorded, e.g. a store written before they were)."""
-        return self._df(f"SELECT sample, correct, pred, {self.outcome_extras_sql()} FROM outcomes WHERE cell_id=? "
+        return self.query(f"SELECT sample, correct, pred, {self.outcome_extras_sql()} FROM outcomes WHERE cell_id=? "
                         "ORDER BY sample", (cell_id,))
 
     def outcome_extras_sql(self, alias: str = "") -> str:
         """SELECT terms for outcomes' confidence and nll: the columns, or NULLs for a store without them."""
-        have = {r[1] for r in self.db.execute("PRAGMA table_info(outcomes)")}
+        have = {r[1] for r in self._read(lambda: self.db.execute("PRAGMA table_info(outcomes)").fetchall())}
         return ", ".join(f"{alias}{c} AS {c}" if c in have else f"NULL AS {c}" for c in OUTCOME_EXTRAS)
 
     def extras(self) -> pd.DataFrame:
         """Per done cell the counters summed over its chunks (extra_json: attacked, zero_grad, rejected_hits, ...)."""
-        return self._df("SELECT a.cell_id, a.extra_json FROM aggregates a JOIN cells c USING(cell_id) "
+        return self.query("SELECT a.cell_id, a.extra_json FROM aggregates a JOIN cells c USING(cell_id) "
                         "WHERE c.status='done' ORDER BY a.cell_id")
 
     def cell_extras(self, cell_ids) -> dict[int, dict]:
         """{cell_id: its summed counters (the aggregate's extra_json, parsed; {} when none)} for the given cells."""
         ids = [int(c) for c in cell_ids]
-        rows = self.db.execute("SELECT cell_id, extra_json FROM aggregates WHERE cell_id IN (%s)"
-                               % ",".join("?" * len(ids)), ids).fetchall()
+        rows = self._read(lambda: self.db.execute("SELECT cell_id, extra_json FROM aggregates WHERE cell_id IN (%s)"
+                                                  % ",".join("?" * len(ids)), ids).fetchall())
         return {cid: json.loads(ej or "{}") for cid, ej in rows}
 
     def cells(self) -> pd.DataFrame:
-        return self._df("SELECT c.*, m.label AS model FROM cells c JOIN models m USING(model_id) ORDER BY cell_id")
+        return self.query("SELECT c.*, m.label AS model FROM cells c JOIN models m USING(model_id) ORDER BY cell_id")
 
     def models(self) -> pd.DataFrame:
-        return self._df("SELECT * FROM models ORDER BY model_id")
+        return self.query("SELECT * FROM models ORDER BY model_id")
 
     def runs(self) -> pd.DataFrame:
         """Every run; read-only, a run still 'running' whose process is gone shows as 'interrupted'."""
-        df = self._df("SELECT * FROM runs ORDER BY run_id")
+        df = self.query("SELECT * FROM runs ORDER BY run_id")
         if self.readonly and len(df) and "pid" in df:
             dead = [s == "running" and h == platform.node() and not pd.isna(p) and not _pid_alive(int(p))
                     for s, h, p in zip(df["status"], df["host"], df["pid"])]
@@ -353,16 +362,22 @@ class Store:
         return df
 
     def has_table(self, name: str) -> bool:
-        return bool(self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchall())
+        return bool(self._read(lambda: self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                                                       (name,)).fetchall()))
 
     def flags(self) -> pd.DataFrame:
-        return self._df("SELECT m.label AS model, f.flag, f.message, f.cells_json, m.checkpoint_sha256 FROM flags f "
+        return self.query("SELECT m.label AS model, f.flag, f.message, f.cells_json, m.checkpoint_sha256 FROM flags f "
                         "JOIN models m USING(model_id) ORDER BY f.flag_id")
 
     def diagnostics(self) -> pd.DataFrame:
-        return self._df("""SELECT m.label AS model, m.variant, c.dataset, c.corruption, c.attack, d.layer, d.head,
+        return self.query("""SELECT m.label AS model, m.variant, c.dataset, c.corruption, c.attack, d.layer, d.head,
                            d.stat, d.value FROM diagnostics d JOIN cells c USING(cell_id) JOIN models m
                            USING(model_id) ORDER BY c.cell_id, d.layer, d.head""")
+
+
+def _file_stamp(path: Path) -> tuple:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 def _opt(v):
