@@ -34,6 +34,7 @@ import torch
 
 from robench.attack.base import AttackKind, lp_norm, register_kind
 from robench.attack.draws import row_keys, uniform_start
+from robench.attack.pgd import project as project_pgd
 from robench.attack.spec import AttackSpec, number, positive_int, spec_from_dict, steps_replaced
 from robench.errors import RobenchError
 
@@ -110,16 +111,10 @@ def project_l1(d: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
 
 
 def project(d: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor:
-    """delta [B, ...] onto the eps [B] ball of `norm`."""
-    flat = d.flatten(1)
-    e = eps.to(d.dtype)
-    if norm == "Linf":
-        out = torch.maximum(torch.minimum(flat, e[:, None]), -e[:, None])
-    elif norm == "L2":
-        out = flat * torch.clamp(e / flat.norm(dim=1).clamp(min=1e-12), max=1)[:, None]
-    else:
-        out = project_l1(flat, e)
-    return out.view_as(d)
+    """delta [B, ...] onto the eps [B] ball of `norm`: L1 here, L-inf and L2 as PGD projects."""
+    if norm != "L1":
+        return project_pgd(d, eps, norm)
+    return project_l1(d.flatten(1), eps.to(d.dtype)).view_as(d)
 
 
 DUAL = {"Linf": "L1", "L2": "L2", "L1": "Linf"}
