@@ -1,17 +1,19 @@
-"""The cost of recording the final prediction's confidence in attack cells (issue 24): run_attack as it is vs the
-same call with the core's extra confidence forward switched off (the behaviour before), timed INTERLEAVED (with,
-without, with, ...) so the machine's load hits both alike; medians and their ratio printed.
+"""The cost of recording the final prediction's confidence in attack cells (issue 24). FGSM/PGD take it from the
+logits that gave each prediction; before, the core ran one more no-grad forward of every eps's final images.
+Three modes of the same run_attack call, timed INTERLEAVED (so the machine's load hits all alike), medians:
+
+    own        as shipped: the confidence from FGSM/PGD's own logits
+    forward    the kind's confidence dropped, so the core runs its extra forward (the behaviour before)
+    none       no confidence at all (the kind's dropped and the core's forward switched off): the floor
 
     python benchmarks/confidence.py                       # demo-quest on 128 digits, FGSM and PGD-10, CPU
     python benchmarks/confidence.py --reps 7 --threads 1
-
-For fused kinds (FGSM, PGD) the core runs one no-grad forward of each eps's final images; a kind that fills
-AttackResult.adv_conf from its own final logits avoids it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
@@ -20,6 +22,15 @@ import torch
 from robench.attack import core, make_spec, run_attack
 from robench.data.formats import load_clean
 from robench.zoo.registry import create_model
+
+
+def _dropping_confidence(kind):
+    def fused(*args, **kwargs):
+        res = kind.fused(*args, **kwargs)
+        res.adv_conf = res.adv_nll = None
+        return res
+
+    return dataclasses.replace(kind, fused=fused)
 
 
 def main():
@@ -36,20 +47,26 @@ def main():
     x = torch.stack([data.dataset[i][0] for i in range(len(data))])
     y = torch.tensor([data.dataset[i][1] for i in range(len(data))])
     seeds = list(range(len(y)))
-    original = core._final_confidence
+    get_kind, final = core.get_kind, core._final_confidence
+    modes = {"own": (get_kind, final), "forward": (lambda n: _dropping_confidence(get_kind(n)), final),
+             "none": (lambda n: _dropping_confidence(get_kind(n)), lambda *args: None)}
     for name in ("fgsm", "pgd"):
         spec = make_spec(name, eps=(4 / 255,), **({"steps": 10} if name == "pgd" else {}))
-        times = {"with": [], "without": []}
-        for rep in range(a.reps + 1):
-            for mode in ("with", "without"):
-                core._final_confidence = original if mode == "with" else (lambda *args: None)
-                t0 = time.perf_counter()
-                run_attack(model, x, y, spec, seeds)
-                if rep:  # the first round warms up
-                    times[mode].append(time.perf_counter() - t0)
-        core._final_confidence = original
-        w, wo = statistics.median(times["with"]), statistics.median(times["without"])
-        print(f"{name}: with confidence {w * 1e3:.1f} ms, without {wo * 1e3:.1f} ms, ratio {w / wo:.3f} "
+        times = {m: [] for m in modes}
+        try:
+            for rep in range(a.reps + 1):
+                for mode, (kinds, conf) in modes.items():
+                    core.get_kind, core._final_confidence = kinds, conf
+                    t0 = time.perf_counter()
+                    run_attack(model, x, y, spec, seeds)
+                    if rep:  # the first round warms up
+                        times[mode].append(time.perf_counter() - t0)
+        finally:
+            core.get_kind, core._final_confidence = get_kind, final
+        med = {m: statistics.median(t) for m, t in times.items()}
+        print(f"{name}: own {med['own'] * 1e3:.1f} ms, core forward {med['forward'] * 1e3:.1f} ms, none "
+              f"{med['none'] * 1e3:.1f} ms; own/none {med['own'] / med['none']:.3f}, forward/none "
+              f"{med['forward'] / med['none']:.3f}, forward/own {med['forward'] / med['own']:.3f} "
               f"({a.batch} samples, {a.reps} reps, {torch.get_num_threads()} threads)")
 
 

@@ -189,7 +189,9 @@ def test_invariant_violation_is_a_hard_error(monkeypatch, data64, strict, norm):
     if norm == "Linf":  # the L∞ step clamps to the box computed by linf_box: widen it
         monkeypatch.setattr(pgd, "linf_box", lambda x0, e, clip: ((x0 - 3 * e).clamp(0, 1), (x0 + 3 * e).clamp(0, 1)))
     else:
-        monkeypatch.setattr(pgd, "project", lambda delta, eps, norm: delta * 3)
+        import robench.attack.steps as steps  # take_step's L2 projection
+
+        monkeypatch.setattr(steps, "project", lambda delta, eps, norm: delta * 3)
     eps = 4 / 255 if norm == "Linf" else 0.05
     spec = make_spec("pgd", norm=norm, eps=(eps,), steps=2, random_start=False)
     with pytest.raises(AttackInvariantError, match=rf"pgd: {norm} perturbation .* exceeds eps {eps:.5g}"):
@@ -297,3 +299,47 @@ def test_clean_pred_skips_misclassified_without_changing_results(random_start):
     b = run_attack(model, x, y, spec, list(range(12)), clean_pred=pred)
     assert torch.equal(a.robust, b.robust) and torch.equal(a.adv_pred, b.adv_pred)
     assert not b.robust[:, ::3].any()
+
+
+@pytest.mark.parametrize("name,opts", [
+    ("fgsm", {}),
+    ("pgd", {"steps": 4, "random_start": True, "restarts": 2}),
+    ("pgd", {"steps": 3, "protocol": "paper", "random_start": True}),
+])
+def test_fgsm_pgd_confidence_comes_from_their_own_logits(model64, data64, monkeypatch, name, opts):
+    """The confidence of each final prediction (and the NLL of the true label) equals the model's softmax on the
+    returned adversarial image, without a forward of its own: FGSM/PGD keep the logits that gave each prediction
+    (the core's extra forward of every eps's final images is not run). FGSM's no-grad forwards are exactly its
+    verdicts on the attacked rows plus one of the clean-misclassified sample (3 x 5 + 1; there were 18 more)."""
+    import robench.attack.core as core
+
+    x, y = data64
+    seen = []
+
+    class Counted(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m, self.info, self.net = m, m.info, m.net
+
+        def normalize(self, z):
+            return self.m.normalize(z)
+
+        def forward(self, z):
+            seen.append(0 if torch.is_grad_enabled() else z.shape[0])
+            return self.m(z)
+
+    monkeypatch.setattr(core, "_final_confidence", lambda *a: pytest.fail("the core ran its confidence forward"))
+    eps = (1 / 255, 4 / 255, 16 / 255)
+    spec = make_spec(name, eps=eps, **opts)
+    res = run_attack(Counted(model64).eval(), x, y, spec, list(range(6)), keep_adv=True)
+    paper = spec.protocol == "paper"
+    with torch.no_grad():
+        for k in range(len(eps)):  # x_adv is in the attacked space: normalised under the paper protocol
+            logits = model64.net(res.info["x_adv"][k]) if paper else model64(res.info["x_adv"][k])
+            logp = torch.log_softmax(logits.double(), 1)
+            assert torch.equal(logits.argmax(1), res.adv_pred[k])
+            torch.testing.assert_close(res.adv_conf[k].double(), logp.gather(1, res.adv_pred[k][:, None])[:, 0].exp(),
+                                       atol=1e-6, rtol=0)
+            torch.testing.assert_close(res.adv_nll[k].double(), -logp.gather(1, y[:, None])[:, 0], atol=1e-6, rtol=0)
+    if name == "fgsm":
+        assert sum(seen) == len(eps) * 5 + 1

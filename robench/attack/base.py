@@ -47,7 +47,8 @@ class AttackResult:
     adv_pred: torch.Tensor  # long [n_eps, B]: prediction on the adversarial input (clean prediction if skipped)
     zero_grad: torch.Tensor  # bool [B]: input gradient of the attack loss exactly zero at the clean input
     info: dict = field(default_factory=dict)
-    adv_conf: torch.Tensor | None = None  # float [n_eps, B]: fp32 softmax probability of adv_pred (set by the core)
+    adv_conf: torch.Tensor | None = None  # float [n_eps, B]: fp32 softmax probability of adv_pred (the kind's
+    # own, FGSM/PGD; else set by the core)
     adv_nll: torch.Tensor | None = None  # float [n_eps, B]: -log softmax of the true label on the final input
     eps_star: torch.Tensor | None = None  # float64 [B], min-norm kinds only: the norm of the smallest adversarial
     # found (0: clean-misclassified, inf: none found within the budget)
@@ -296,6 +297,20 @@ def confidence(logits: torch.Tensor, pred: torch.Tensor, y: torch.Tensor | None 
     logp = torch.log_softmax(logits.detach().float(), dim=1)
     conf = logp.gather(1, pred.view(-1, 1).to(logp.device)).squeeze(1).exp()
     nll = None if y is None else -logp.gather(1, y.view(-1, 1).to(logp.device)).squeeze(1)
+    return conf, nll
+
+
+def unattacked_confidence(f, x0, y, pred0, attacked, E: int):
+    """[E, B] confidence and nll tensors, filled for the rows the attack leaves out (`attacked` False: their final
+    input is the clean image; one no-grad forward of those rows); NaN for the attacked rows, which their kind or
+    the caller fills."""
+    B = x0.shape[0]
+    conf, nll = torch.full((E, B), float("nan"), device=x0.device), torch.full((E, B), float("nan"), device=x0.device)
+    rest = (~attacked).nonzero().squeeze(1)
+    if len(rest):
+        with torch.no_grad():
+            c, n = confidence(f(x0[rest].detach()), pred0[rest], y[rest])
+        conf[:, rest], nll[:, rest] = c, n
     return conf, nll
 
 

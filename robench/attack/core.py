@@ -40,7 +40,8 @@ import torch
 from torch import nn
 
 from robench.attack.base import (TOL, AttackInvariantError, AttackKind, AttackResult, Checker, RunContext,
-                                 check_adversarial, clean_pass, confidence, confirm, get_kind, lp_norm)
+                                 check_adversarial, clean_pass, confidence, confirm, get_kind, lp_norm,
+                                 unattacked_confidence)
 from robench.attack.spec import AttackSpec
 from robench.errors import RobenchError
 
@@ -193,7 +194,7 @@ def _run_per_eps(impl: AttackKind, f, x0, y, spec: AttackSpec, seeds, ctx: RunCo
     adv_pred = pred0.expand(E, B).clone()
     rejected, per_eps = [], [None] * E
     keep = x0.detach().expand(E, *x0.shape).clone() if ctx.keep_adv and impl.keeps_adv else None
-    adv_conf, adv_nll = _ungated_confidence(f, x0, y, pred0, gate, E)
+    adv_conf, adv_nll = unattacked_confidence(f, x0, y, pred0, gate, E)
     for k, e in enumerate(spec.eps):
         if len(sub) == 0:
             rejected.append(rejected_clean)
@@ -218,19 +219,6 @@ def _run_per_eps(impl: AttackKind, f, x0, y, spec: AttackSpec, seeds, ctx: RunCo
         info["x_adv"] = keep
     return AttackResult(robust=robust, adv_pred=adv_pred, zero_grad=zero_grad, info=info, adv_conf=adv_conf,
                         adv_nll=adv_nll)
-
-
-def _ungated_confidence(f, x0, y, pred0, gate, E: int):
-    """[E, B] confidence and nll tensors, filled for the rows the gate keeps from the attack (their final input
-    is the clean image: one no-grad forward of those rows); the attacked rows are filled by the caller."""
-    B = x0.shape[0]
-    conf, nll = torch.full((E, B), float("nan"), device=x0.device), torch.full((E, B), float("nan"), device=x0.device)
-    rest = (~gate).nonzero().squeeze(1)
-    if len(rest):
-        with torch.no_grad():
-            c, n = confidence(f(x0[rest].detach()), pred0[rest], y[rest])
-        conf[:, rest], nll[:, rest] = c, n
-    return conf, nll
 
 
 # ---- minimum-norm kinds (FMN): one run, the per-sample eps* -------------------------------------------------------

@@ -34,7 +34,7 @@ import torch
 
 from robench.attack.base import AttackKind, lp_norm, register_kind
 from robench.attack.draws import row_keys, uniform_start
-from robench.attack.pgd import project as project_pgd
+from robench.attack.steps import project as project_pgd
 from robench.attack.spec import AttackSpec, number, positive_int, spec_from_dict, steps_replaced
 from robench.errors import RobenchError
 

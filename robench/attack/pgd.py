@@ -39,82 +39,17 @@ from dataclasses import dataclass
 
 import torch
 
-from robench.attack.base import AttackKind, AttackResult, Checker, RunContext, attack_loss, confirm, register_kind
+from robench.attack.base import (AttackKind, AttackResult, Checker, RunContext, attack_loss, confidence, confirm,
+                                 register_kind, unattacked_confidence)
 from robench.attack.draws import random_offsets, row_keys, uniform_start
 from robench.attack.spec import (LOSSES, AttackSpec, choice, flag, parse_step_size, positive_int, step_size,
                                  steps_replaced)
-
-GRAD_EPS = 1e-10  # as torchattacks PGDL2
-
-
-def project(delta: torch.Tensor, eps: torch.Tensor | float, norm: str) -> torch.Tensor:
-    """Project each row of delta onto the eps ball (eps: scalar or one value per row)."""
-    if not torch.is_tensor(eps):
-        eps = torch.full((delta.shape[0],), float(eps), dtype=delta.dtype, device=delta.device)
-    e = eps.to(delta.dtype).view(-1, *([1] * (delta.ndim - 1)))
-    if norm == "Linf":
-        return torch.maximum(torch.minimum(delta, e), -e)
-    n = delta.flatten(1).norm(dim=1).view_as(e)
-    return delta * torch.clamp(e / n, max=1.0)  # n == 0 -> inf -> 1
-
-
-def step_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
-    if norm == "Linf":
-        return grad.sign()
-    n = grad.flatten(1).norm(dim=1).view(-1, *([1] * (grad.ndim - 1)))
-    return grad / (n + GRAD_EPS)
-
-
-def linf_box(x0, e_v, clip: bool):
-    """Per-element bounds of the L∞ ball ∩ [0, 1] (or the ball alone without clipping)."""
-    lo, hi = x0 - e_v, x0 + e_v
-    if clip:
-        lo.clamp_(min=0.0)
-        hi.clamp_(max=1.0)
-    return lo, hi
-
-
-def take_step(xc, g, x0, lo, hi, e_v, a_v, norm: str, clip: bool):
-    """One PGD update of the rows (xc and g are consumed: updated in place where possible)."""
-    if norm == "Linf":
-        return xc.addcmul_(a_v, g.sign_()).clamp_(min=lo, max=hi)
-    xc = xc + a_v * step_direction(g, norm)
-    xc = x0 + project(xc - x0, e_v.flatten(), norm)
-    return xc.clamp_(0.0, 1.0) if clip else xc
-
-
-def _step_measured(xc, g, x0, lo, hi, e_v, a_v, norm: str, clip: bool):
-    """take_step written functionally (for torch.compile, which fuses it into one loop) plus what the invariant
-    check needs: per-row min/max of the iterate and the norm of its perturbation."""
-    if norm == "Linf":
-        xn = torch.clamp(xc + a_v * g.sign(), min=lo, max=hi)
-    else:
-        xn = xc + a_v * g / (g.flatten(1).norm(dim=1).view_as(a_v) + GRAD_EPS)
-        d = xn - x0
-        xn = x0 + d * torch.clamp(e_v / d.flatten(1).norm(dim=1).view_as(e_v), max=1.0)
-        if clip:
-            xn = xn.clamp(0.0, 1.0)
-    f = xn.flatten(1)
-    d = f - x0.flatten(1)
-    n = d.abs().amax(1) if norm == "Linf" else torch.linalg.vector_norm(d, dim=1)
-    return xn, f.amin(1), f.amax(1), n
-
-
-_COMPILED = {}
-
-
-def compiled_step(device_type: str, fixed_shapes: bool):
-    """torch.compile of the measured step (dynamic shapes; on CUDA with fixed shapes: CUDA graphs as well)."""
-    key = (device_type, fixed_shapes)
-    if key not in _COMPILED:
-        mode = "reduce-overhead" if device_type == "cuda" and fixed_shapes else None
-        _COMPILED[key] = torch.compile(_step_measured, dynamic=not fixed_shapes, mode=mode)
-    return _COMPILED[key]
+from robench.attack.steps import compiled_step, linf_box, take_step
 
 
 def pgd_rows(f, x0, labels, targets, eps, alpha, start, norm, steps, loss="ce", clip=True, early_exit=True,
              first_grad=None, check=None, amp=None, stats=None, *, f32=None, rejected=None, compact_every=1,
-             keep_x=True, step=None, x_out=None, out_rows=None):
+             keep_x=True, step=None, x_out=None, out_rows=None, conf_out=None):
     """Run PGD on N independent rows (one restart). Returns (broken [N] bool, pred [N] long, x_adv [N,...]).
 
     eps, alpha: [N] per row. start: first iterate (not modified). first_grad: gradient at `start` if already known
@@ -126,7 +61,9 @@ def pgd_rows(f, x0, labels, targets, eps, alpha, start, norm, steps, loss="ce", 
     this many steps (0: never, fixed shapes); keep_x=False: no x_adv (None returned); `x_out`/`out_rows`: record
     row r's image in x_out[out_rows[r]] (and return x_out) instead of a new [N, ...]; `step`: a compiled
     `_step_measured` (else the eager in-place step); `stats['row_grad_steps']` counts row forward+backward passes,
-    `stats['row_steps']` row iterations (updates; the first one reuses `first_grad`)."""
+    `stats['row_steps']` row iterations (updates; the first one reuses `first_grad`). `conf_out` = (conf, nll, y):
+    row r's softmax confidence of its prediction and -log p(y[r]) go to conf/nll[out_rows[r]], from the logits
+    that gave that prediction (no forward of their own)."""
     N = x0.shape[0]
     dev = x0.device
     view = (-1,) + (1,) * (x0.ndim - 1)
@@ -142,14 +79,22 @@ def pgd_rows(f, x0, labels, targets, eps, alpha, start, norm, steps, loss="ce", 
     done = torch.zeros(N, dtype=torch.bool, device=dev)  # rows broken since the last compaction
     amp = amp or contextlib.nullcontext
 
-    def record(p, hit, rows_x):
+    def record(p, hit, rows_x, logits):
         nonlocal done
         new = hit & ~done
         pred_out[idx] = torch.where(new, p, pred_out[idx])
         broken[idx] = broken[idx] | new
         if keep_x:
             record_rows(x_out, dest[idx], new, rows_x, sync_free=dev.type != "cpu")
+        record_confidence(new, logits, p)
         done = done | new
+
+    def record_confidence(rows, logits, p):
+        if conf_out is not None:
+            conf, nll, y_true = conf_out
+            c, n = confidence(logits, p, y_true[idx])
+            d = dest[idx]
+            conf[d], nll[d] = torch.where(rows, c, conf[d]), torch.where(rows, n, nll[d])
 
     def verdict(logits, x):
         p = logits.detach().argmax(1)
@@ -173,7 +118,7 @@ def pgd_rows(f, x0, labels, targets, eps, alpha, start, norm, steps, loss="ce", 
             xc = xc.detach()
             if early_exit:
                 p = verdict(logits, xc)
-                record(p, p != labels, xc)
+                record(p, p != labels, xc, logits)
                 if compact_every and (t + 1) % compact_every == 0 and _worth_compacting(done, steps - t):
                     keep = (~done).nonzero().squeeze(1)
                     idx, xc, g, x0, labels, e_v, a_v, lo, hi = (
@@ -197,12 +142,13 @@ def pgd_rows(f, x0, labels, targets, eps, alpha, start, norm, steps, loss="ce", 
         logits = f(xc)
     p = verdict(logits, xc)
     if early_exit:
-        record(p, p != labels, xc)
+        record(p, p != labels, xc, logits)
         pred_out[idx] = torch.where(done, pred_out[idx], p)
     else:
         pred_out[idx], broken[idx] = p, p != labels
         if keep_x:
             x_out[dest[idx]] = xc
+    record_confidence(~done, logits, p)  # the rows that end on the final iterate
     if keep_x and early_exit:
         m = (~done).nonzero().squeeze(1)
         x_out[dest[idx[m]]] = xc[m]
@@ -257,6 +203,7 @@ def run_pgd(f, x0, y, spec: AttackSpec, seeds, ctx: RunContext) -> AttackResult:
     adv_all = x0.detach().unsqueeze(0).repeat(E, *[1] * x0.ndim)  # unattacked rows keep x; attacked: recorded
     adv_rows = adv_all.view(E * B, *x0.shape[1:])  # row (k, i) is adv_rows[k * B + i]
     adv_pred = pred0.expand(E, B).clone()
+    adv_conf, adv_nll = unattacked_confidence(f, x0, y, pred0, alive[0], E)  # the attacked rows: from pgd_rows
     rejected = torch.zeros(E, B, dtype=torch.long, device=dev)
     stats = {"rows_attacked": 0, "row_grad_steps": 0, "row_steps": 0}
     check = Checker(spec.norm, clip, spec.name, x0, max(spec.eps), strict=ctx.strict)
@@ -284,7 +231,8 @@ def run_pgd(f, x0, y, spec: AttackSpec, seeds, ctx: RunContext) -> AttackResult:
                 f, xs, labels[i], targets[i] if targets is not None else None, e, alpha_t[k], start, spec.norm,
                 o.steps, o.loss, clip=clip, early_exit=not paper,
                 first_grad=first_grad[i] if first_grad is not None else None, check=check, stats=stats,
-                f32=f32, rejected=rej, compact_every=compact, step=step, x_out=adv_rows, out_rows=k * B + i)
+                f32=f32, rejected=rej, compact_every=compact, step=step, x_out=adv_rows, out_rows=k * B + i,
+                conf_out=(adv_conf.view(-1), adv_nll.view(-1), y[i]))
             ok = (pred == y[i]) if paper else ~broken
             alive[k, i] = ok
             adv_pred[k, i] = pred
@@ -293,7 +241,8 @@ def run_pgd(f, x0, y, spec: AttackSpec, seeds, ctx: RunContext) -> AttackResult:
     check.finish()
     info = {"clean_correct": (pred0 == y).tolist(), **stats, "x_adv": adv_all,
             "rejected_hits": [rejected_clean + int(v) for v in rejected.sum(1).tolist()]}
-    return AttackResult(robust=alive, adv_pred=adv_pred, zero_grad=zero_grad, info=info)
+    return AttackResult(robust=alive, adv_pred=adv_pred, zero_grad=zero_grad, info=info, adv_conf=adv_conf,
+                        adv_nll=adv_nll)
 
 
 def _clean_pass(f, x0, y, spec: AttackSpec, seeds_t, clean_pred, f32):
