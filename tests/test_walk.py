@@ -30,7 +30,8 @@ def walk(argv: list[str]) -> dict[tuple[str, str], None]:
         while frame is not None:
             code = frame.f_code
             if code.co_filename.startswith(str(PACKAGE)) and not code.co_name.startswith("<"):
-                chain.append((os.path.relpath(code.co_filename, PACKAGE.parent), code.co_qualname))
+                name = getattr(code, "co_qualname", code.co_name)  # co_qualname: Python 3.11+
+                chain.append((os.path.relpath(code.co_filename, PACKAGE.parent), name))
             frame = frame.f_back
         stops.update(dict.fromkeys(reversed(chain)))
 
