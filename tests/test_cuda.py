@@ -2,8 +2,6 @@
 outcomes on CUDA == CPU, attention variants on CUDA == CPU, bf16 hits confirmed in fp32, compile (CUDA graphs
 with fixed shapes) == eager, and a whole `robench eval` on CUDA == CPU fp32."""
 
-import sqlite3
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -91,11 +89,11 @@ def test_compile_and_cuda_graphs_equal_eager_on_cuda():
 
 
 def _outcomes(out) -> pd.DataFrame:
-    db = sqlite3.connect(Path(out) / "robench.sqlite")
-    df = pd.read_sql_query("SELECT c.threat, c.attack, c.eps, c.corruption, c.severity, o.sample, o.correct "
-                           "FROM outcomes o JOIN cells c USING(cell_id) ORDER BY c.cell_id, o.sample", db)
-    db.close()
-    return df
+    from robench.run import Store
+
+    return Store(out, readonly=True).query("SELECT c.threat, c.attack, c.eps, c.corruption, c.severity, o.sample, "
+                                           "o.correct FROM outcomes o JOIN cells c USING(cell_id) "
+                                           "ORDER BY c.cell_id, o.sample")
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@ in the store (batch-size / shard invariance, consistency with PGD on the demo zo
 
 import math
 import os
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -58,11 +57,9 @@ def _plan(out, steps=30, **kw):
 
 
 def _eps_star(out) -> pd.DataFrame:
-    db = sqlite3.connect(Path(out) / "robench.sqlite")
-    df = pd.read_sql_query("SELECT m.label, c.params_hash, e.sample, e.eps_star FROM eps_star e JOIN cells c "
-                           "USING(cell_id) JOIN models m USING(model_id) ORDER BY m.label, c.params_hash, e.sample", db)
-    db.close()
-    return df
+    return Store(out, readonly=True).query(
+        "SELECT m.label, c.params_hash, e.sample, e.eps_star FROM eps_star e JOIN cells c USING(cell_id) "
+        "JOIN models m USING(model_id) ORDER BY m.label, c.params_hash, e.sample")
 
 
 @pytest.mark.slow
